@@ -1,0 +1,5 @@
+import sys
+
+from femoe.cli import main
+
+sys.exit(main())
