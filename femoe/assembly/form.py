@@ -1,0 +1,87 @@
+"""Evaluation of a pointwise weak-form integrand in torch, with its exact linearisation.
+
+An integrand ``f(u, v, w)`` (``f(u, p, v, q, w)`` for two-field spaces) is linear in the test
+function. Evaluated on the unit test jets it gives coefficients ``c_a`` at every quadrature
+point, and the local residual is ``r_i = sum_a sum_q c_a(q) phi_a,i(q) dx(q)``. The Jacobian
+needs ``D_ab = d c_a / d ujet_b``, pointwise: because ``c_a`` at a point depends only on the
+jet of ``u`` at that point, the gradient of ``sum(c_a)`` with respect to the jets is exactly
+that derivative, one vector-Jacobian product per test jet. With ``create_graph`` the result
+stays differentiable (second derivatives for Hessian-vector products and for gradients of the
+Jacobian with respect to parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from femoe.assembly.fields import FormParams
+from femoe.assembly.torch_basis import TorchBasis
+from femoe.errors import ProblemError
+
+
+def _call(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> torch.Tensor:
+    vfields = tb.unit_test_fields(ujets.device, ujets.dtype)
+    ufields = tb.fields(ujets)
+    c = integrand(*ufields, *vfields, w)
+    J, B, nel, nqp = ujets.shape
+    if not isinstance(c, torch.Tensor):
+        raise ProblemError(
+            f"integrand {getattr(integrand, '__name__', integrand)!r} returned {type(c).__name__}; "
+            "it must return a torch tensor (one number per quadrature point)"
+        )
+    try:
+        return torch.broadcast_to(c, (J, B, nel, nqp))
+    except RuntimeError:
+        raise ProblemError(
+            f"integrand {getattr(integrand, '__name__', integrand)!r} returned shape {tuple(c.shape)}, "
+            f"which does not reduce to one number per quadrature point (expected to broadcast to "
+            f"{(J, B, nel, nqp)}); contract vector and tensor terms with dot()/ddot()"
+        ) from None
+
+
+def check_linear_in_test(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> None:
+    """Raise :class:`ProblemError` if the integrand has a term that does not multiply ``v``."""
+    vzero = [type(f)(f.value * 0, f.grad * 0) for f in tb.unit_test_fields(ujets.device, ujets.dtype)]
+    with torch.no_grad():
+        c = integrand(*tb.fields(ujets), *vzero, w)
+    if isinstance(c, torch.Tensor) and torch.any(c != 0):
+        raise ProblemError(
+            f"integrand {getattr(integrand, '__name__', integrand)!r} is not linear in the test "
+            "function: it is non-zero for v = 0. Multiply every term by v or grad(v) "
+            "(a source term is written f * v)"
+        )
+
+
+def local_residual(integrand, tb: TorchBasis, ujets, w) -> torch.Tensor:
+    """Local residual vectors ``(B, n_local, nel)``."""
+    c = _call(integrand, tb, ujets, w)
+    return torch.einsum("jbeq,jieq->bie", c, tb.tensors(ujets.device, ujets.dtype)["phi_dx"])
+
+
+def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_graph: bool):
+    """Local residuals ``(B, n_local, nel)`` and local Jacobians ``(B, nel, n_local, n_local)``."""
+    t = tb.tensors(ujets.device, ujets.dtype)
+    var = ujets if ujets.requires_grad else ujets.detach().requires_grad_(True)
+    with torch.enable_grad():
+        c = _call(integrand, tb, var, w)
+        J = c.shape[0]
+        rows = []
+        for a in range(J):
+            if not c.requires_grad:
+                rows.append(torch.zeros_like(var))
+                continue
+            (g,) = torch.autograd.grad(
+                c[a].sum(), var, retain_graph=True, create_graph=create_graph, allow_unused=True
+            )
+            rows.append(torch.zeros_like(var) if g is None else g)
+        D = torch.stack(rows)  # (J_test, J_trial, B, nel, nqp)
+    if not create_graph:
+        D = D.detach()
+        if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
+            c = c.detach()
+    r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
+    T = torch.einsum("abseq,aieq->bsieq", D, t["phi_dx"])
+    K = torch.einsum("bsieq,bjeq->seij", T, t["phi"])
+    return r, K

@@ -1,0 +1,142 @@
+"""Basis data precomputed once by scikit-fem, kept as torch tensors per device and dtype.
+
+femoe evaluates a weak form from the *jets* of the basis functions at the quadrature points:
+for every local basis function its values and gradients, component by component, flattened
+into ``J`` numbers (``J = ncomp * (1 + dim)`` per field). A field's jet is then a gather plus a
+contraction, and a form that is linear in its test function ``v`` is fully described by its
+``J`` coefficients ``c_a`` (its value on the unit test jets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from femoe.assembly.fields import Field
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """Component shapes of one field of a (possibly mixed) basis."""
+
+    value_shape: tuple[int, ...]
+    grad_shape: tuple[int, ...]
+    offset: int  # first jet index of this field
+
+    @property
+    def n_value(self) -> int:
+        return int(np.prod(self.value_shape, dtype=int))
+
+    @property
+    def n_grad(self) -> int:
+        return int(np.prod(self.grad_shape, dtype=int))
+
+    @property
+    def size(self) -> int:
+        return self.n_value + self.n_grad
+
+    def split(self, jets: torch.Tensor, test_axis: bool = True) -> Field:
+        """The Field of this layout out of a ``(J, *rest)`` jet tensor (views, differentiable).
+
+        With ``test_axis`` a singleton axis is put after the component axes, where test
+        functions carry their jet index, so that trial and test fields broadcast.
+        """
+        rest = jets.shape[1:]
+        if test_axis:
+            rest = (1, *rest)
+        o = self.offset
+        value = jets[o : o + self.n_value].reshape(*self.value_shape, *rest)
+        grad = jets[o + self.n_value : o + self.size].reshape(*self.grad_shape, *rest)
+        return Field(value, grad)
+
+
+class TorchBasis:
+    """Torch view of a scikit-fem ``CellBasis`` or ``FacetBasis``.
+
+    Parameters
+    ----------
+    basis
+        Any scikit-fem basis whose element provides values and gradients (H1-type elements:
+        Lagrange, vector, and composites of those).
+    """
+
+    def __init__(self, basis):
+        self.basis = basis
+        self.element_dofs = np.ascontiguousarray(basis.element_dofs, dtype=np.int64)
+        self.n_local, self.n_cells = self.element_dofs.shape
+        first = basis.basis[0]
+        layouts, off = [], 0
+        for comp in first:
+            if comp.grad is None:
+                raise TypeError(
+                    f"element {type(basis.elem).__name__} provides no gradients; femoe supports "
+                    "H1-type (Lagrange, vector, composite) elements"
+                )
+            lay = FieldLayout(tuple(comp.shape[:-2]), tuple(comp.grad.shape[:-2]), off)
+            layouts.append(lay)
+            off += lay.size
+        self.layouts = layouts
+        self.n_jets = off
+        self.is_facet = hasattr(basis, "normals")
+        self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    @cached_property
+    def _phi(self) -> np.ndarray:
+        """Jets of all local basis functions: ``(J, n_local, n_cells, nqp)``."""
+        nqp = self.basis.dx.shape[-1]
+        phi = np.zeros((self.n_jets, self.n_local, self.n_cells, nqp))
+        for i in range(self.n_local):
+            for lay, comp in zip(self.layouts, self.basis.basis[i]):
+                o = lay.offset
+                phi[o : o + lay.n_value, i] = np.asarray(comp).reshape(lay.n_value, self.n_cells, nqp)
+                phi[o + lay.n_value : o + lay.size, i] = np.asarray(comp.grad).reshape(
+                    lay.n_grad, self.n_cells, nqp
+                )
+        return phi
+
+    def tensors(self, device, dtype) -> dict[str, torch.Tensor]:
+        """Precomputed tensors on ``device`` in ``dtype`` (cached)."""
+        key = (str(torch.device(device)), dtype)
+        if key not in self._cache:
+            b = self.basis
+            as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
+            dx = np.asarray(b.dx)
+            t = {
+                "phi": as_t(self._phi),
+                "phi_dx": as_t(self._phi * dx[None, None]),
+                "dx": as_t(dx),
+                "x": as_t(np.asarray(b.global_coordinates())),
+                "element_dofs": torch.as_tensor(self.element_dofs, device=device),
+            }
+            if self.is_facet:
+                t["n"] = as_t(np.asarray(b.normals))
+            h = np.asarray(b.mesh_parameters()) if hasattr(b, "mesh_parameters") else None
+            if h is not None:
+                t["h"] = as_t(h.reshape(h.shape[0], 1) if h.ndim == 1 else h)
+            self._cache[key] = t
+        return self._cache[key]
+
+    def jets(self, u: torch.Tensor) -> torch.Tensor:
+        """Jets of the DOF vectors ``u`` (B, N) at the quadrature points: ``(J, B, nel, nqp)``."""
+        t = self.tensors(u.device, u.dtype)
+        u_loc = u[:, t["element_dofs"]]  # (B, n_local, nel)
+        return torch.einsum("bie,jieq->jbeq", u_loc, t["phi"])
+
+    def fields(self, jets: torch.Tensor) -> list[Field]:
+        return [lay.split(jets) for lay in self.layouts]
+
+    def unit_test_fields(self, device, dtype) -> list[Field]:
+        """Test-function fields whose jet index ``a`` is the ``a``-th unit jet, on a broadcast
+        axis in front of (batch, elements, points): shapes ``(*comp, J, 1, 1, 1)``."""
+        eye = torch.eye(self.n_jets, dtype=dtype, device=device).reshape(self.n_jets, self.n_jets, 1, 1, 1)
+        return [lay.split(eye, test_axis=False) for lay in self.layouts]
+
+    def scatter(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Sum local vectors ``(B, n_local, nel)`` into global vectors ``(B, n)``."""
+        t = self.tensors(local.device, local.dtype)
+        B = local.shape[0]
+        out = local.new_zeros(B, n)
+        return out.index_add(1, t["element_dofs"].reshape(-1), local.reshape(B, -1))

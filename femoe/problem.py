@@ -1,0 +1,539 @@
+"""Weak-form problems evaluated in torch: residual ``R(u; p)`` and its sparse Jacobian.
+
+A :class:`Problem` holds a scikit-fem basis and the pieces of a weak form, written the way
+scikit-fem users write them: a residual integrand ``f(u, v, w)`` (``f(u, p, v, q, w)`` on a
+two-field space), optional facet integrands on tagged boundaries (Neumann/Robin terms),
+scikit-fem ``BilinearForm``/``LinearForm`` objects as they are, Dirichlet data by boundary tag
+name, parameters (coefficient fields and constants that may require grad), and for
+time-dependent problems a storage integrand and the theta scheme
+
+    R^t = (S(u^t) - S(u^{t-1})) / dt + theta A(u^t, t) + (1 - theta) A(u^{t-1}, t - dt).
+
+Everything the forms need from scikit-fem (basis jets, quadrature weights, the element-to-DOF
+map, the CSR sparsity pattern and where each local entry lands in it) is computed once;
+each call is a gather, a few contractions and a scatter, in torch, on the device and in the
+dtype of ``u``, for a leading batch of ``u`` and of the parameters.
+
+Dirichlet rows: ``R_i = u_i - g_i`` for ``i`` in :attr:`Problem.dirichlet_dofs`, so the Jacobian
+has unit rows there and the system stays square; :attr:`Problem.free_dofs` are the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from skfem import BilinearForm, FacetBasis, LinearForm, asm
+
+from femoe.assembly.fields import Field, FormParams
+from femoe.assembly.form import check_linear_in_test, local_residual, local_residual_and_jacobian
+from femoe.assembly.torch_basis import TorchBasis
+from femoe.errors import NonFiniteError, ProblemError, ShapeError
+from femoe.sparse import BatchedCSR, CSRPattern
+
+log = logging.getLogger(__name__)
+
+Integrand = Callable[..., torch.Tensor]
+DirichletValue = float | str | Callable[..., np.ndarray]
+
+_COEFF_KINDS = ("constant", "nodal", "element")
+
+
+@dataclass
+class _FacetTerm:
+    tag: str
+    integrand: Integrand
+    tb: TorchBasis
+    scatter_index: np.ndarray  # CSR positions of the facet-local Jacobian entries
+
+
+class Problem:
+    """A discrete weak-form problem on a scikit-fem basis, evaluated in torch.
+
+    Parameters
+    ----------
+    basis
+        scikit-fem ``CellBasis`` (scalar, vector, or two-field ``ElementComposite``).
+    residual
+        Integrand ``f(u, v, w)`` of the residual, linear in ``v``; write it with
+        :mod:`femoe.helpers` (``grad``, ``dot``, ...) so it also runs inside scikit-fem.
+        ``w`` holds ``x``, ``h``, ``t`` (time-dependent problems) and the parameters.
+    facets
+        ``{tag: integrand}`` boundary terms (Neumann, Robin), integrated over the facets of the
+        mesh boundary ``tag``; ``w.n`` is the outward normal.
+    bilinear, linear
+        scikit-fem ``BilinearForm``/``LinearForm`` objects (or lists of them), assembled once by
+        scikit-fem: they add ``A u - b`` to the residual. ``form_params`` is passed to ``asm``.
+    dirichlet
+        ``{tag: value}``: value is a number, a callable ``g(x)`` or ``g(x, t)`` of the DOF
+        coordinates ``(dim, n)``, or the name of a parameter (a tensor of shape ``()``, ``(B,)``
+        or ``(B, n_tag_dofs)``). A DOF on several tags takes the value of the last one.
+    storage
+        Time-dependent problems: the storage integrand ``S(u, v, w)`` (``u * v`` for
+        ``"mass"``), ``None`` for steady problems.
+    theta
+        Theta of the time scheme (1: implicit Euler, 0.5: Crank-Nicolson).
+    coefficients
+        Kind of each parameter: ``"constant"`` (per sample), ``"nodal"`` (DOF vector on
+        ``basis``), ``"element"`` (one value per element) or a scikit-fem basis on the same mesh
+        and quadrature. Undeclared parameters are inferred from their last dimension.
+    defaults
+        Default parameter values, overridden by the ``params`` of each call.
+    """
+
+    def __init__(
+        self,
+        basis,
+        residual: Integrand | None = None,
+        *,
+        facets: Mapping[str, Integrand] | None = None,
+        bilinear: BilinearForm | Sequence[BilinearForm] | None = None,
+        linear: LinearForm | Sequence[LinearForm] | None = None,
+        form_params: Mapping[str, Any] | None = None,
+        dirichlet: Mapping[str, DirichletValue] | None = None,
+        storage: Integrand | str | None = None,
+        theta: float = 1.0,
+        coefficients: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        name: str = "problem",
+    ):
+        if residual is None and bilinear is None and linear is None:
+            raise ProblemError("a Problem needs a residual integrand or scikit-fem forms (bilinear/linear)")
+        if not 0.0 <= theta <= 1.0:
+            raise ProblemError(f"theta must lie in [0, 1]; got {theta}")
+        self.name = name
+        self.basis = basis
+        self.mesh = basis.mesh
+        self.n = int(basis.N)
+        self.residual_integrand = residual
+        self.theta = float(theta)
+        self.storage_integrand = _storage(storage)
+        self.defaults = dict(defaults or {})
+        self.coefficients = dict(coefficients or {})
+        for k, v in self.coefficients.items():
+            if isinstance(v, str) and v not in _COEFF_KINDS:
+                raise ProblemError(f"coefficient {k!r}: kind {v!r} is not one of {_COEFF_KINDS} or a basis")
+        self._tb = TorchBasis(basis)
+        self._param_tbs: dict[tuple[str, bool, str], TorchBasis] = {}
+        self._checked: set[int] = set()
+
+        # --- sparsity pattern and scatter maps, once --------------------------------------
+        ed = self._tb.element_dofs  # (n_local, nel)
+        rows = np.broadcast_to(ed.T[:, :, None], (ed.shape[1], ed.shape[0], ed.shape[0]))
+        cols = np.broadcast_to(ed.T[:, None, :], rows.shape)
+        keys = (rows.astype(np.int64) * self.n + cols).reshape(-1)
+        extra_keys = [np.arange(self.n, dtype=np.int64) * (self.n + 1)]  # diagonal always stored
+
+        self._facets: list[_FacetTerm] = []
+        for tag, integrand in (facets or {}).items():
+            fb = FacetBasis(self.mesh, basis.elem, facets=self._boundary(tag))
+            ftb = TorchBasis(fb)
+            fe_ = ftb.element_dofs
+            fr = np.broadcast_to(fe_.T[:, :, None], (fe_.shape[1], fe_.shape[0], fe_.shape[0]))
+            fc = np.broadcast_to(fe_.T[:, None, :], fr.shape)
+            fkeys = (fr.astype(np.int64) * self.n + fc).reshape(-1)
+            extra_keys.append(fkeys)
+            self._facets.append(_FacetTerm(tag, integrand, ftb, fkeys))
+
+        # scikit-fem forms, assembled once
+        self._A = None
+        self._b = None
+        bil = [bilinear] if isinstance(bilinear, BilinearForm) else list(bilinear or [])
+        lin = [linear] if isinstance(linear, LinearForm) else list(linear or [])
+        fp = dict(form_params or {})
+        if bil:
+            A = sum(asm(f, basis, **fp) for f in bil).tocoo()
+            self._A = A
+            extra_keys.append(A.row.astype(np.int64) * self.n + A.col)
+        if lin:
+            self._b = np.asarray(sum(asm(f, basis, **fp) for f in lin), dtype=float)
+
+        all_keys = np.concatenate([keys, *extra_keys])
+        uniq, inverse = np.unique(all_keys, return_inverse=True)
+        prow, pcol = np.divmod(uniq, self.n)
+        indptr = np.zeros(self.n + 1, dtype=np.int64)
+        np.add.at(indptr, prow + 1, 1)
+        self.pattern = CSRPattern(np.cumsum(indptr), pcol.astype(np.int64), (self.n, self.n))
+        self._cell_index = inverse[: keys.size]
+        pos = keys.size + self.n
+        self._diag_index = inverse[keys.size : pos]
+        for ft in self._facets:
+            ft.scatter_index = inverse[pos : pos + ft.scatter_index.size]
+            pos += ft.scatter_index.size
+        if self._A is not None:
+            self._A_index = inverse[pos : pos + self._A.nnz]
+            self._A_values = np.zeros(self.pattern.nnz)
+            np.add.at(self._A_values, self._A_index, self._A.data)
+
+        # --- Dirichlet data ------------------------------------------------------------------
+        self._dirichlet: list[tuple[str, np.ndarray, DirichletValue]] = []
+        is_dir = np.zeros(self.n, dtype=bool)
+        for tag, value in (dirichlet or {}).items():
+            dofs = np.asarray(basis.get_dofs(self._boundary(tag)).all(), dtype=np.int64)
+            if dofs.size == 0:
+                raise ProblemError(f"Dirichlet boundary {tag!r} has no degrees of freedom")
+            self._dirichlet.append((tag, dofs, value))
+            is_dir[dofs] = True
+        self.dirichlet_dofs = np.nonzero(is_dir)[0]
+        self.free_dofs = np.nonzero(~is_dir)[0]
+        # which stored entries lie in Dirichlet rows (zeroed; the diagonal becomes 1)
+        self._dir_row_entry = is_dir[self.pattern.rows]
+        self._dir_diag = np.zeros(self.pattern.nnz, dtype=bool)
+        self._dir_diag[self._diag_index[self.dirichlet_dofs]] = True
+        self._torch_cache: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_time_dependent(self) -> bool:
+        return self.storage_integrand is not None
+
+    @property
+    def doflocs(self) -> np.ndarray:
+        """DOF coordinates ``(dim, n)``."""
+        return np.asarray(self.basis.doflocs)
+
+    def _boundary(self, tag: str) -> np.ndarray:
+        bnd = getattr(self.mesh, "boundaries", None) or {}
+        if tag not in bnd:
+            raise ProblemError(
+                f"boundary tag {tag!r} is not defined on the mesh; available: {sorted(bnd)}. "
+                "Tags come from the mesh file's physical groups (femoe.mesh.read_mesh) or from "
+                "mesh.with_boundaries({...})"
+            )
+        return bnd[tag]
+
+    def _tensors(self, device, dtype) -> dict[str, torch.Tensor]:
+        key = (str(torch.device(device)), dtype)
+        if key not in self._torch_cache:
+            t = {
+                "cell_index": torch.as_tensor(self._cell_index, device=device),
+                "dir_keep": torch.as_tensor(~self._dir_row_entry, device=device),
+                "dir_diag": torch.as_tensor(self._dir_diag, dtype=dtype, device=device),
+                "dirichlet": torch.as_tensor(self.dirichlet_dofs, device=device),
+            }
+            for i, ft in enumerate(self._facets):
+                t[f"facet_index_{i}"] = torch.as_tensor(ft.scatter_index, device=device)
+            if self._A is not None:
+                t["A_values"] = torch.as_tensor(self._A_values, dtype=dtype, device=device)
+            if self._b is not None:
+                t["b"] = torch.as_tensor(self._b, dtype=dtype, device=device)
+            self._torch_cache[key] = t
+        return self._torch_cache[key]
+
+    # ------------------------------------------------------------------ inputs
+    def _as_batch(self, u: torch.Tensor, name: str = "u") -> tuple[torch.Tensor, bool]:
+        if not isinstance(u, torch.Tensor):
+            raise ShapeError(f"{name} must be a torch tensor of shape (batch, {self.n}) or ({self.n},); got {type(u).__name__}")
+        if not u.is_floating_point():
+            raise ShapeError(f"{name} must be float32 or float64; got {u.dtype}")
+        if u.shape[-1] != self.n or u.dim() not in (1, 2):
+            raise ShapeError(f"{name} must have shape (batch, {self.n}) or ({self.n},); got {tuple(u.shape)}")
+        return (u.unsqueeze(0), True) if u.dim() == 1 else (u, False)
+
+    def _params(self, params: Mapping[str, Any] | None, device, dtype) -> dict[str, torch.Tensor]:
+        merged = {**self.defaults, **(params or {})}
+        out = {}
+        for k, v in merged.items():
+            if isinstance(v, torch.Tensor):
+                if v.is_floating_point() and v.dtype != dtype:
+                    raise ShapeError(f"parameter {k!r} has dtype {v.dtype} but u has {dtype}; convert one of them")
+                out[k] = v.to(device)
+            elif callable(v):
+                out[k] = v
+            else:
+                out[k] = torch.as_tensor(v, dtype=dtype, device=device)
+        return out
+
+    def _param_kind(self, name: str, value: torch.Tensor):
+        kind = self.coefficients.get(name)
+        if kind is not None:
+            return kind
+        if value.dim() == 0 or (value.dim() == 1 and value.shape[0] not in (self.n, self.mesh.nelements)):
+            return "constant"
+        last = value.shape[-1]
+        if last == self.n and len(self._tb.layouts) == 1 and self._tb.layouts[0].value_shape == ():
+            return "nodal"
+        if last == self.mesh.nelements:
+            return "element"
+        if value.dim() == 1:
+            return "constant"
+        raise ProblemError(
+            f"cannot tell what parameter {name!r} of shape {tuple(value.shape)} is: its last dimension is "
+            f"neither n={self.n} (nodal) nor nelements={self.mesh.nelements} (element); declare it in "
+            "Problem(coefficients={...})"
+        )
+
+    def _form_params(self, tb: TorchBasis, params: dict, B: int, device, dtype, t) -> FormParams:
+        tt = tb.tensors(device, dtype)
+        w = FormParams(x=tt["x"])
+        if "h" in tt:
+            w["h"] = tt["h"]
+        if "n" in tt:
+            w["n"] = tt["n"]
+        if t is not None:
+            w["t"] = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=dtype, device=device)
+            if w["t"].dim() == 1:
+                w["t"] = w["t"].reshape(-1, 1, 1)
+        for name, value in params.items():
+            if callable(value) and not isinstance(value, torch.Tensor):
+                w[name] = value
+                continue
+            kind = self._param_kind(name, value)
+            if kind == "constant":
+                w[name] = value.reshape(-1, 1, 1) if value.dim() == 1 else value
+            elif kind == "element":
+                cells = tb.basis.tind if tb.is_facet else slice(None)
+                v = value if value.dim() == 2 else value.unsqueeze(0)
+                w[name] = Field(v[:, cells].unsqueeze(-1), None)
+            else:
+                ptb = self._param_basis(name, kind, tb)
+                v = value if value.dim() == 2 else value.unsqueeze(0)
+                if v.shape[-1] != ptb.basis.N:
+                    raise ShapeError(f"parameter {name!r} must have {ptb.basis.N} DOF values; got {tuple(value.shape)}")
+                fields = ptb.fields(ptb.jets(v))
+                w[name] = fields[0] if len(fields) == 1 else fields
+        return w
+
+    def _param_basis(self, name: str, kind, tb: TorchBasis) -> TorchBasis:
+        if kind == "nodal":
+            return tb
+        key = (name, tb.is_facet, id(tb))
+        if key not in self._param_tbs:
+            if tb.is_facet:
+                self._param_tbs[key] = TorchBasis(tb.basis.with_element(kind.elem))
+            else:
+                if kind.mesh is not self.mesh or kind.quadrature[0].shape != self.basis.quadrature[0].shape:
+                    raise ProblemError(f"the basis of parameter {name!r} must use the problem's mesh and quadrature "
+                                       "(build it with problem.basis.with_element(element))")
+                self._param_tbs[key] = TorchBasis(kind)
+        return self._param_tbs[key]
+
+    def dirichlet_values(self, params=None, *, t=None, batch: int = 1, device="cpu", dtype=torch.float64) -> torch.Tensor:
+        """Values ``g`` on :attr:`dirichlet_dofs`, shape ``(B, n_dirichlet)``."""
+        p = self._params(params, device, dtype)
+        g = torch.zeros(batch, self.n, dtype=dtype, device=device)
+        for tag, dofs, value in self._dirichlet:
+            idx = torch.as_tensor(dofs, device=device)
+            if isinstance(value, str):
+                if value not in p:
+                    raise ProblemError(f"Dirichlet data of {tag!r} names parameter {value!r}, which was not given")
+                val = p[value]
+                val = val.reshape(-1, 1) if val.dim() <= 1 else val
+            elif callable(value):
+                x = self.doflocs[:, dofs]
+                arr = value(x, float(t)) if _n_args(value) >= 2 else value(x)
+                val = torch.as_tensor(np.broadcast_to(np.asarray(arr, dtype=float), dofs.shape).copy(), dtype=dtype, device=device)
+            else:
+                val = torch.as_tensor(float(value), dtype=dtype, device=device)
+            g = g.index_copy(1, idx, torch.broadcast_to(val.to(dtype), (g.shape[0], dofs.size)))
+        return g[:, self.dirichlet_dofs]
+
+    # ------------------------------------------------------------------ evaluation
+    def _check(self, integrand, tb, jets, w):
+        if id(integrand) not in self._checked:
+            check_linear_in_test(integrand, tb, jets[:, :1].detach(), w)
+            self._checked.add(id(integrand))
+
+    def _spatial(self, u: torch.Tensor, params: dict, t, jacobian: bool, create_graph: bool):
+        """``A(u)`` (no Dirichlet treatment): global residual and CSR values (or None)."""
+        B, device, dtype = u.shape[0], u.device, u.dtype
+        tc = self._tensors(device, dtype)
+        R = u.new_zeros(B, self.n)
+        vals = u.new_zeros(B, self.pattern.nnz) if jacobian else None
+        if self.residual_integrand is not None:
+            w = self._form_params(self._tb, params, B, device, dtype, t)
+            jets = self._tb.jets(u)
+            self._check(self.residual_integrand, self._tb, jets, w)
+            if jacobian:
+                r, K = local_residual_and_jacobian(self.residual_integrand, self._tb, jets, w, create_graph)
+                vals = vals.index_add(1, tc["cell_index"], K.reshape(B, -1))
+            else:
+                r = local_residual(self.residual_integrand, self._tb, jets, w)
+            R = R + self._tb.scatter(r, self.n)
+        for i, ft in enumerate(self._facets):
+            w = self._form_params(ft.tb, params, B, device, dtype, t)
+            jets = ft.tb.jets(u)
+            self._check(ft.integrand, ft.tb, jets, w)
+            if jacobian:
+                r, K = local_residual_and_jacobian(ft.integrand, ft.tb, jets, w, create_graph)
+                vals = vals.index_add(1, tc[f"facet_index_{i}"], K.reshape(B, -1))
+            else:
+                r = local_residual(ft.integrand, ft.tb, jets, w)
+            R = R + ft.tb.scatter(r, self.n)
+        if self._A is not None:
+            A = BatchedCSR(self.pattern, tc["A_values"].unsqueeze(0))
+            R = R + A.matvec(u)
+            if jacobian:
+                vals = vals + tc["A_values"]
+        if self._b is not None:
+            R = R - tc["b"]
+        return R, vals
+
+    def _storage(self, u, params, t, jacobian, create_graph):
+        w = self._form_params(self._tb, params, u.shape[0], u.device, u.dtype, t)
+        jets = self._tb.jets(u)
+        self._check(self.storage_integrand, self._tb, jets, w)
+        tc = self._tensors(u.device, u.dtype)
+        if jacobian:
+            r, K = local_residual_and_jacobian(self.storage_integrand, self._tb, jets, w, create_graph)
+            vals = u.new_zeros(u.shape[0], self.pattern.nnz).index_add(1, tc["cell_index"], K.reshape(u.shape[0], -1))
+        else:
+            r, vals = local_residual(self.storage_integrand, self._tb, jets, w), None
+        return self._tb.scatter(r, self.n), vals
+
+    def _apply_dirichlet(self, R, vals, u, params, t):
+        tc = self._tensors(u.device, u.dtype)
+        if self.dirichlet_dofs.size:
+            g = self.dirichlet_values(params, t=t, batch=u.shape[0], device=u.device, dtype=u.dtype)
+            R = R.index_copy(1, tc["dirichlet"], u[:, tc["dirichlet"]] - g)
+            if vals is not None:
+                vals = vals * tc["dir_keep"] + tc["dir_diag"]
+        return R, vals
+
+    def _prepare(self, u, params):
+        u, squeeze = self._as_batch(u)
+        p = self._params(params, u.device, u.dtype)
+        B = max([u.shape[0]] + [v.shape[0] for v in p.values() if isinstance(v, torch.Tensor) and v.dim() >= 2]
+                + [v.shape[0] for k, v in p.items() if isinstance(v, torch.Tensor) and v.dim() == 1
+                   and self._param_kind(k, v) == "constant"])
+        if u.shape[0] not in (1, B):
+            raise ShapeError(f"u has batch {u.shape[0]} but the parameters have batch {B}")
+        return u.expand(B, -1), p, squeeze and B == 1
+
+    def _create_graph(self, u, p) -> bool:
+        return torch.is_grad_enabled() and (
+            u.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in p.values())
+        )
+
+    def residual(self, u: torch.Tensor, params: Mapping[str, Any] | None = None, *, t: float | None = None) -> torch.Tensor:
+        """Steady residual ``R(u; p)``, shape of ``u`` (``(B, n)`` or ``(n,)``).
+
+        Differentiable with respect to ``u`` and every parameter tensor.
+        """
+        u, p, squeeze = self._prepare(u, params)
+        R, _ = self._spatial(u, p, t, jacobian=False, create_graph=False)
+        R, _ = self._apply_dirichlet(R, None, u, p, t)
+        return R[0] if squeeze else R
+
+    def residual_and_jacobian(self, u: torch.Tensor, params: Mapping[str, Any] | None = None, *,
+                              t: float | None = None) -> tuple[torch.Tensor, BatchedCSR]:
+        """Residual and its Jacobian ``dR/du`` as a :class:`~femoe.sparse.BatchedCSR` on
+        :attr:`pattern` (the residual keeps the batch shape of ``u``; the Jacobian always has
+        a batch axis). Both are differentiable with respect to ``u`` and the parameters."""
+        u, p, squeeze = self._prepare(u, params)
+        R, vals = self._spatial(u, p, t, jacobian=True, create_graph=self._create_graph(u, p))
+        R, vals = self._apply_dirichlet(R, vals, u, p, t)
+        return (R[0] if squeeze else R), BatchedCSR(self.pattern, vals)
+
+    def jacobian(self, u, params=None, *, t=None) -> BatchedCSR:
+        """The Jacobian ``dR/du`` (see :meth:`residual_and_jacobian`)."""
+        return self.residual_and_jacobian(u, params, t=t)[1]
+
+    # ------------------------------------------------------------------ time stepping
+    def _need_time(self):
+        if not self.is_time_dependent:
+            raise ProblemError(f"problem {self.name!r} is steady (no storage term); use residual()")
+
+    def step_residual(self, u_new, u_old, dt: float, params=None, *, t_new: float = 0.0,
+                      jacobian: bool = False):
+        """Theta-scheme residual of one step ``u_old -> u_new`` (and ``dR/du_new`` if asked).
+
+        ``R = (S(u_new) - S(u_old)) / dt + theta A(u_new, t_new) + (1 - theta) A(u_old, t_new - dt)``,
+        with Dirichlet rows ``u_new - g(t_new)``.
+        """
+        self._need_time()
+        if not dt > 0:
+            raise ProblemError(f"dt must be positive; got {dt}")
+        u_new, p, squeeze = self._prepare(u_new, params)
+        u_old, _ = self._as_batch(u_old, "u_old")
+        u_old = u_old.expand(u_new.shape[0], -1)
+        cg = self._create_graph(u_new, p) or (torch.is_grad_enabled() and u_old.requires_grad)
+        S1, Sv = self._storage(u_new, p, t_new, jacobian, cg)
+        S0, _ = self._storage(u_old, p, t_new - dt, False, cg)
+        R = (S1 - S0) / dt
+        vals = Sv / dt if jacobian else None
+        if self.theta > 0:
+            A1, Av = self._spatial(u_new, p, t_new, jacobian, cg)
+            R = R + self.theta * A1
+            if jacobian:
+                vals = vals + self.theta * Av
+        if self.theta < 1:
+            A0, _ = self._spatial(u_old, p, t_new - dt, False, cg)
+            R = R + (1 - self.theta) * A0
+        R, vals = self._apply_dirichlet(R, vals, u_new, p, t_new)
+        R = R[0] if squeeze else R
+        return (R, BatchedCSR(self.pattern, vals)) if jacobian else R
+
+    def trajectory_residual(self, U: torch.Tensor, u0: torch.Tensor, dt: float, params=None, *,
+                            t0: float = 0.0) -> torch.Tensor:
+        """Residuals of all steps of a trajectory at once.
+
+        ``U`` holds levels ``1..T``, shape ``(B, T, n)``; ``u0`` the initial level ``(B, n)``.
+        Returns ``(B, T, n)``. Parameters are shared by all levels of a sample.
+        """
+        self._need_time()
+        if U.dim() != 3 or U.shape[-1] != self.n:
+            raise ShapeError(f"U must have shape (batch, T, {self.n}); got {tuple(U.shape)}")
+        B, T, n = U.shape
+        u0, _ = self._as_batch(u0, "u0")
+        levels = torch.cat([u0.expand(B, -1).unsqueeze(1), U], dim=1)  # (B, T+1, n)
+        flat = levels.reshape(B * (T + 1), n)
+        p = self._params(params, U.device, U.dtype)
+        p_rep = {k: _repeat_batch(v, B, T + 1) for k, v in p.items()}
+        times = t0 + dt * torch.arange(T + 1, dtype=U.dtype, device=U.device)
+        t_flat = times.repeat(B)
+        S, _ = self._storage(flat, p_rep, t_flat, False, False)
+        A, _ = self._spatial(flat, p_rep, t_flat, False, False)
+        S = S.reshape(B, T + 1, n)
+        A = A.reshape(B, T + 1, n)
+        R = (S[:, 1:] - S[:, :-1]) / dt + self.theta * A[:, 1:] + (1 - self.theta) * A[:, :-1]
+        if self.dirichlet_dofs.size:
+            d = torch.as_tensor(self.dirichlet_dofs, device=U.device)
+            g = torch.stack([self.dirichlet_values(p, t=t0 + dt * (k + 1), batch=B, device=U.device, dtype=U.dtype)
+                             for k in range(T)], dim=1)
+            R = R.index_copy(2, d, U[:, :, d] - g)
+        return R
+
+
+def _repeat_batch(v, B: int, reps: int):
+    """Repeat a parameter for ``reps`` levels of each of ``B`` samples (batch becomes B * reps)."""
+    if not isinstance(v, torch.Tensor) or v.dim() == 0:
+        return v
+    if v.dim() == 1 and v.shape[0] == B and B > 1:
+        return v.repeat_interleave(reps)
+    if v.dim() >= 2:
+        return v.expand(B, *v.shape[1:]).repeat_interleave(reps, dim=0)
+    return v
+
+
+def _n_args(f) -> int:
+    import inspect
+
+    try:
+        return len(inspect.signature(f).parameters)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _storage(storage):
+    if storage is None:
+        return None
+    if storage == "mass":
+        return _mass
+    if callable(storage):
+        return storage
+    raise ProblemError(f"storage must be None, 'mass' or an integrand (u, v, w); got {storage!r}")
+
+
+def _mass(*args):
+    *fields, _w = args
+    k = len(fields) // 2
+    total = 0
+    for u, v in zip(fields[:k], fields[k:]):
+        prod = u.value * v.value
+        extra = prod.dim() - 4  # component axes in front of (jet, batch, element, point)
+        total = total + (prod.sum(tuple(range(extra))) if extra > 0 else prod)
+    return total
