@@ -60,6 +60,10 @@ class ProblemError(FemoeError, ValueError):
     """A weak-form problem is ill-defined (unknown tag, bad parameter, bad integrand)."""
 
 
+class MissingParameterError(ProblemError, AttributeError):
+    """A form reads a parameter (``w.name``) that the call did not provide."""
+
+
 class ShapeError(FemoeError, ValueError):
     """A tensor has the wrong shape, dtype or device."""
 
@@ -121,3 +125,8 @@ class ConvergenceWarning(FemoeWarning):
 
 class DeviceFallbackWarning(FemoeWarning):
     """A computation ran on the CPU although its inputs live on another device."""
+
+
+# --- optional dependencies ----------------------------------------------------------------
+class MissingDependencyError(FemoeError, ImportError):
+    """An optional package (pymetis, gmsh...) is needed for what was asked but not installed."""

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from femoe.errors import MissingParameterError
+
 
 def _unwrap(x):
     if isinstance(x, Field):
@@ -93,6 +95,7 @@ class FormParams(dict):
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(
-                f"form parameter {name!r} is not defined; available: {sorted(self)}"
+            raise MissingParameterError(
+                f"form parameter {name!r} is not defined; available: {sorted(self)}. Pass it in "
+                "params={...} of the call or in Problem(defaults={...})"
             ) from None

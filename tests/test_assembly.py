@@ -1,0 +1,244 @@
+"""Torch weak-form evaluation against scikit-fem's own assembly and against autograd."""
+
+import numpy as np
+import pytest
+import skfem as fe
+import torch
+from skfem.helpers import dot as sk_dot, grad as sk_grad
+
+from femoe.errors import ProblemError, ShapeError
+from femoe.helpers import dot, grad, ddot, sym_grad, div, eye, trace
+from femoe.problem import Problem
+
+F64 = torch.float64
+
+MESHES = {
+    "line": lambda: fe.MeshLine().refined(4),
+    "tri": lambda: fe.MeshTri.init_symmetric().refined(2),
+    "quad": lambda: fe.MeshQuad().refined(2),
+    "tet": lambda: fe.MeshTet().refined(1),
+}
+ELEMENTS = {
+    ("line", 1): fe.ElementLineP1, ("line", 2): fe.ElementLineP2,
+    ("tri", 1): fe.ElementTriP1, ("tri", 2): fe.ElementTriP2,
+    ("quad", 1): fe.ElementQuad1, ("quad", 2): fe.ElementQuad2,
+    ("tet", 1): fe.ElementTetP1, ("tet", 2): fe.ElementTetP2,
+}
+
+
+def nonlinear(u, v, w):
+    # -div((kappa + u^2) grad u) + u^3 = f
+    return dot((w.kappa + u**2) * grad(u), grad(v)) + u**3 * v - w.f * v
+
+
+@fe.LinearForm
+def sk_residual(v, w):
+    u = w["u"]
+    return sk_dot((w["kappa"] + u**2) * sk_grad(u), sk_grad(v)) + u**3 * v - w["f"] * v
+
+
+@fe.BilinearForm
+def sk_jacobian(du, v, w):
+    u = w["u"]
+    return (sk_dot((w["kappa"] + u**2) * sk_grad(du), sk_grad(v))
+            + sk_dot(2 * u * du * sk_grad(u), sk_grad(v)) + 3 * u**2 * du * v)
+
+
+def _state(basis, seed=0):
+    x = basis.doflocs
+    rng = np.random.default_rng(seed)
+    return np.sin(2 * x[0]) + 0.3 * x.sum(0) + 0.1 * rng.standard_normal(basis.N)
+
+
+@pytest.mark.parametrize("cell,order", sorted(ELEMENTS))
+def test_residual_and_jacobian_match_scikit_fem(cell, order):
+    mesh = MESHES[cell]()
+    basis = fe.Basis(mesh, ELEMENTS[(cell, order)]())
+    kappa = 1.0 + basis.doflocs[0] ** 2  # nodal coefficient field
+    problem = Problem(basis, nonlinear, defaults={"f": 2.0})
+    u = _state(basis)
+    R, J = problem.residual_and_jacobian(torch.tensor(u), {"kappa": torch.tensor(kappa)})
+    kw = dict(u=basis.interpolate(u), kappa=basis.interpolate(kappa), f=2.0)
+    R_ref = sk_residual.assemble(basis, **kw)
+    J_ref = sk_jacobian.assemble(basis, **kw)
+    scale = np.abs(J_ref).max()
+    assert np.abs(R.numpy() - R_ref).max() <= 1e-12 * scale
+    assert abs(J.to_scipy(0) - J_ref).max() <= 1e-12 * scale
+    # the same integrand, run by scikit-fem itself through femoe.helpers
+    R_sk = fe.LinearForm(lambda v, w: nonlinear(w["u"], v, w)).assemble(basis, **kw)
+    assert np.abs(R_sk - R_ref).max() <= 1e-12 * scale
+
+
+def test_linear_forms_are_accepted_as_they_are():
+    from skfem.models.poisson import laplace, unit_load
+
+    mesh = fe.MeshTri().refined(3).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementTriP2())
+    problem = Problem(basis, bilinear=laplace, linear=unit_load)
+    u = torch.tensor(_state(basis))
+    R, J = problem.residual_and_jacobian(u)
+    A, b = laplace.assemble(basis), unit_load.assemble(basis)
+    np.testing.assert_allclose(R.numpy(), A @ u.numpy() - b, atol=1e-12)
+    assert abs(J.to_scipy(0) - A).max() < 1e-12
+
+
+def test_vector_space_linear_elasticity_matches_scikit_fem():
+    from skfem.models.elasticity import linear_elasticity, lame_parameters
+
+    mesh = fe.MeshTri().refined(2)
+    basis = fe.Basis(mesh, fe.ElementVector(fe.ElementTriP2()))
+    lam, mu = lame_parameters(1.0, 0.3)
+
+    def elastic(u, v, w):
+        eps_u, eps_v = sym_grad(u), sym_grad(v)
+        return ddot(2 * mu * eps_u + lam * eye(trace(eps_u), 2), eps_v)
+
+    problem = Problem(basis, elastic)
+    u = torch.tensor(_state(basis))
+    R, J = problem.residual_and_jacobian(u)
+    K = linear_elasticity(lam, mu).assemble(basis)
+    np.testing.assert_allclose(R.numpy(), K @ u.numpy(), atol=1e-11)
+    assert abs(J.to_scipy(0) - K).max() < 1e-11
+
+
+def test_mixed_stokes_space_matches_scikit_fem():
+    mesh = fe.MeshTri().refined(2)
+    basis = fe.Basis(mesh, fe.ElementVector(fe.ElementTriP2()) * fe.ElementTriP1())
+
+    def stokes(u, p, v, q, w):
+        return ddot(grad(u), grad(v)) - div(v) * p - div(u) * q
+
+    @fe.BilinearForm
+    def sk_stokes(u, p, v, q, w):
+        from skfem.helpers import ddot as dd, div as dv, grad as gr
+        return dd(gr(u), gr(v)) - dv(v) * p - dv(u) * q
+
+    problem = Problem(basis, stokes)
+    u = torch.tensor(_state(basis))
+    R, J = problem.residual_and_jacobian(u)
+    K = sk_stokes.assemble(basis)
+    np.testing.assert_allclose(R.numpy(), K @ u.numpy(), atol=1e-11)
+    assert abs(J.to_scipy(0) - K).max() < 1e-11
+
+
+def test_robin_facet_term_and_dirichlet_rows():
+    mesh = fe.MeshTri().refined(3).with_boundaries(
+        {"left": lambda x: x[0] == 0, "right": lambda x: x[0] == 1})
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(
+        basis, lambda u, v, w: dot(grad(u), grad(v)),
+        facets={"right": lambda u, v, w: w.alpha * u * v - w.g * v},
+        dirichlet={"left": lambda x: 1 + x[1]},
+        defaults={"alpha": 2.0, "g": 0.5},
+    )
+    u = torch.tensor(_state(basis))
+    R, J = problem.residual_and_jacobian(u)
+    fb = fe.FacetBasis(mesh, basis.elem, facets=mesh.boundaries["right"])
+    A = fe.BilinearForm(lambda u, v, w: sk_dot(sk_grad(u), sk_grad(v))).assemble(basis)
+    A = A + fe.BilinearForm(lambda u, v, w: 2.0 * u * v).assemble(fb)
+    b = fe.LinearForm(lambda v, w: 0.5 * v).assemble(fb)
+    R_ref = A @ u.numpy() - b
+    D = problem.dirichlet_dofs
+    assert set(D) == set(basis.get_dofs(mesh.boundaries["left"]).all())
+    R_ref[D] = u.numpy()[D] - (1 + basis.doflocs[1, D])
+    np.testing.assert_allclose(R.numpy(), R_ref, atol=1e-13)
+    Jd = J.to_scipy(0).toarray()
+    Ad = A.toarray()
+    Ad[D] = 0
+    Ad[D, D] = 1
+    np.testing.assert_allclose(Jd, Ad, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["tri", "tet"])
+def test_jacobian_equals_autograd_jacobian(cell):
+    mesh = MESHES[cell]()
+    basis = fe.Basis(mesh, ELEMENTS[(cell, 1)]())
+    problem = Problem(basis, nonlinear, defaults={"f": 1.0, "kappa": 0.5})
+    u = torch.tensor(_state(basis))
+    J = problem.jacobian(u).to_dense()[0]
+    J_ad = torch.autograd.functional.jacobian(lambda x: problem.residual(x), u)
+    torch.testing.assert_close(J, J_ad, rtol=0, atol=1e-12)
+
+
+def test_gradcheck_residual_and_jacobian_wrt_u_and_params():
+    mesh = fe.MeshTri().refined(1).with_boundaries({"left": lambda x: x[0] == 0})
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, nonlinear, dirichlet={"left": "g"}, coefficients={"kappa": "element"})
+    u = torch.tensor(_state(basis)[None].repeat(2, 0), requires_grad=True)
+    kappa = torch.rand(2, mesh.nelements, dtype=F64, requires_grad=True)
+    f = torch.tensor([1.0, -0.5], dtype=F64, requires_grad=True)
+    g = torch.tensor([0.3, 0.7], dtype=F64, requires_grad=True)
+
+    def fn(u, kappa, f, g):
+        R, J = problem.residual_and_jacobian(u, {"kappa": kappa, "f": f, "g": g})
+        return R, J.values
+
+    assert torch.autograd.gradcheck(fn, (u, kappa, f, g))
+    assert torch.autograd.gradgradcheck(lambda u, k: problem.residual(u, {"kappa": k, "f": f, "g": g}), (u, kappa))
+
+
+def test_batch_of_parameters_gives_per_sample_results():
+    mesh = fe.MeshTri().refined(2)
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, nonlinear, defaults={"kappa": 1.0})
+    u = torch.tensor(_state(basis))
+    f = torch.tensor([0.0, 1.0, 3.0], dtype=F64)
+    R = problem.residual(u, {"f": f})
+    assert R.shape == (3, basis.N)
+    for i in range(3):
+        torch.testing.assert_close(R[i], problem.residual(u, {"f": float(f[i])}))
+
+
+def test_float32_and_device_follow_the_input():
+    mesh = fe.MeshTri().refined(2)
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, nonlinear, defaults={"kappa": 1.0, "f": 1.0})
+    u64 = torch.tensor(_state(basis))
+    R32, J32 = problem.residual_and_jacobian(u64.float())
+    assert R32.dtype == torch.float32 and J32.values.dtype == torch.float32
+    torch.testing.assert_close(R32.double(), problem.residual(u64), rtol=1e-5, atol=1e-5)
+
+
+def test_theta_scheme_step_and_trajectory_residuals():
+    mesh = fe.MeshLine().refined(4).with_boundaries({"left": lambda x: x[0] == 0})
+    basis = fe.Basis(mesh, fe.ElementLineP1())
+    problem = Problem(basis, lambda u, v, w: w.D * dot(grad(u), grad(v)), storage="mass", theta=0.5,
+                      dirichlet={"left": 1.0}, defaults={"D": 0.1})
+    M = fe.BilinearForm(lambda u, v, w: u * v).assemble(basis)
+    K = fe.BilinearForm(lambda u, v, w: 0.1 * sk_dot(sk_grad(u), sk_grad(v))).assemble(basis)
+    rng = np.random.default_rng(1)
+    u0, u1, u2 = (rng.standard_normal(basis.N) for _ in range(3))
+    dt = 0.05
+    R1, J1 = problem.step_residual(torch.tensor(u1), torch.tensor(u0), dt, jacobian=True)
+    ref = M @ (u1 - u0) / dt + 0.5 * K @ u1 + 0.5 * K @ u0
+    D = problem.dirichlet_dofs
+    ref[D] = u1[D] - 1.0
+    np.testing.assert_allclose(R1.numpy(), ref, atol=1e-12)
+    Jref = (M / dt + 0.5 * K).toarray()
+    Jref[D] = 0
+    Jref[D, D] = 1
+    np.testing.assert_allclose(J1.to_scipy(0).toarray(), Jref, atol=1e-12)
+    U = torch.tensor(np.stack([u1, u2]))[None]
+    Rt = problem.trajectory_residual(U, torch.tensor(u0), dt)
+    torch.testing.assert_close(Rt[0, 0], R1)
+    torch.testing.assert_close(Rt[0, 1], problem.step_residual(torch.tensor(u2), torch.tensor(u1), dt, t_new=2 * dt))
+
+
+def test_bad_inputs_raise_clear_errors():
+    mesh = fe.MeshTri().refined(1)
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, nonlinear, defaults={"kappa": 1.0, "f": 1.0})
+    with pytest.raises(ShapeError, match="shape"):
+        problem.residual(torch.zeros(3, dtype=F64))
+    with pytest.raises(ShapeError, match="float"):
+        problem.residual(torch.zeros(basis.N, dtype=torch.int64))
+    with pytest.raises(ProblemError, match="not defined on the mesh"):
+        Problem(basis, nonlinear, dirichlet={"nowhere": 0.0})
+    bad = Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - 1.0)
+    with pytest.raises(ProblemError, match="not linear in the test"):
+        bad.residual(torch.zeros(basis.N, dtype=F64))
+    vec = Problem(basis, lambda u, v, w: grad(u) * v)
+    with pytest.raises(ProblemError, match="one number per quadrature point"):
+        vec.residual(torch.zeros(basis.N, dtype=F64))
+    with pytest.raises(ProblemError, match="not defined"):
+        Problem(basis, lambda u, v, w: w.nope * v).residual(torch.zeros(basis.N, dtype=F64))
