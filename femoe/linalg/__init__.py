@@ -1,0 +1,30 @@
+"""Linear solvers on :class:`femoe.sparse.BatchedCSR` matrices and a differentiable sparse solve.
+
+Solvers come from a name -> class registry (one module each): ``"dense_cholesky"``,
+``"dense_lu"``, ``"superlu"``, ``"cg"``, ``"minres"``, ``"gmres"``, plus ``"auto"``, which picks
+by size, symmetry and device. Every solver is set up once and then solves many times, with
+``A`` or ``A^T``::
+
+    solver = make_solver("cg", A, preconditioner="amg")
+    x, info = solver.solve(b)
+    lam, _ = solver.solve(g, transpose=True)
+
+:func:`sparse_solve` wraps this in an autograd Function whose backward is one adjoint solve with
+the forward's solver.
+"""
+
+from femoe.linalg._base import LinearSolver, SolveInfo
+from femoe.linalg._autograd import sparse_solve
+from femoe.linalg._preconditioners import PRECONDITIONERS
+from femoe.linalg._registry import SOLVERS, available_solvers, choose_solver, make_solver
+
+__all__ = [
+    "LinearSolver",
+    "PRECONDITIONERS",
+    "SOLVERS",
+    "SolveInfo",
+    "available_solvers",
+    "choose_solver",
+    "make_solver",
+    "sparse_solve",
+]
