@@ -65,7 +65,9 @@ def plot_partition(
     polygons = np.transpose(mesh.p[:, mesh.t[:corners]], (2, 1, 0))  # (nelem, corners, 2)
     colours = _colours(partition.k)
 
-    fig = Figure(figsize=(6, 6))
+    extent = np.ptp(mesh.p, axis=1)
+    aspect = float(np.clip(extent[1] / extent[0], 0.25, 4.0)) if extent[0] > 0 else 1.0
+    fig = Figure(figsize=(7.0, 7.0 * aspect + 0.6) if aspect <= 1 else (7.0 / aspect, 7.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.add_collection(
@@ -83,5 +85,5 @@ def plot_partition(
         f"K={partition.k}  imbalance={stats['imbalance']:.3f}  |Γ|={stats['interface']}"
     )
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return fig
