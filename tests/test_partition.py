@@ -197,6 +197,26 @@ def test_slab_axis_and_empty_slab():
         partition_elements(coarse, 3, method="slab")
 
 
+def test_one_heavy_element_still_leaves_no_expert_empty(square):
+    weights = np.ones(square.t.shape[1])
+    weights[0] = 1e6
+    for method in ("rcb", "random"):
+        part = partition_elements(square, 3, method=method, weights=weights)
+        assert np.all(np.bincount(part, minlength=3) > 0)
+
+
+def test_empty_metis_parts_are_filled_from_the_largest():
+    from femoe.partition._methods import _fill_empty_parts
+
+    mesh = skfem.MeshTri().refined(2)
+    xadj, adjncy = dual_graph(mesh)
+    part = np.zeros(mesh.t.shape[1], dtype=np.int64)
+    part[:4] = 1  # experts 2 and 3 empty
+    _fill_empty_parts(part, 4, xadj, adjncy)
+    counts = np.bincount(part, minlength=4)
+    assert counts.tolist() == [26, 4, 1, 1]
+
+
 def test_bad_weights_raise(square):
     with pytest.raises(PartitionError, match="one entry per element"):
         partition_elements(square, 2, method="rcb", weights=np.ones(3))
