@@ -350,6 +350,7 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
     for i in dom_blocks:
         dom_off[i], n = n, n + len(blocks[i].data)
     cells = np.concatenate([np.asarray(blocks[i].data, dtype=np.int64) for i in dom_blocks])
+    referenced = np.unique(cells)  # before dropping line3 mid nodes, which are no error
     if cell_type == "line3":  # an interval is straight: the mid nodes carry nothing
         cell_type = "line"
         cells = cells[:, :2]
@@ -389,7 +390,7 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
         points = points[:, :top]
 
     cells, facets, bnd_tags, points, old_ids = _drop_unused_nodes(
-        points, cells, facets, bnd_tags, src, cell_type
+        points, cells, facets, bnd_tags, src, cell_type, n_unused=len(points) - len(referenced)
     )
     _check_duplicates(points, old_ids, src)
     cells = _check_measures(points, cells, cell_type, kind, src)
@@ -427,7 +428,8 @@ def _only_own_kind(mesh: Mesh, sub_names: set[str], bnd_names: set[str], skfem_k
     return mesh
 
 
-def _drop_unused_nodes(points, cells, facets, bnd_tags, src, cell_type):
+def _drop_unused_nodes(points, cells, facets, bnd_tags, src, cell_type, n_unused):
+    """Drop nodes no element uses, renumber cells and facets; warn if the file had any."""
     used = np.unique(cells)
     if len(used) == len(points):
         return cells, facets, bnd_tags, points, np.arange(len(points))
@@ -440,12 +442,13 @@ def _drop_unused_nodes(points, cells, facets, bnd_tags, src, cell_type):
     bnd_tags = {k: fac_new[v][fac_new[v] >= 0] for k, v in bnd_tags.items()}
     bnd_tags = {k: v for k, v in bnd_tags.items() if len(v)}
     msg = (
-        f"{src}: {len(points) - len(used)} of {len(points)} nodes are used by no {cell_type} "
+        f"{src}: {n_unused} of {len(points)} nodes are used by no {cell_type} "
         "element; dropped them and renumbered the rest (tags follow the new numbering)."
     )
     if dropped_facets:
         msg += f" {dropped_facets} tagged facets on those nodes were dropped too."
-    warnings.warn(msg, MeshRepairWarning, stacklevel=4)
+    if n_unused:
+        warnings.warn(msg, MeshRepairWarning, stacklevel=4)
     return new_id[cells], new_id[facets[keep]], bnd_tags, points[used], used
 
 
