@@ -54,6 +54,7 @@ by suffix) or an XDMF time series (``.xdmf`` plus ``.h5`` beside it).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import warnings
@@ -173,15 +174,28 @@ def _read_meshio(path: Path, file_format: str | None) -> meshio.Mesh:
     if path.is_dir():
         raise MeshReadError("is a folder, not a mesh file. Give the path of a mesh file.", path)
     formats = _candidate_formats(path, file_format)
+    if len(formats) > 1 and "gmsh" in formats:
+        with open(path, "rb") as f:
+            if f.read(11) == b"$MeshFormat":
+                formats = ["gmsh"]
     failures = []
     for fmt in formats:
+        chatter = io.StringIO()
         try:
-            with warnings.catch_warnings():
+            # meshio reports failures on stdout/stderr (and its ANSYS reader calls exit()):
+            # keep the terminal clean and turn everything into one MeshReadError
+            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), \
+                    contextlib.redirect_stderr(chatter):
                 warnings.simplefilter("ignore")
                 return meshio.read(path, file_format=fmt)
-        except Exception as exc:  # meshio raises anything from ReadError to IndexError
+        except (Exception, SystemExit) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+            if isinstance(exc, SystemExit):
+                detail = "the reader gave up"
             failures.append((fmt, exc, f"as {fmt}: {type(exc).__name__}: {detail}"))
+        finally:
+            if chatter.getvalue().strip():
+                logger.debug("meshio (%s) said: %s", fmt, chatter.getvalue().strip())
     raise MeshReadError(
         f"cannot read the file ({'; '.join(f[2] for f in failures)}). It is probably truncated "
         "or corrupt, or not in the format its suffix says; export it again from the mesh "
