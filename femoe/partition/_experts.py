@@ -244,10 +244,12 @@ class ExpertPartition:
 
     @property
     def n_dofs(self) -> int:
+        """Number of DOFs of the basis (``basis.N``)."""
         return int(self.owner.size)
 
     @property
     def n_elements(self) -> int:
+        """Number of elements of the mesh."""
         return int(self.element_part.size)
 
     @cached_property
