@@ -82,6 +82,9 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
         if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
             c = c.detach()
     r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
-    T = torch.einsum("abseq,aieq->bsieq", D, t["phi_dx"])
-    K = torch.einsum("bsieq,bjeq->seij", T, t["phi"])
+    # K_eij = sum_q sum_ab phi_dx[a,i,e,q] D[a,b,s,e,q] phi[b,j,e,q], as two batched matmuls
+    S, E, Q = D.shape[2], D.shape[3], D.shape[4]
+    X = torch.matmul(t["phi_dx_eqia"], D.permute(2, 3, 4, 0, 1))  # (s, e, q, i, b)
+    X = X.permute(0, 1, 3, 2, 4).reshape(S, E, tb.n_local, Q * J)
+    K = torch.matmul(X, t["phi_e_qb_j"])  # (s, e, i, j)
     return r, K

@@ -111,6 +111,9 @@ class TorchBasis:
                 "x": as_t(np.asarray(b.global_coordinates())),
                 "element_dofs": torch.as_tensor(self.element_dofs, device=device),
             }
+            # layouts for the Jacobian's batched matmuls (see form.local_residual_and_jacobian)
+            t["phi_dx_eqia"] = t["phi_dx"].permute(2, 3, 1, 0).contiguous()
+            t["phi_e_qb_j"] = t["phi"].permute(2, 3, 0, 1).reshape(self.n_cells, -1, self.n_local).contiguous()
             if self.is_facet:
                 t["n"] = as_t(np.asarray(b.normals))
             h = np.asarray(b.mesh_parameters()) if hasattr(b, "mesh_parameters") else None
