@@ -178,8 +178,10 @@ def test_inverted_elements_are_repaired(tmp_path):
         tmp_path / "inverted.msh",
         SQUARE_POINTS,
         [("line", SQUARE_BOTTOM), ("triangle", tris)],
-        cell_data={"gmsh:physical": [np.array([1, 1]), np.array([2, 2, 2, 2])],
-                   "gmsh:geometrical": [np.array([1, 1]), np.array([1, 1, 1, 1])]},
+        cell_data={
+            "gmsh:physical": [np.array([1, 1]), np.array([2, 2, 2, 2])],
+            "gmsh:geometrical": [np.array([1, 1]), np.array([1, 1, 1, 1])],
+        },
         field_data={"bottom": np.array([1, 1]), "domain": np.array([2, 2])},
     )
     with pytest.warns(MeshRepairWarning, match=r"2 of 4 triangle elements were inverted"):
@@ -228,8 +230,10 @@ def test_unreferenced_nodes_are_dropped(tmp_path):
         tmp_path / "stray.msh",
         points,
         [("line", SQUARE_BOTTOM + 2), ("triangle", SQUARE_TRIS + 2)],
-        cell_data={"gmsh:physical": [np.array([7, 7]), np.array([8, 8, 8, 8])],
-                   "gmsh:geometrical": [np.array([1, 1]), np.array([1, 1, 1, 1])]},
+        cell_data={
+            "gmsh:physical": [np.array([7, 7]), np.array([8, 8, 8, 8])],
+            "gmsh:geometrical": [np.array([1, 1]), np.array([1, 1, 1, 1])],
+        },
         field_data={"bottom": np.array([7, 1]), "domain": np.array([8, 2])},
     )
     with pytest.warns(MeshRepairWarning, match=r"2 of 8 nodes are used by no triangle"):

@@ -25,7 +25,14 @@ from skfem.io.meshio import to_meshio
 from skfem.quadrature import get_quadrature
 
 from femoe.errors import MeshFormatError, ShapeError
-from femoe.mesh import aspect_ratios, element_measures, from_meshio, mesh_info, read_mesh, write_fields
+from femoe.mesh import (
+    aspect_ratios,
+    element_measures,
+    from_meshio,
+    mesh_info,
+    read_mesh,
+    write_fields,
+)
 
 MESHES = Path(__file__).resolve().parents[1] / "meshes"
 HOLE_RADIUS = 0.2  # see meshes/make_meshes.py
@@ -118,7 +125,9 @@ def test_gmsh_versions_keep_names(tmp_path, plate, file_format, binary):
     meshio.write(path, source, file_format=file_format, binary=binary)
     mesh = read_mesh(path)
     assert np.array_equal(mesh.p, plate.p) and np.array_equal(mesh.t, plate.t)
-    assert {k: len(v) for k, v in mesh.boundaries.items()} == {k: len(v) for k, v in plate.boundaries.items()}
+    assert {k: len(v) for k, v in mesh.boundaries.items()} == {
+        k: len(v) for k, v in plate.boundaries.items()
+    }
     assert {k: len(v) for k, v in mesh.subdomains.items()} == {"domain": plate.nelements}
 
 
@@ -130,7 +139,9 @@ def test_vtu_xdmf_unnamed_tags_are_numbers(tmp_path, plate, suffix):
     types = ["line", "triangle"]
     cells = [(t, np.concatenate([b.data for b in source.cells if b.type == t])) for t in types]
     tags = [
-        np.concatenate([d for b, d in zip(source.cells, source.cell_data["gmsh:physical"]) if b.type == t])
+        np.concatenate(
+            [d for b, d in zip(source.cells, source.cell_data["gmsh:physical"]) if b.type == t]
+        )
         for t in types
     ]
     path = tmp_path / f"plate{suffix}"
@@ -139,10 +150,14 @@ def test_vtu_xdmf_unnamed_tags_are_numbers(tmp_path, plate, suffix):
     assert np.allclose(mesh.p, plate.p)
     expect = {str(physical[k]): len(v) for k, v in plate.boundaries.items()}
     assert {k: len(v) for k, v in mesh.boundaries.items()} == expect
-    assert {k: len(v) for k, v in mesh.subdomains.items()} == {str(physical["domain"]): plate.nelements}
+    assert {k: len(v) for k, v in mesh.subdomains.items()} == {
+        str(physical["domain"]): plate.nelements
+    }
     for name, number in physical.items():
         if name != "domain":
-            assert np.array_equal(np.sort(mesh.boundaries[str(number)]), np.sort(plate.boundaries[name]))
+            assert np.array_equal(
+                np.sort(mesh.boundaries[str(number)]), np.sort(plate.boundaries[name])
+            )
 
 
 def test_cell_sets_without_gmsh_data(tmp_path):
@@ -171,7 +186,8 @@ def test_skfem_encoded_tags_round_trip(tmp_path):
 # back repairs (and reports) the inverted half
 @pytest.mark.filterwarnings("ignore::femoe.errors.MeshRepairWarning")
 @pytest.mark.parametrize(
-    "cls", [MeshLine1, MeshTri1, MeshTri2, MeshQuad1, MeshQuad2, MeshTet1, MeshTet2, MeshHex1, MeshHex2]
+    "cls",
+    [MeshLine1, MeshTri1, MeshTri2, MeshQuad1, MeshQuad2, MeshTet1, MeshTet2, MeshHex1, MeshHex2],
 )
 def test_element_types_round_trip(tmp_path, cls):
     base = cls().refined(1)
@@ -191,7 +207,9 @@ def test_element_types_round_trip(tmp_path, cls):
         detdf = mesh._mapping().detDF(X)
         assert np.all(detdf < 0) if cls in (MeshHex1, MeshHex2) else np.all(detdf > 0)
     # the reference meshes fill the unit square/cube, stretched by sqrt(1), sqrt(2), sqrt(3)
-    assert element_measures(mesh).sum() == pytest.approx(np.prod(np.sqrt(np.arange(1, mesh.dim() + 1))))
+    assert element_measures(mesh).sum() == pytest.approx(
+        np.prod(np.sqrt(np.arange(1, mesh.dim() + 1)))
+    )
 
 
 def test_line3_becomes_line():
@@ -241,7 +259,9 @@ def test_write_vtu_round_trip(tmp_path, plate):
     fields = {"u": u, "grad": grad, "k": k}
     path = write_fields(tmp_path / "out" / "deep" / "fields.vtu", plate, fields)
     assert path.exists()
-    assert set(fields) == {"u", "grad", "k"} and all(np.array_equal(fields[n], before[n]) for n in before)
+    assert set(fields) == {"u", "grad", "k"} and all(
+        np.array_equal(fields[n], before[n]) for n in before
+    )
     back = meshio.read(path)
     assert np.allclose(back.points[:, :2], plate.p.T)
     assert np.array_equal(back.cells_dict["triangle"], plate.t.T)
@@ -259,7 +279,9 @@ def test_write_xdmf_time_series(tmp_path, monkeypatch, plate):
     v = np.stack([np.full((plate.nvertices, 2), t) for t in times])
     k = np.arange(3 * plate.nelements, dtype=float).reshape(3, -1)
     u_before = u.copy()
-    path = write_fields(tmp_path / "series" / "run.xdmf", plate, {"u": u, "v": v, "k": k}, times=times)
+    path = write_fields(
+        tmp_path / "series" / "run.xdmf", plate, {"u": u, "v": v, "k": k}, times=times
+    )
     assert (tmp_path / "series" / "run.h5").exists()
     assert list(cwd.iterdir()) == []  # meshio would have put the .h5 in the working directory
     assert np.array_equal(u, u_before)
@@ -295,7 +317,9 @@ def test_write_fields_rejects_bad_input(tmp_path, plate):
     with pytest.raises(ShapeError, match="'u'.*2477 \\(one per vertex\\)"):
         write_fields(tmp_path / "a.vtu", plate, {"u": np.zeros(5)})
     with pytest.raises(ShapeError, match="len\\(times\\) = 2"):
-        write_fields(tmp_path / "a.xdmf", plate, {"u": np.zeros((3, plate.nvertices))}, times=[0, 1])
+        write_fields(
+            tmp_path / "a.xdmf", plate, {"u": np.zeros((3, plate.nvertices))}, times=[0, 1]
+        )
     with pytest.raises(MeshFormatError, match="suffix"):
         write_fields(tmp_path / "a.foo", plate, {"u": np.zeros(plate.nvertices)})
     with pytest.raises(MeshFormatError, match=".xdmf"):
@@ -305,17 +329,23 @@ def test_write_fields_rejects_bad_input(tmp_path, plate):
 # --- quality and info -----------------------------------------------------------------------
 def test_quality_reference_shapes():
     s3 = math.sqrt(3.0)
-    equilateral = MeshTri1(np.array([[0.0, 1.0, 0.5], [0.0, 0.0, s3 / 2]]), np.array([[0], [1], [2]]))
+    equilateral = MeshTri1(
+        np.array([[0.0, 1.0, 0.5], [0.0, 0.0, s3 / 2]]), np.array([[0], [1], [2]])
+    )
     assert aspect_ratios(equilateral) == pytest.approx([1.0])
     assert element_measures(equilateral) == pytest.approx([s3 / 4])
     # right isosceles triangle: R = sqrt(2)/2, r = (2 - sqrt(2))/2, R / (2 r) = 1.2071...
     right = MeshTri1(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), np.array([[0], [1], [2]]))
     assert aspect_ratios(right) == pytest.approx([(math.sqrt(2) / 2) / (2 - math.sqrt(2))])
-    regular = MeshTet1(np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float).T,
-                       np.array([[0, 1, 2, 3]]).T)
+    regular = MeshTet1(
+        np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float).T,
+        np.array([[0, 1, 2, 3]]).T,
+    )
     assert aspect_ratios(regular) == pytest.approx([1.0])
     assert aspect_ratios(MeshHex1()) == pytest.approx([1.0])
-    stretched = MeshQuad1(np.array([[0.0, 4.0, 4.0, 0.0], [0.0, 0.0, 1.0, 1.0]]), np.array([[0, 1, 2, 3]]).T)
+    stretched = MeshQuad1(
+        np.array([[0.0, 4.0, 4.0, 0.0], [0.0, 0.0, 1.0, 1.0]]), np.array([[0, 1, 2, 3]]).T
+    )
     # corner Jacobian diag(4, 1): |J|_F |J^-1|_F / 2 = sqrt(17) sqrt(17/16) / 2
     assert aspect_ratios(stretched) == pytest.approx([17 / 8])
     assert element_measures(stretched) == pytest.approx([4.0])

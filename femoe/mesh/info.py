@@ -10,10 +10,20 @@ from skfem import Mesh
 from femoe.mesh.quality import aspect_ratios, element_measures
 
 # scikit-fem reference domain -> meshio cell type of the first-order element
-_CELL_NAMES = {"RefLine": "line", "RefTri": "triangle", "RefQuad": "quad",
-               "RefTet": "tetra", "RefHex": "hexahedron", "RefWedge": "wedge"}
-_SECOND_ORDER = {"triangle": "triangle6", "quad": "quad9", "tetra": "tetra10",
-                 "hexahedron": "hexahedron27"}
+_CELL_NAMES = {
+    "RefLine": "line",
+    "RefTri": "triangle",
+    "RefQuad": "quad",
+    "RefTet": "tetra",
+    "RefHex": "hexahedron",
+    "RefWedge": "wedge",
+}
+_SECOND_ORDER = {
+    "triangle": "triangle6",
+    "quad": "quad9",
+    "tetra": "tetra10",
+    "hexahedron": "hexahedron27",
+}
 
 
 def _tag_sizes(tags: dict | None) -> dict[str, int]:

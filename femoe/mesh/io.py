@@ -119,19 +119,61 @@ _FLIP: dict[str, list[int]] = {
     "tetra": [0, 2, 1, 3],
     "tetra10": [0, 2, 1, 3, 6, 5, 4, 7, 9, 8],
     "hexahedron": [4, 5, 6, 7, 0, 1, 2, 3],
-    "hexahedron27": [4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11,
-                     16, 17, 18, 19, 20, 21, 22, 23, 25, 24, 26],
+    "hexahedron27": [
+        4,
+        5,
+        6,
+        7,
+        0,
+        1,
+        2,
+        3,
+        12,
+        13,
+        14,
+        15,
+        8,
+        9,
+        10,
+        11,
+        16,
+        17,
+        18,
+        19,
+        20,
+        21,
+        22,
+        23,
+        25,
+        24,
+        26,
+    ],
 }
 
 # integer cell-data arrays that other formats use for tags (named by their number)
-_INTEGER_TAG_KEYS = ("medit:ref", "CellEntityIds", "cell_tags", "tetgen:ref", "ugrid:ref",
-                     "flac3d:zone", "avsucd:material")
+_INTEGER_TAG_KEYS = (
+    "medit:ref",
+    "CellEntityIds",
+    "cell_tags",
+    "tetgen:ref",
+    "ugrid:ref",
+    "flac3d:zone",
+    "avsucd:material",
+)
 
 
 def _cell_dim(cell_type: str) -> int:
-    for prefix, dim in (("vertex", 0), ("line", 1), ("triangle", 2), ("quad", 2),
-                        ("polygon", 2), ("tetra", 3), ("hexahedron", 3), ("wedge", 3),
-                        ("pyramid", 3)):
+    for prefix, dim in (
+        ("vertex", 0),
+        ("line", 1),
+        ("triangle", 2),
+        ("quad", 2),
+        ("polygon", 2),
+        ("tetra", 3),
+        ("hexahedron", 3),
+        ("wedge", 3),
+        ("pyramid", 3),
+    ):
         if cell_type.startswith(prefix):
             return dim
     return -1
@@ -184,8 +226,11 @@ def _read_meshio(path: Path, file_format: str | None) -> meshio.Mesh:
         try:
             # meshio reports failures on stdout/stderr (and its ANSYS reader calls exit()):
             # keep the terminal clean and turn everything into one MeshReadError
-            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), \
-                    contextlib.redirect_stderr(chatter):
+            with (
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(chatter),
+                contextlib.redirect_stderr(chatter),
+            ):
                 warnings.simplefilter("ignore")
                 return meshio.read(path, file_format=fmt)
         except (Exception, SystemExit) as exc:
@@ -353,7 +398,7 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
             src,
         )
     cell_type = top_types[0]
-    kind, ncorner = _DOMAIN_TYPES[cell_type]
+    kind = _DOMAIN_TYPES[cell_type][0]
     facet_type, facet_sources = _FACETS[kind]
     nfc = _FACET_CORNERS[facet_type]
 
@@ -379,8 +424,12 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
     ignored = sorted({b.type for b in blocks if _cell_dim(b.type) < top - 1})
     if ignored:
         logger.debug("%s: ignoring cells of types %s (below facet dimension)", src, ignored)
-    sub_tags = {k: np.unique(np.concatenate(v)) for k, v in _collect_tags(m, dom_blocks, dom_off).items()}
-    bnd_tags = {k: np.unique(np.concatenate(v)) for k, v in _collect_tags(m, fac_blocks, fac_off).items()}
+    sub_tags = {
+        k: np.unique(np.concatenate(v)) for k, v in _collect_tags(m, dom_blocks, dom_off).items()
+    }
+    bnd_tags = {
+        k: np.unique(np.concatenate(v)) for k, v in _collect_tags(m, fac_blocks, fac_off).items()
+    }
 
     points = np.asarray(m.points, dtype=np.float64)
     if points.ndim != 2 or len(points) == 0:
@@ -416,18 +465,24 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
     empty = np.zeros(0, dtype=np.int64)
     cell_sets = {}
     for name in set(sub_tags) | set(bnd_tags):
-        cell_sets[name] = [sub_tags.get(name, empty)] + ([bnd_tags.get(name, empty)] if len(facets) else [])
+        cell_sets[name] = [sub_tags.get(name, empty)] + (
+            [bnd_tags.get(name, empty)] if len(facets) else []
+        )
     cell_data = {}
     skfem_keys = [k for k in (m.cell_data or {}) if k.startswith("skfem:")]
     for key in skfem_keys:
         values = np.concatenate([np.asarray(m.cell_data[key][i]).ravel() for i in dom_blocks])
-        cell_data[key] = [values] + ([np.zeros(len(facets), dtype=values.dtype)] if len(facets) else [])
+        cell_data[key] = [values] + (
+            [np.zeros(len(facets), dtype=values.dtype)] if len(facets) else []
+        )
     clean = meshio.Mesh(points, out_cells, cell_sets=cell_sets, cell_data=cell_data)
     mesh = _skfem_from_meshio(clean, ignore_orientation=nfc not in (2, 3))
     return _only_own_kind(mesh, set(sub_tags), set(bnd_tags), skfem_keys)
 
 
-def _only_own_kind(mesh: Mesh, sub_names: set[str], bnd_names: set[str], skfem_keys: list[str]) -> Mesh:
+def _only_own_kind(
+    mesh: Mesh, sub_names: set[str], bnd_names: set[str], skfem_keys: list[str]
+) -> Mesh:
     """Keep subdomain names among subdomains and boundary names among boundaries.
 
     One meshio cell set carries both when a boundary and a subdomain share a name (two unnamed
@@ -477,9 +532,10 @@ def _check_duplicates(points: NDArray, old_ids: NDArray, src) -> None:
     if len(pairs) == 0:
         return
     i, j = (int(old_ids[k]) for k in pairs[0])
+    where = ", ".join(f"{c:.6g}" for c in points[pairs[0][0]])
     raise DuplicateNodesError(
         f"{len(pairs)} pairs of nodes coincide (closer than {DUPLICATE_RTOL:g} x the "
-        f"bounding-box size {h:.3g}), e.g. nodes {i} and {j} at {tuple(np.round(points[pairs[0][0]], 12))}. "
+        f"bounding-box size {h:.3g}), e.g. nodes {i} and {j} at ({where}). "
         "Such nodes split the mesh into unconnected pieces. Merge them: in gmsh with "
         "'Coherence Mesh' (gmsh.model.mesh.removeDuplicateNodes()), or with meshio by "
         "numpy.unique(points, axis=0, return_inverse=True) and renumbering the cells.",
@@ -524,8 +580,14 @@ def _vertex_mesh(mesh: Mesh, path: Path) -> tuple[NDArray, str, NDArray]:
     points = np.zeros((nv, 3))
     points[:, : mesh.p.shape[0]] = mesh.p[:, :nv].T
     refdom = mesh.elem.refdom.__name__
-    kinds = {"RefLine": "line", "RefTri": "triangle", "RefQuad": "quad",
-             "RefTet": "tetra", "RefHex": "hexahedron", "RefWedge": "wedge"}
+    kinds = {
+        "RefLine": "line",
+        "RefTri": "triangle",
+        "RefQuad": "quad",
+        "RefTet": "tetra",
+        "RefHex": "hexahedron",
+        "RefWedge": "wedge",
+    }
     if refdom not in kinds:
         raise UnsupportedCellError(
             f"cannot write a {type(mesh).__name__}: its reference element {refdom!r} has no "
@@ -619,10 +681,15 @@ def write_fields(
     """
     path = Path(path)
     if not isinstance(fields, Mapping):
-        raise ShapeError(f"{path}: fields must be a dict name -> array, got {type(fields).__name__}.")
+        raise ShapeError(
+            f"{path}: fields must be a dict name -> array, got {type(fields).__name__}."
+        )
     if times is None:
-        suffixes = sorted(s for s, fmts in meshio.extension_to_filetypes.items()
-                          if any(f in meshio._helpers._writer_map for f in fmts))
+        suffixes = sorted(
+            s
+            for s, fmts in meshio.extension_to_filetypes.items()
+            if any(f in meshio._helpers._writer_map for f in fmts)
+        )
         if not any(path.name.lower().endswith(s) for s in suffixes):
             raise MeshFormatError(
                 f"cannot tell the output format from the file name (suffix {path.suffix!r}). "
@@ -648,8 +715,12 @@ def write_fields(
     if times is None:
         meshio.write(
             path,
-            meshio.Mesh(points, [(cell_type, cells)], point_data=point_data,
-                        cell_data={k: [v] for k, v in cell_data.items()}),
+            meshio.Mesh(
+                points,
+                [(cell_type, cells)],
+                point_data=point_data,
+                cell_data={k: [v] for k, v in cell_data.items()},
+            ),
         )
     else:
         target = path.resolve()

@@ -86,12 +86,42 @@ def _signed_measures(points: NDArray, cells: NDArray, kind: str) -> NDArray:
                 for u in _G:
                     # derivatives of the trilinear shape functions (VTK corner order:
                     # bottom 0-1-2-3, top 4-5-6-7) along s, t and u
-                    ds = np.array([-(1 - t) * (1 - u), (1 - t) * (1 - u), t * (1 - u),
-                                   -t * (1 - u), -(1 - t) * u, (1 - t) * u, t * u, -t * u])
-                    dt = np.array([-(1 - s) * (1 - u), -s * (1 - u), s * (1 - u),
-                                   (1 - s) * (1 - u), -(1 - s) * u, -s * u, s * u, (1 - s) * u])
-                    du = np.array([-(1 - s) * (1 - t), -s * (1 - t), -s * t, -(1 - s) * t,
-                                   (1 - s) * (1 - t), s * (1 - t), s * t, (1 - s) * t])
+                    ds = np.array(
+                        [
+                            -(1 - t) * (1 - u),
+                            (1 - t) * (1 - u),
+                            t * (1 - u),
+                            -t * (1 - u),
+                            -(1 - t) * u,
+                            (1 - t) * u,
+                            t * u,
+                            -t * u,
+                        ]
+                    )
+                    dt = np.array(
+                        [
+                            -(1 - s) * (1 - u),
+                            -s * (1 - u),
+                            s * (1 - u),
+                            (1 - s) * (1 - u),
+                            -(1 - s) * u,
+                            -s * u,
+                            s * u,
+                            (1 - s) * u,
+                        ]
+                    )
+                    du = np.array(
+                        [
+                            -(1 - s) * (1 - t),
+                            -s * (1 - t),
+                            -s * t,
+                            -(1 - s) * t,
+                            (1 - s) * (1 - t),
+                            s * (1 - t),
+                            s * t,
+                            (1 - s) * t,
+                        ]
+                    )
                     jac = np.stack(
                         [
                             np.einsum("i,nid->nd", ds, x[:, :8]),
