@@ -1,0 +1,195 @@
+"""PI-HC: the single-expert hard-constraint layer in basis mode (Chalapathi et al., ICLR 2024)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from femoe.errors import ConvergenceError, ConvergenceWarning, ProblemError, ShapeError
+from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
+from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field
+from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite
+from femoe.problem import Problem
+
+log = logging.getLogger(__name__)
+
+
+class HardConstraint(nn.Module):
+    """Project a network's basis onto the discrete PDE: ``u = B w*`` with
+    ``w* = argmin_w 1/2 ||r(B w; p)||^2 + rho/2 ||w||^2``.
+
+    Steady problems: ``r`` are the rows ``rows`` of ``R(u; p)`` (Dirichlet rows ``u_i - g_i``
+    included by default), ``B`` has shape ``(batch, n_L, N)``. Time-dependent problems: ``B``
+    holds levels ``0..T``, shape ``(batch, T + 1, n_L, N)``; ``r`` are the theta-scheme rows of
+    steps ``1..T`` given level 0 (:meth:`Problem.trajectory_residual`) plus initial-condition
+    rows ``c (U_0 - u0)`` (see :class:`~femoe.layers.TrajectoryResidual`).
+
+    Forward: Levenberg-Marquardt on the ``N x N`` normal equations, batched over samples.
+    Backward: the implicit function theorem at ``grad_w = 0`` with the exact Hessian (or
+    ``backward="unrolled"`` as a reference). Everything fixed (row and DOF indices, the residual
+    model) is set up here, once.
+
+    Parameters
+    ----------
+    problem : Problem
+        The weak-form problem.
+    rows : index, optional
+        Enforced residual rows (steady: into ``n``; trajectories: into the flattened ``T n``).
+        Default all.
+    dofs : index, optional
+        DOFs the basis lives on (``n_L`` of them; default all ``n``).
+    dt, t0 : float
+        Time step and initial time (time-dependent problems; ``dt`` required there).
+    ic_rows, ic_weight
+        Initial-condition rows and weight (time-dependent problems), see
+        :class:`~femoe.layers.TrajectoryResidual`.
+    t : float, optional
+        Time passed to the forms of a steady solve.
+    rho : float
+        Ridge weight (1e-4 as in the paper).
+    tol, atol : float
+        Converged when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||)``. The paper used
+        1e-4; in float64 the default 1e-10 makes the implicit gradient accurate.
+    maxiter : int
+        Most LM iterations (100 as in the paper).
+    damping : float
+        Initial LM damping relative to ``max diag(J_w^T J_w)``.
+    hessian : ``"exact"`` or ``"gauss_newton"``
+        Hessian of the implicit backward (see :class:`~femoe.layers.Hessian`).
+    hvp_chunk : int, optional
+        Hessian-vector products per batched backward pass (bounds memory for large ``N``).
+    backward : ``"implicit"`` or ``"unrolled"``
+        See :class:`~femoe.layers.Backward`.
+    strict : bool
+        Raise :class:`~femoe.errors.ConvergenceError` when a sample does not converge; by default
+        it is flagged in the info record and a :class:`~femoe.errors.ConvergenceWarning` is
+        issued (once per layer).
+    """
+
+    def __init__(self, problem: Problem, *, rows: Any = None, dofs: Any = None, dt: float | None = None,
+                 t0: float = 0.0, ic_rows: Any = None, ic_weight: str | float | torch.Tensor = "paper",
+                 t: float | None = None, rho: float = 1e-4, tol: float = 1e-10, atol: float = 0.0,
+                 maxiter: int = 100, damping: float = 1e-6, hessian: str = "exact", hvp_chunk: int | None = None,
+                 backward: str = "implicit", strict: bool = False):
+        super().__init__()
+        if not isinstance(problem, Problem):
+            raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
+        self.problem = problem
+        self.time_dependent = problem.is_time_dependent
+        if self.time_dependent:
+            if dt is None:
+                raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
+            self.model = TrajectoryResidual(problem, dt, t0, rows=rows, ic_rows=ic_rows, dofs=dofs,
+                                            ic_weight=ic_weight)
+        else:
+            if dt is not None or ic_rows is not None:
+                raise ProblemError(f"problem {problem.name!r} is steady: dt and ic_rows do not apply")
+            self.model = SteadyResidual(problem, rows=rows, dofs=dofs, t=t)
+        self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian,
+                                 hvp_chunk=hvp_chunk)
+        self.backward_mode = Backward.parse(backward, "backward")
+        self.strict = bool(strict)
+        self._warned = False
+        self.last_info: LeastSquaresInfo | None = None
+
+    @property
+    def n_local(self) -> int:
+        """Number of DOFs the basis lives on."""
+        return self.model.n_local
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return (f"problem={self.problem.name!r}, n_local={self.n_local}, time_dependent={self.time_dependent}, "
+                f"rho={o.rho}, tol={o.tol}, maxiter={o.maxiter}, hessian={o.hessian.value}, "
+                f"backward={self.backward_mode.value}")
+
+    def _check_basis(self, B: Any) -> tuple[torch.Tensor, bool]:
+        check_float_tensor("B", B)
+        nl = self.n_local
+        if self.time_dependent:
+            expected = f"(batch, T + 1, {nl}, N) or (T + 1, {nl}, N)"
+            ok = B.dim() in (3, 4) and B.shape[-2] == nl and B.shape[-3] >= 2 and B.shape[-1] >= 1
+            squeeze = B.dim() == 3
+        else:
+            expected = f"(batch, {nl}, N) or ({nl}, N)"
+            ok = B.dim() in (2, 3) and B.shape[-2] == nl and B.shape[-1] >= 1
+            squeeze = B.dim() == 2
+        if not ok:
+            raise ShapeError(f"B must have shape {expected}; received {tuple(B.shape)}")
+        check_finite("B", B)
+        return (B.unsqueeze(0) if squeeze else B), squeeze
+
+    def forward(self, B: torch.Tensor, params: Mapping[str, Any] | None = None,
+                u0: torch.Tensor | None = None) -> tuple[torch.Tensor, LeastSquaresInfo]:
+        """Constrain the basis ``B``.
+
+        Parameters
+        ----------
+        B : torch.Tensor
+            Basis fields, ``(batch, n_L, N)`` (steady) or ``(batch, T + 1, n_L, N)``
+            (time-dependent); the batch axis may be left out.
+        params : mapping, optional
+            Problem parameters (batch 1 or the batch of ``B``).
+        u0 : torch.Tensor, optional
+            Initial condition ``(batch, n)`` or ``(n,)`` (time-dependent problems only, required).
+
+        Returns
+        -------
+        u : torch.Tensor
+            ``B w*``: ``(batch, n_L)`` or ``(batch, T + 1, n_L)`` (no batch axis if ``B`` had none).
+        info : LeastSquaresInfo
+            Iterations, per-sample convergence flags, residual and gradient norms.
+
+        Raises
+        ------
+        ShapeError
+            Wrong shape or dtype of ``B``, ``u0`` or the parameters (expected vs received).
+        NonFiniteError
+            NaN or Inf in ``B``, ``u0`` or a parameter tensor (checked before any solve).
+        ConvergenceError
+            With ``strict=True`` when a sample does not converge.
+        """
+        B3, squeeze = self._check_basis(B)
+        params = dict(params or {})
+        check_params_finite(params)
+        if self.time_dependent:
+            if u0 is None:
+                raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
+            check_float_tensor("u0", u0)
+            n = self.problem.n
+            if u0.shape[-1] != n or u0.dim() not in (1, 2) or (u0.dim() == 2 and u0.shape[0] not in (1, B3.shape[0])):
+                raise ShapeError(f"u0 must have shape ({B3.shape[0]}, {n}), (1, {n}) or ({n},); "
+                                 f"received {tuple(u0.shape)}")
+            check_finite("u0", u0)
+            if u0.dtype != B3.dtype:
+                raise ShapeError(f"u0 must have the dtype of B ({B3.dtype}); received {u0.dtype}")
+            if INITIAL in params:
+                raise ProblemError(f"parameter name {INITIAL!r} is reserved")
+            params[INITIAL] = u0.reshape(-1, n)
+            self.model.check_levels(B3.shape[1] - 1)
+        elif u0 is not None:
+            raise ProblemError(f"problem {self.problem.name!r} is steady: u0 does not apply")
+        w, info = least_squares_solve(self.model, B3, params, self.options, self.backward_mode)
+        self.last_info = info
+        self._report(info)
+        u = basis_field(B3, w)
+        return (u[0] if squeeze else u), info
+
+    def _report(self, info: LeastSquaresInfo) -> None:
+        if info.all_converged:
+            return
+        failed = (~info.converged).nonzero().flatten().tolist()
+        msg = (f"HardConstraint on {self.problem.name!r}: Levenberg-Marquardt did not converge for samples "
+               f"{failed} in {self.options.maxiter} iterations (relative gradient norms "
+               f"{(info.gradient_norms / info.initial_gradient_norms.clamp_min(1e-300))[~info.converged].tolist()}); "
+               "raise maxiter, loosen tol, or check the basis (rank, scaling)")
+        if self.strict:
+            raise ConvergenceError(msg, info=info)
+        log.info(msg)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(msg + " (warned once per layer; see info.converged)", ConvergenceWarning, stacklevel=3)

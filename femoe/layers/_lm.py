@@ -1,0 +1,290 @@
+"""Batched regularised nonlinear least squares in the weights of a basis, with an implicit backward.
+
+``w* = argmin_w f(w),  f(w) = 1/2 ||r(B w; p)||^2 + rho/2 ||w||^2``,  solved for every batch
+element at once by Levenberg-Marquardt on the ``N x N`` normal equations. The residual ``r``
+comes from a residual model (:mod:`femoe.layers._residuals`), so the same core serves one
+expert (PI-HC) and a batch of (sample, expert) pairs (PI-HC-MoE).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from femoe.errors import ConfigError
+from femoe.layers._residuals import basis_field
+from femoe.layers._validate import join_params, split_params
+
+log = logging.getLogger(__name__)
+
+
+class _Choice(str, enum.Enum):
+    @classmethod
+    def parse(cls, value: Any, argument: str):
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"Unknown {argument} {value!r}. Pick one of {[c.value for c in cls]}") from None
+
+
+class Hessian(_Choice):
+    """Hessian used by the implicit backward.
+
+    ``exact``: ``J_w^T J_w + sum_i r_i d2r_i/dw2 + rho I`` (the second term by Hessian-vector
+    products through the residual); ``gauss_newton``: without the second term -- exact for
+    linear problems and cheaper, an approximation otherwise.
+    """
+
+    EXACT = "exact"
+    GAUSS_NEWTON = "gauss_newton"
+
+
+class Backward(_Choice):
+    """How gradients reach ``B`` and the parameters.
+
+    ``implicit``: the implicit function theorem at ``grad_w f = 0`` (default);
+    ``unrolled``: autograd through every LM iteration -- a reference for tests and benchmarks
+    only (memory grows with the iterations, and the gradient is exact only in the limit).
+    """
+
+    IMPLICIT = "implicit"
+    UNROLLED = "unrolled"
+
+
+@dataclass(frozen=True)
+class LeastSquaresInfo:
+    """What one batched Levenberg-Marquardt solve did, per batch element.
+
+    Attributes
+    ----------
+    converged : torch.Tensor
+        ``(B,)`` bool: ``||grad_w f(w*)|| <= tol * ||grad_w f(0)||`` (or ``<= atol``).
+    iterations : torch.Tensor
+        ``(B,)`` int64 LM iterations (accepted and rejected steps).
+    residual_norms : torch.Tensor
+        ``(B,)`` ``||r(B w*)||_2`` of the enforced rows (IC rows included, weighted).
+    gradient_norms : torch.Tensor
+        ``(B,)`` ``||grad_w f(w*)||_2``.
+    initial_gradient_norms : torch.Tensor
+        ``(B,)`` ``||grad_w f(0)||_2``, the scale of the relative tolerance.
+    objective : torch.Tensor
+        ``(B,)`` ``f(w*)``.
+    damping : torch.Tensor
+        ``(B,)`` final LM damping ``mu``.
+    """
+
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    residual_norms: torch.Tensor
+    gradient_norms: torch.Tensor
+    initial_gradient_norms: torch.Tensor
+    objective: torch.Tensor
+    damping: torch.Tensor
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+
+@dataclass(frozen=True)
+class LMOptions:
+    """Levenberg-Marquardt settings (see :func:`least_squares_solve`)."""
+
+    rho: float = 1e-4
+    tol: float = 1e-10
+    atol: float = 0.0
+    maxiter: int = 100
+    damping: float = 1e-6
+    hessian: Hessian = Hessian.EXACT
+    hvp_chunk: int | None = None
+
+    def __post_init__(self):
+        if not self.rho >= 0:
+            raise ConfigError(f"rho must be >= 0; got {self.rho}")
+        if not (self.tol >= 0 and self.atol >= 0):
+            raise ConfigError(f"tol and atol must be >= 0; got {self.tol}, {self.atol}")
+        if int(self.maxiter) < 1:
+            raise ConfigError(f"maxiter must be a positive integer; got {self.maxiter}")
+        if not self.damping > 0:
+            raise ConfigError(f"damping must be positive; got {self.damping}")
+        if self.hvp_chunk is not None and int(self.hvp_chunk) < 1:
+            raise ConfigError(f"hvp_chunk must be a positive integer or None; got {self.hvp_chunk}")
+        object.__setattr__(self, "hessian", Hessian.parse(self.hessian, "hessian"))
+
+
+def _normal_solve(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``A^{-1} g`` for SPD ``(B, N, N)`` A (Cholesky, LU where it fails)."""
+    L, status = torch.linalg.cholesky_ex(A)
+    if bool((status == 0).all()):
+        return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+    return torch.linalg.solve(A, g)
+
+
+def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
+    """The LM iterations; differentiable when run with grad enabled (unrolled backward).
+
+    Nielsen's damping update: ``(J^T J + rho I + mu I) d = -g``; gain ratio
+    ``(f(w) - f(w + d)) / (1/2 d^T (mu d - g))``; accept if positive and then
+    ``mu *= max(1/3, 1 - (2 gain - 1)^3)``, else ``mu *= nu, nu *= 2``.
+    """
+    batch, N = B.shape[0], B.shape[-1]
+    eye = torch.eye(N, dtype=B.dtype, device=B.device)
+    w = B.new_zeros(batch, N)
+
+    def evaluate(w):
+        r, J = model.linearize(basis_field(B, w), B, p)
+        f = 0.5 * (r * r).sum(1) + 0.5 * o.rho * (w * w).sum(1)
+        g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
+        A = J.transpose(1, 2) @ J
+        return r, J, f, g, A
+
+    r, J, f, g, A = evaluate(w)
+    gnorm = torch.linalg.vector_norm(g, dim=1)
+    g0 = gnorm.detach().clone()
+    target = torch.clamp(o.tol * g0, min=o.atol)
+    mu = o.damping * torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
+    nu = torch.full_like(mu, 2.0)
+    iterations = torch.zeros(batch, dtype=torch.int64, device=B.device)
+    for _ in range(o.maxiter):
+        active = (gnorm.detach() > target) & (mu < 1e30)
+        if not bool(active.any()):
+            break
+        d = -_normal_solve(A + (o.rho + mu)[:, None, None] * eye, g)
+        d = torch.where(active[:, None], d, torch.zeros_like(d))
+        r_t, J_t, f_t, g_t, A_t = evaluate(w + d)
+        pred = 0.5 * (d * (mu[:, None] * d - g)).sum(1).detach()
+        gain = (f - f_t).detach() / torch.where(pred > 0, pred, torch.ones_like(pred))
+        accept = active & (pred > 0) & (gain > 0) & torch.isfinite(f_t.detach())
+        a1 = accept[:, None]
+        w = torch.where(a1, w + d, w)
+        r = torch.where(a1, r_t, r)
+        J = torch.where(a1[:, :, None], J_t, J)
+        f = torch.where(accept, f_t, f)
+        g = torch.where(a1, g_t, g)
+        A = torch.where(a1[:, :, None], A_t, A)
+        gnorm = torch.linalg.vector_norm(g, dim=1)
+        shrink = torch.clamp(1 - (2 * gain - 1) ** 3, min=1.0 / 3.0)
+        mu = torch.where(accept, mu * shrink, torch.where(active, mu * nu, mu))
+        nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
+        iterations += active.to(torch.int64)
+    info = LeastSquaresInfo(
+        converged=(gnorm.detach() <= target),
+        iterations=iterations,
+        residual_norms=torch.linalg.vector_norm(r.detach(), dim=1),
+        gradient_norms=gnorm.detach(),
+        initial_gradient_norms=g0,
+        objective=f.detach(),
+        damping=mu,
+    )
+    return w, A, info
+
+
+def _hessian(gw: torch.Tensor, w: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """``(B, N, N)`` Hessian rows ``d gw / dw`` by batched Hessian-vector products."""
+    batch, N = w.shape
+    chunk = N if chunk is None else int(chunk)
+    eye = torch.eye(N, dtype=w.dtype, device=w.device)
+    rows = []
+    for start in range(0, N, chunk):
+        E = eye[start:start + chunk, None, :].expand(-1, batch, -1)
+        (H,) = torch.autograd.grad(gw, w, E, retain_graph=True, is_grads_batched=True)
+        rows.append(H)
+    return torch.cat(rows, dim=0).transpose(0, 1)
+
+
+class _LeastSquares(torch.autograd.Function):
+    """Forward: batched LM under ``no_grad``; backward: the implicit function theorem."""
+
+    @staticmethod
+    def forward(ctx, model, opts: LMOptions, names, static, info_out, B, *tensors):
+        p = join_params(names, tensors, static)
+        w, A_gn, info = _lm(model, B.detach(), p, opts)
+        info_out.append(info)
+        ctx.model, ctx.opts, ctx.names, ctx.static = model, opts, names, static
+        ctx.save_for_backward(w, A_gn, B, *tensors)
+        return w
+
+    # At the optimum the gradient vanishes: G(w*, theta) = grad_w f(w*; B, p) = 0 with
+    #     G = J_w^T r + rho w,   J_w = dr/dw = (dr/du) B.
+    # Differentiating, H dw* + (dG/dtheta) dtheta = 0 with the exact Hessian
+    #     H = dG/dw = J_w^T J_w + sum_i r_i d2 r_i / dw2 + rho I,
+    # so dw*/dtheta = -H^{-1} dG/dtheta and, for a loss L with gbar = dL/dw*,
+    #     dL/dtheta = -(dG/dtheta)^T H^{-1} gbar = -(dG/dtheta)^T v,   H v = gbar
+    # (H is symmetric). v needs one N x N solve per batch element; -(dG/dtheta)^T v is one
+    # vector-Jacobian product of G, itself obtained by autograd from f, w.r.t. B and the
+    # parameter tensors (double backward through the residual). The second term of H comes
+    # from Hessian-vector products of the same graph (rows of dG/dw); it vanishes for linear
+    # problems, where hessian="gauss_newton" gives the same result from forward's J_w^T J_w.
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_w):
+        w, A_gn, B, *tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[5:]
+        if not any(needs):
+            return (None,) * (5 + len(needs))
+        o, model = ctx.opts, ctx.model
+        N = w.shape[1]
+        eye = torch.eye(N, dtype=w.dtype, device=w.device)
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(nd) for t, nd in zip([B, *tensors], needs)]
+            wl = w.detach().requires_grad_(True)
+            p = join_params(ctx.names, leaves[1:], ctx.static)
+            r = model.residual(basis_field(leaves[0], wl), p)
+            f = 0.5 * (r * r).sum() + 0.5 * o.rho * (wl * wl).sum()
+            (G,) = torch.autograd.grad(f, wl, create_graph=True)
+            if o.hessian is Hessian.EXACT:
+                H = _hessian(G, wl, o.hvp_chunk)
+            else:
+                H = A_gn + o.rho * eye
+            v = torch.linalg.solve(H, grad_w)
+            wrt = [leaf for leaf, nd in zip(leaves, needs) if nd]
+            grads = iter(torch.autograd.grad(G, wrt, grad_outputs=-v, allow_unused=True))
+        out = [next(grads) if nd else None for nd in needs]
+        out = [torch.zeros_like(t) if (g is None and nd) else g for g, t, nd in zip(out, [B, *tensors], needs)]
+        return (None, None, None, None, None, *out)
+
+
+def least_squares_solve(
+    model,
+    B: torch.Tensor,
+    params: Mapping[str, Any] | None = None,
+    options: LMOptions | None = None,
+    backward: Backward | str = Backward.IMPLICIT,
+) -> tuple[torch.Tensor, LeastSquaresInfo]:
+    """Solve ``min_w 1/2 ||r(B w)||^2 + rho/2 ||w||^2`` for a batch; the functional core of
+    :class:`HardConstraint` (no input validation, no warnings).
+
+    Parameters
+    ----------
+    model
+        A residual model (:class:`SteadyResidual`, :class:`TrajectoryResidual`, or anything with
+        their ``residual`` and ``linearize`` methods).
+    B : torch.Tensor
+        ``(batch, n_L, N)`` or ``(batch, T + 1, n_L, N)`` basis fields.
+    params : mapping, optional
+        Parameters of the residual; tensors receive gradients.
+    options : LMOptions, optional
+    backward : ``"implicit"`` or ``"unrolled"``
+        See :class:`Backward`.
+
+    Returns
+    -------
+    w : torch.Tensor
+        ``(batch, N)`` weights.
+    info : LeastSquaresInfo
+    """
+    o = options or LMOptions()
+    mode = Backward.parse(backward, "backward")
+    params = dict(params or {})
+    if mode is Backward.UNROLLED:
+        w, _, info = _lm(model, B, params, o)
+        return w, info
+    names, tensors, static = split_params(params)
+    info_out: list[LeastSquaresInfo] = []
+    w = _LeastSquares.apply(model, o, names, static, info_out, B, *tensors)
+    return w, info_out[0]

@@ -1,0 +1,215 @@
+"""Residual models: the rows a constraint layer enforces, as functions of a local field.
+
+A constraint layer in basis mode sees a field ``u = B w`` on a set of DOFs ``L`` (all DOFs for
+one expert; an expert's owned + halo DOFs in the mixture of experts) and enforces a set of
+residual rows ``O``. A *residual model* packages that choice for the least-squares core
+(:func:`femoe.layers.least_squares_solve`), which needs two things from it:
+
+``residual(u, p) -> r``
+    ``(batch, m)`` residual rows for local fields ``u`` (``(batch, n_L)``, or
+    ``(batch, T + 1, n_L)`` for trajectories), twice differentiable in ``u`` and in the
+    parameter tensors of ``p``.
+``linearize(u, B, p) -> (r, J_w)``
+    the same rows and ``J_w = dr/du B`` of shape ``(batch, m, N)``, from the sparse Jacobian;
+    differentiable when its inputs require grad (used by the unrolled reference backward).
+
+The MoE layer implements the same two methods with the expert index folded into the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from femoe.errors import ProblemError, ShapeError
+from femoe.layers._validate import as_index
+from femoe.linalg._base import csr_operator
+from femoe.problem import Problem
+from femoe.sparse import BatchedCSR
+
+#: Key under which the initial condition travels in the parameter dict of a trajectory model.
+INITIAL = "__initial__"
+
+
+def jac_times(J: BatchedCSR, X: torch.Tensor) -> torch.Tensor:
+    """``J_b @ X_b`` for ``X`` of shape ``(batch, n, k)``.
+
+    Uses torch CSR kernels when no gradient is needed, and a differentiable gather/scatter
+    (memory ``batch * nnz * k``) when ``J.values`` or ``X`` require grad.
+    """
+    if torch.is_grad_enabled() and (J.values.requires_grad or X.requires_grad):
+        rows = torch.as_tensor(J.pattern.rows, device=X.device)
+        cols = torch.as_tensor(J.pattern.indices, device=X.device)
+        prod = J.values[:, :, None] * X[:, cols, :]
+        return prod.new_zeros(prod.shape[0], J.pattern.shape[0], X.shape[-1]).index_add(1, rows, prod)
+    return csr_operator(J.pattern, J.values.detach())(X.detach())
+
+
+def basis_field(B: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``u = B w`` for ``B`` of shape ``(batch, ..., n, N)`` and ``w`` of shape ``(batch, N)``."""
+    shape = (w.shape[0],) + (1,) * (B.dim() - 3) + (w.shape[1], 1)
+    return (B @ w.reshape(shape)).squeeze(-1)
+
+
+class SteadyResidual:
+    """Rows ``rows`` of the steady residual ``R(u; p)`` for a field given on DOFs ``dofs``.
+
+    Parameters
+    ----------
+    problem : Problem
+        A steady problem (a time-dependent one is evaluated as ``A(u, t)`` at time ``t``).
+    rows : index, optional
+        Residual rows to enforce (default all ``n``, Dirichlet rows ``u_i - g_i`` included).
+    dofs : index, optional
+        DOFs the field lives on (default all); the field is zero elsewhere, so ``rows`` should
+        depend on these DOFs only.
+    t : float, optional
+        Time passed to the forms.
+    """
+
+    time_dependent = False
+
+    def __init__(self, problem: Problem, rows: Any = None, dofs: Any = None, t: float | None = None):
+        self.problem = problem
+        self.n = problem.n
+        self.rows = as_index("rows", rows, self.n)
+        self.dofs = as_index("dofs", dofs, self.n)
+        self.n_local = self.n if self.dofs is None else int(self.dofs.numel())
+        self.n_rows = self.n if self.rows is None else int(self.rows.numel())
+        self.t = t
+
+    def _embed(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        if self.dofs is None:
+            return x
+        shape = list(x.shape)
+        shape[axis] = self.n
+        return x.new_zeros(shape).index_copy(axis, self.dofs.to(x.device), x)
+
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.rows is None else x.index_select(1, self.rows.to(x.device))
+
+    def _check_batch(self, R: torch.Tensor, u: torch.Tensor) -> None:
+        if R.shape[0] != u.shape[0]:
+            raise ShapeError(f"the parameters have batch {R.shape[0]} but the basis has batch {u.shape[0]}; "
+                             "give parameters of batch 1 or of the basis batch")
+
+    def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        R = self.problem.residual(self._embed(u, 1), p, t=self.t).reshape(-1, self.n)
+        self._check_batch(R, u)
+        return self._select(R)
+
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        R, J = self.problem.residual_and_jacobian(self._embed(u, 1), p, t=self.t)
+        R = R.reshape(-1, self.n)
+        self._check_batch(R, u)
+        return self._select(R), self._select(jac_times(J, self._embed(B, 1)))
+
+
+class TrajectoryResidual(SteadyResidual):
+    """Theta-scheme residual of levels ``1..T`` given level 0, plus initial-condition rows.
+
+    For a field ``U`` with levels ``0..T`` (shape ``(batch, T + 1, n_L)``) the rows are
+
+    ``r = [ R^{1..T}(U)[rows],  c * (U_0 - u0)[ic_rows] ]``
+
+    where ``R^t`` is :meth:`Problem.trajectory_residual` with ``U_0`` as the initial level
+    (flattened ``(T, n) -> T n``, so ``rows`` indexes ``t n + i`` for step ``t + 1``) and ``c``
+    the initial-condition weight. The initial condition ``u0`` is passed in the parameter dict
+    under :data:`INITIAL`.
+
+    Parameters
+    ----------
+    problem : Problem
+        A time-dependent problem.
+    dt, t0 : float
+        Time step and time of level 0.
+    rows : index, optional
+        Rows of the flattened ``(T n)`` trajectory residual to enforce (default all).
+    ic_rows : index, optional
+        DOFs of level 0 tied to ``u0`` (default all ``n``; an empty index drops the IC rows, for
+        bases that satisfy the initial condition by construction).
+    dofs : index, optional
+        DOFs the field lives on (default all).
+    ic_weight : ``"paper"``, float or tensor
+        ``"paper"``: the initial condition divided by its value, as in Chalapathi et al.,
+        ``c_i = 1 / max(|u0_i|, 1e-3 max_j |u0_j|)`` (``1`` where ``u0 = 0``); a number or a
+        tensor broadcast against ``(batch, n)``.
+    """
+
+    time_dependent = True
+
+    def __init__(self, problem: Problem, dt: float, t0: float = 0.0, rows: Any = None, ic_rows: Any = None,
+                 dofs: Any = None, ic_weight: str | float | torch.Tensor = "paper"):
+        if not problem.is_time_dependent:
+            raise ProblemError(f"problem {problem.name!r} is steady (no storage term); a trajectory needs one")
+        if not dt > 0:
+            raise ProblemError(f"dt must be positive; got {dt}")
+        super().__init__(problem, None, dofs)
+        self.rows = rows if rows is None else as_index("rows", rows, 2**62)
+        self.ic_rows = as_index("ic_rows", ic_rows, self.n)
+        self.dt, self.t0 = float(dt), float(t0)
+        if isinstance(ic_weight, str) and ic_weight != "paper":
+            raise ProblemError(f"ic_weight must be 'paper', a number or a tensor; got {ic_weight!r}")
+        self.ic_weight = ic_weight
+
+    def check_levels(self, T: int) -> None:
+        if self.rows is not None and self.rows.numel() and int(self.rows.max()) >= T * self.n:
+            raise ShapeError(f"rows index the flattened (T={T}) x (n={self.n}) trajectory residual, so they must be "
+                             f"below {T * self.n}; got {int(self.rows.max())}")
+
+    def _weights(self, u0: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.ic_weight, str):
+            a = u0.detach().abs()
+            floor = 1e-3 * a.amax(dim=-1, keepdim=True)
+            c = 1.0 / torch.maximum(a, floor)
+            return torch.where(floor > 0, c, torch.ones_like(c))
+        return torch.as_tensor(self.ic_weight, dtype=u0.dtype, device=u0.device)
+
+    def _ic_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.ic_rows is None else x.index_select(1, self.ic_rows.to(x.device))
+
+    def _split(self, p: Mapping[str, Any]) -> tuple[dict, torch.Tensor]:
+        p = dict(p)
+        if INITIAL not in p:
+            raise ProblemError("a trajectory residual needs the initial condition (u0)")
+        return p, p.pop(INITIAL)
+
+    def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        p, u0 = self._split(p)
+        U = self._embed(u, 2)
+        batch, T = U.shape[0], U.shape[1] - 1
+        R = self.problem.trajectory_residual(U[:, 1:], U[:, 0], self.dt, p, t0=self.t0)
+        if R.shape[0] != batch:
+            raise ShapeError(f"the parameters have batch {R.shape[0]} but the basis has batch {batch}")
+        R = self._select(R.reshape(batch, T * self.n))
+        ic = self._weights(u0) * (U[:, 0] - u0)
+        return torch.cat([R, self._ic_rows(ic.expand(batch, -1))], dim=1)
+
+    # d R^t = [S'(u^t)/dt + theta A'(u^t)] dU^t + [-S'(u^{t-1})/dt + (1 - theta) A'(u^{t-1})] dU^{t-1}.
+    # With P_l = d step_residual / d u_new at level l (= S'/dt + theta A', identity on Dirichlet
+    # rows) and Q_l = A'(u^l, t_l) (the steady Jacobian, identity on Dirichlet rows), the
+    # coefficient of dU^{t-1} is Q_{t-1} - P_{t-1}: zero on Dirichlet rows, as it must be.
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        p, u0 = self._split(p)
+        U = self._embed(u, 2)
+        Bf = self._embed(B, 2)
+        batch, T = U.shape[0], U.shape[1] - 1
+        pb = self.problem
+        PB, QB = [], []
+        for level in range(T + 1):
+            x, tl = U[:, level], self.t0 + level * self.dt
+            _, P = pb.step_residual(x, x, self.dt, p, t_new=tl, jacobian=True)
+            PB.append(jac_times(P, Bf[:, level]))
+            if level < T:
+                QB.append(jac_times(pb.jacobian(x, p, t=tl), Bf[:, level]))
+        rows_J = torch.stack([PB[t] + QB[t - 1] - PB[t - 1] for t in range(1, T + 1)], dim=1)
+        if rows_J.shape[0] != batch:
+            raise ShapeError(f"the parameters have batch {rows_J.shape[0]} but the basis has batch {batch}")
+        R = self.problem.trajectory_residual(U[:, 1:], U[:, 0], self.dt, p, t0=self.t0).reshape(batch, T * self.n)
+        c = self._weights(u0)
+        ic = self._ic_rows((c * (U[:, 0] - u0)).expand(batch, -1))
+        icJ = self._ic_rows((c.unsqueeze(-1) if c.dim() else c) * Bf[:, 0])
+        r = torch.cat([self._select(R), ic], dim=1)
+        J = torch.cat([self._select(rows_J.reshape(batch, T * self.n, -1)), icJ.expand(batch, -1, -1)], dim=1)
+        return r, J

@@ -1,0 +1,80 @@
+"""Checks at the public boundary of the layers: finite values, shapes, parameter splitting."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from femoe.errors import NonFiniteError, ShapeError
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` naming ``name`` and the first NaN/Inf index of ``x``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        value = float(x.detach()[idx]) if idx else float(x.detach())
+        raise NonFiniteError(
+            f"{name} contains non-finite values: first at index {idx} (value {value}); "
+            f"{int(bad.sum())} of {x.numel()} entries are NaN or Inf. Check the network output "
+            "(learning rate, normalisation) before the constraint layer"
+        )
+
+
+def check_params_finite(params: Mapping[str, Any] | None, prefix: str = "params") -> None:
+    """:func:`check_finite` on every tensor of a parameter dict."""
+    for k, v in (params or {}).items():
+        if isinstance(v, torch.Tensor):
+            check_finite(f"{prefix}[{k!r}]", v)
+
+
+def check_float_tensor(name: str, x: Any) -> torch.Tensor:
+    """``x`` must be a float32/float64 tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ShapeError(f"{name} must be float32 or float64; got {x.dtype}")
+    return x
+
+
+def split_params(params: Mapping[str, Any] | None) -> tuple[list[str], list[torch.Tensor], dict[str, Any]]:
+    """Split a parameter dict into tensor names, tensors, and the other (static) entries.
+
+    The tensors become inputs of an autograd Function (so gradients reach them); the static
+    entries (numbers, callables) are passed through unchanged. The caller's dict is not modified.
+    """
+    names, tensors, static = [], [], {}
+    for k, v in (params or {}).items():
+        if isinstance(v, torch.Tensor):
+            names.append(k)
+            tensors.append(v)
+        else:
+            static[k] = v
+    return names, tensors, static
+
+
+def join_params(names: list[str], tensors, static: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`split_params`."""
+    out = dict(static)
+    out.update(zip(names, tensors))
+    return out
+
+
+def as_index(name: str, idx: Any, size: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """A 1-D int64 index tensor into ``range(size)`` (``None`` stays ``None``)."""
+    if idx is None:
+        return None
+    t = torch.as_tensor(idx, device=device)
+    if t.dtype == torch.bool:
+        if t.shape != (size,):
+            raise ShapeError(f"{name} as a boolean mask must have shape ({size},); got {tuple(t.shape)}")
+        t = t.nonzero().flatten()
+    if t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
+        raise ShapeError(f"{name} must be a 1-D integer index tensor; got shape {tuple(t.shape)}, dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+        raise ShapeError(f"{name} must index into range({size}); got values in [{int(t.min())}, {int(t.max())}]")
+    return t
