@@ -14,7 +14,7 @@ from femoe.sparse import BatchedCSR
 class GMRESSolver(KrylovSolver):
     """GMRES(restart) with right preconditioning, so the monitored residual is the true one.
 
-    Arnoldi uses modified Gram-Schmidt and Givens rotations, one set per batch element and
+    Arnoldi uses classical Gram-Schmidt with reorthogonalisation and Givens rotations, one set per batch element and
     right-hand-side column. The transpose solve runs the same iteration on ``A^T`` with the
     same preconditioner (exact for Jacobi; for AMG the cycle built for ``A``).
 
@@ -61,7 +61,8 @@ class GMRESSolver(KrylovSolver):
             if not bool(active.any()):
                 break
             safe_beta = torch.where(beta > 0, beta, torch.ones_like(beta))
-            V = [r / safe_beta.unsqueeze(1)]
+            V = b.new_zeros(batch, n, k, m + 1)
+            V[..., 0] = r / safe_beta.unsqueeze(1)
             H = b.new_zeros(batch, k, m + 1, m)
             g = b.new_zeros(batch, k, m + 1)
             g[..., 0] = beta
@@ -70,14 +71,18 @@ class GMRESSolver(KrylovSolver):
             running = active.clone()
             steps = 0
             for j in range(min(m, self.maxiter - total)):
-                w = A(M.apply(V[j], transpose))
-                for i in range(j + 1):
-                    h = (w * V[i]).sum(dim=1)
-                    H[..., i, j] = h
-                    w = w - h.unsqueeze(1) * V[i]
+                w = A(M.apply(V[..., j], transpose))
+                # classical Gram-Schmidt twice (CGS2): as stable as modified Gram-Schmidt, but
+                # two batched reductions instead of j + 1 small ones
+                basis = V[..., : j + 1]
+                h = torch.einsum("bnkj,bnk->bkj", basis, w)
+                w = w - torch.einsum("bnkj,bkj->bnk", basis, h)
+                h2 = torch.einsum("bnkj,bnk->bkj", basis, w)
+                w = w - torch.einsum("bnkj,bkj->bnk", basis, h2)
+                H[..., : j + 1, j] = h + h2
                 hn = torch.linalg.vector_norm(w, dim=1)
                 H[..., j + 1, j] = hn
-                V.append(w / torch.where(hn > 0, hn, torch.ones_like(hn)).unsqueeze(1))
+                V[..., j + 1] = w / torch.where(hn > 0, hn, torch.ones_like(hn)).unsqueeze(1)
                 for i in range(j):
                     t = cs[..., i] * H[..., i, j] + sn[..., i] * H[..., i + 1, j]
                     H[..., i + 1, j] = -sn[..., i] * H[..., i, j] + cs[..., i] * H[..., i + 1, j]
@@ -107,8 +112,7 @@ class GMRESSolver(KrylovSolver):
                     break
             total += steps
             y = torch.linalg.solve_triangular(H[..., :steps, :steps], g[..., :steps].unsqueeze(-1), upper=True)
-            basis = torch.stack(V[:steps], dim=-1)  # (B, n, k, steps)
-            update = M.apply((basis * y.squeeze(-1).unsqueeze(1)).sum(dim=-1), transpose)
+            update = M.apply(torch.einsum("bnkj,bkj->bnk", V[..., :steps], y.squeeze(-1)), transpose)
             x = x + torch.where(active.unsqueeze(1), update, torch.zeros_like(update))
         r = b - A(x)
         active = active & (torch.linalg.vector_norm(r, dim=1) > threshold)
