@@ -130,7 +130,8 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
 
     Nielsen's damping update: ``(J^T J + rho I + mu I) d = -g``; gain ratio
     ``(f(w) - f(w + d)) / (1/2 d^T (mu d - g))``; accept if positive and then
-    ``mu *= max(1/3, 1 - (2 gain - 1)^3)``, else ``mu *= nu, nu *= 2``.
+    ``mu *= max(1/3, 1 - (2 gain - 1)^3)``, else ``mu *= nu, nu *= 2``. Where the predicted
+    reduction is below the round-off of ``f``, a step is accepted if it reduces ``||grad_w f||``.
     """
     batch, N = B.shape[0], B.shape[-1]
     eye = torch.eye(N, dtype=B.dtype, device=B.device)
@@ -159,7 +160,11 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         r_t, J_t, f_t, g_t, A_t = evaluate(w + d)
         pred = 0.5 * (d * (mu[:, None] * d - g)).sum(1).detach()
         gain = (f - f_t).detach() / torch.where(pred > 0, pred, torch.ones_like(pred))
-        accept = active & (pred > 0) & (gain > 0) & torch.isfinite(f_t.detach())
+        # Near the optimum f(w) - f(w + d) drops below the round-off of f and the gain ratio is
+        # noise; there a step is accepted when it reduces the gradient norm instead.
+        below_roundoff = pred <= 64 * torch.finfo(f.dtype).eps * f.detach().abs()
+        decreases = torch.linalg.vector_norm(g_t.detach(), dim=1) < gnorm.detach()
+        accept = active & torch.isfinite(f_t.detach()) & (((pred > 0) & (gain > 0)) | (below_roundoff & decreases))
         a1 = accept[:, None]
         w = torch.where(a1, w + d, w)
         r = torch.where(a1, r_t, r)
@@ -168,7 +173,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         g = torch.where(a1, g_t, g)
         A = torch.where(a1[:, :, None], A_t, A)
         gnorm = torch.linalg.vector_norm(g, dim=1)
-        shrink = torch.clamp(1 - (2 * gain - 1) ** 3, min=1.0 / 3.0)
+        shrink = torch.clamp(1 - (2 * gain.clamp(0, 1) - 1) ** 3, min=1.0 / 3.0)
         mu = torch.where(accept, mu * shrink, torch.where(active, mu * nu, mu))
         nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
         iterations += active.to(torch.int64)

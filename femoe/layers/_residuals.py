@@ -160,7 +160,7 @@ class TrajectoryResidual(SteadyResidual):
 
     def _weights(self, u0: torch.Tensor) -> torch.Tensor:
         if isinstance(self.ic_weight, str):
-            a = u0.detach().abs()
+            a = u0.abs()
             floor = 1e-3 * a.amax(dim=-1, keepdim=True)
             c = 1.0 / torch.maximum(a, floor)
             return torch.where(floor > 0, c, torch.ones_like(c))
