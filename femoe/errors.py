@@ -130,3 +130,8 @@ class DeviceFallbackWarning(FemoeWarning):
 # --- optional dependencies ----------------------------------------------------------------
 class MissingDependencyError(FemoeError, ImportError):
     """An optional package (pymetis, gmsh...) is needed for what was asked but not installed."""
+
+
+class ParameterError(ProblemError):
+    """A problem parameter is unknown or outside its physical range (e.g. a negative
+    diffusivity, a porosity outside (0, 1))."""

@@ -1,0 +1,160 @@
+"""The interface every problem module implements (:class:`ProblemSpec`) and shared helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from femoe.errors import ParameterError
+from femoe.problem import Problem
+
+#: bundled meshes (``meshes/`` beside the ``problems`` package)
+MESH_DIR = Path(__file__).resolve().parent.parent / "meshes"
+
+
+@dataclass(frozen=True)
+class Param:
+    """A problem parameter: default value, a check of its range, and what the check means.
+
+    ``check`` returns True for valid values; ``valid`` is the human-readable range used in
+    error messages, e.g. ``"> 0"`` or ``"in (0, 1)"``.
+    """
+
+    default: Any
+    check: Callable[[Any], bool] | None = None
+    valid: str = ""
+    help: str = ""
+    kind: type = float
+
+
+def positive(x: float) -> bool:
+    return bool(math.isfinite(x) and x > 0)
+
+
+def nonnegative(x: float) -> bool:
+    return bool(math.isfinite(x) and x >= 0)
+
+
+def open_unit(x: float) -> bool:
+    return bool(0 < x < 1)
+
+
+def positive_int(x: int) -> bool:
+    return int(x) == x and x >= 1
+
+
+class ProblemSpec(ABC):
+    """One benchmark problem: its parameters, discrete problem, inputs and reference solver.
+
+    Subclasses set :attr:`name`, :attr:`steady`, :attr:`element`, :attr:`mesh_file` and
+    :attr:`params` and implement :meth:`_build`, :meth:`sample_inputs` and :meth:`reference`.
+
+    The parameters a :class:`~femoe.problem.Problem` was built with are attached to it as
+    ``problem.config`` (a plain dict), which :meth:`reference` reads.
+    """
+
+    name: str = ""
+    steady: bool = True
+    element: str = ""
+    mesh_file: str | None = None
+    params: Mapping[str, Param] = {}
+    description: str = ""
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Default parameter values (a fresh dict)."""
+        return {k: p.default for k, p in self.params.items()}
+
+    def parameters(self, **overrides: Any) -> dict[str, Any]:
+        """Defaults merged with ``overrides``, each validated.
+
+        Raises
+        ------
+        femoe.errors.ParameterError
+            An unknown name, a value of the wrong type, or a value outside its range.
+        """
+        unknown = sorted(set(overrides) - set(self.params))
+        if unknown:
+            raise ParameterError(
+                f"problem {self.name!r} has no parameter(s) {unknown}; valid parameters: "
+                f"{sorted(self.params)}"
+            )
+        out = self.defaults
+        for key, value in overrides.items():
+            spec = self.params[key]
+            try:
+                value = spec.kind(value)
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"problem {self.name!r}: parameter {key!r} must be a {spec.kind.__name__}; "
+                    f"got {value!r}"
+                ) from None
+            out[key] = value
+        for key, value in out.items():
+            spec = self.params[key]
+            if spec.check is not None and not spec.check(value):
+                raise ParameterError(
+                    f"problem {self.name!r}: parameter {key}={value!r} is outside its physical "
+                    f"range; expected {key} {spec.valid}" + (f" ({spec.help})" if spec.help else "")
+                )
+        self._check_combination(out)
+        return out
+
+    def _check_combination(self, params: dict[str, Any]) -> None:
+        """Checks that involve several parameters (override where needed)."""
+
+    # ------------------------------------------------------------------ the problem
+    def build(self, **overrides: Any) -> Problem:
+        """The discrete :class:`~femoe.problem.Problem` (mesh, basis, integrands, BCs).
+
+        ``overrides`` replace default parameters (see :attr:`params`); they are validated.
+        """
+        params = self.parameters(**overrides)
+        problem = self._build(params)
+        problem.config = dict(params)
+        return problem
+
+    @abstractmethod
+    def _build(self, params: dict[str, Any]) -> Problem:
+        """Build the problem from validated parameters."""
+
+    @abstractmethod
+    def sample_inputs(self, rng: np.random.Generator, n: int, problem: Problem | None = None) -> np.ndarray:
+        """``n`` random inputs (initial conditions or coefficient fields), shape ``(n, m)``."""
+
+    @abstractmethod
+    def reference(self, problem: Problem, sample: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Reference solution for one input: ``(times, U)`` with ``U`` of shape ``(T, n)``
+        (``times`` of shape ``(T,)``), or ``(None, u)`` with ``u`` of shape ``(n,)`` for
+        steady problems."""
+
+    # ------------------------------------------------------------------ helpers
+    def points(self, problem: Problem) -> np.ndarray:
+        """DOF coordinates ``(n, dim)`` of the solution vector."""
+        return np.ascontiguousarray(problem.doflocs.T)
+
+    def output_fields(self, problem: Problem, u: np.ndarray) -> dict[str, np.ndarray]:
+        """Name -> nodal values on ``problem.mesh`` vertices for plots and VTU output (the last
+        axis of ``u`` is the DOF axis)."""
+        return {"u": np.asarray(u)[..., : problem.mesh.nvertices]}
+
+    def output_mesh(self, problem: Problem):
+        """The (non-periodic) mesh that :meth:`output_fields` values live on."""
+        return problem.mesh
+
+    def metadata(self, problem: Problem) -> dict[str, Any]:
+        """What the data files record about the problem."""
+        return {
+            "problem": self.name,
+            "mesh_file": self.mesh_file or "",
+            "element": self.element,
+            "parameters": json.dumps(problem.config, sort_keys=True),
+            "steady": self.steady,
+        }

@@ -1,0 +1,300 @@
+r"""Navier-Stokes in 2D, vorticity-streamfunction form, periodic unit square (second system of
+Chalapathi et al., ICLR 2024).
+
+PDE
+---
+On the unit torus ``[0, 1)^2``, for ``t in [0, T]`` (``T = 5``):
+
+.. math::
+
+    \omega_t + \mathbf u \cdot \nabla \omega = \nu \Delta \omega, \qquad
+    -\Delta \psi = \omega, \qquad \mathbf u = (\psi_y, -\psi_x),
+
+with viscosity ``nu = 1e-4`` and no forcing. ``psi`` is defined up to a constant: we fix its
+mean to zero. ``omega`` must have zero mean for ``-lap psi = omega`` to be solvable; the initial
+vorticity is made zero-mean and the scheme keeps it so (the discrete advection term conserves
+``int omega`` exactly, see below).
+
+Initial condition
+-----------------
+A periodic Gaussian random field with the periodic ("exp-sine-squared") covariance of length
+scale ``l = 0.8`` (the paper's value) in each direction,
+``k(x, y) = exp(-2 sin^2(pi (x1 - y1)) / l^2) exp(-2 sin^2(pi (x2 - y2)) / l^2)``, whose Fourier
+coefficients are ``c_k = e^{-a} I_k(a)`` per direction (``a = 1 / l^2``, ``I_k`` the modified
+Bessel function); modes ``|k| <= 16`` are kept (``c_16 < 1e-15``), the mean mode is dropped,
+and the field is scaled by ``amplitude = 1``. Each sample is drawn as the Fourier coefficients,
+so that the same continuous field can be evaluated on the mesh and on a spectral grid; the
+input stored in data sets is its nodal interpolant on the P1 vorticity space.
+
+Mesh and discretisation
+-----------------------
+The bundled ``meshes/periodic_square.msh`` (unstructured triangles with matching nodes on
+opposite sides, from Gmsh periodic constraints; 3785 nodes, 7344 triangles, h ~ 1/56). Its
+opposite boundary nodes are identified with scikit-fem's ``MeshTri1DG.periodic``, which keeps the
+unstructured mesh (the point of femoe) and needs no extra constraint rows. Unknowns ``(omega,
+psi)``, both P1 (``ElementTriP1() * ElementTriP1()``, 2 x 3672 DOFs). Weak form: for all
+``(v, q)``
+
+.. math::
+
+    \int \omega_t v + (\mathbf u \cdot \nabla \omega) v + \nu \nabla\omega\cdot\nabla v \, dx = 0,
+    \qquad
+    \int \nabla \psi \cdot \nabla q + \alpha \psi q - \omega q \, dx = 0 .
+
+The small ``alpha = 1e-6`` term fixes the mean of ``psi`` (to ``mean(omega) / alpha = 0``) without
+a global constraint row, which a pointwise integrand cannot express; on every other Fourier
+mode it changes ``psi`` by a relative ``alpha / (4 pi^2 |k|^2) <= 2.6e-8``.
+
+No stabilisation: ``u = curl psi`` is exactly divergence-free element by element with continuous
+normal component (it is the rotated gradient of a continuous P1 function), so the Galerkin
+advection term is skew-symmetric: the semi-discrete scheme conserves ``int omega``, the
+enstrophy ``int omega^2 / 2`` and the kinetic energy ``int |grad psi|^2 / 2`` exactly when ``nu = 0``,
+and dissipates both at the physical rate otherwise. SUPG would add numerical dissipation
+that the spectral comparison would have to absorb; the smooth initial data (modes ``|k| <= ~4``
+carry almost all the energy) and the short horizon keep the flow resolved on this mesh.
+
+The returned :class:`~femoe.problem.Problem` has storage ``omega v`` and the theta scheme with
+``theta = 0.5`` (the ``psi`` rows are algebraic and hold at every level).
+
+Reference solution
+------------------
+The method-of-lines system of the same Galerkin discretisation, ``M omega' = -N(psi) omega -
+nu K omega`` with ``(K + alpha M) psi = M omega``, integrated by the three-stage strong-stability
+preserving Runge-Kutta method (SSP-RK3) with the consistent mass matrix (factorised once),
+at ``cfl = 0.25`` (step ``cfl * h_min / max|u_0|``, rounded so that the 64 saved intervals are
+hit exactly). RK3 is mildly dissipative for skew-symmetric operators, so energy and enstrophy
+never grow. Saved: 65 levels ``t = 0, 5/64, ..., 5`` of the full ``(omega, psi)`` DOF vector.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import skfem as fe
+from scipy.spatial import cKDTree
+from scipy.special import ive
+
+from femoe.errors import MeshError
+from femoe.helpers import dot, grad
+from femoe.mesh import read_mesh
+from femoe.problem import Problem
+from problems._base import MESH_DIR, Param, ProblemSpec, nonnegative, positive, positive_int
+
+log = logging.getLogger(__name__)
+
+MAX_MODE = 16
+
+
+def periodic_mesh(mesh: fe.MeshTri1, tol: float = 1e-8) -> tuple[fe.MeshTri1DG, np.ndarray]:
+    """Identify opposite sides of a unit-square triangle mesh.
+
+    Returns the periodic mesh and ``orig2dof``: for each vertex of ``mesh``, its P1 DOF on the
+    periodic mesh.
+    """
+    x = mesh.p
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    if not (np.allclose(lo, 0.0, atol=tol) and np.allclose(hi, 1.0, atol=tol)):
+        raise MeshError(f"a periodic mesh must span the unit square; its bounding box is {lo} .. {hi}")
+    wrapped = np.where(x > 1.0 - tol, x - 1.0, x)
+    keep = np.nonzero((x[0] < 1.0 - tol) & (x[1] < 1.0 - tol))[0]
+    tree = cKDTree(wrapped[:, keep].T)
+    drop = np.setdiff1d(np.arange(mesh.nvertices), keep)
+    dist, idx = tree.query(wrapped[:, drop].T)
+    if drop.size and dist.max() > 1e-6:
+        raise MeshError("the mesh has no matching nodes on opposite sides (max mismatch "
+                        f"{dist.max():.2e}); generate it with periodic constraints")
+    pm = fe.MeshTri1DG.periodic(mesh, drop, keep[idx])
+    basis = fe.Basis(pm, fe.ElementTriP1())
+    orig2dof = np.empty(mesh.nvertices, dtype=np.int64)
+    orig2dof[mesh.t] = basis.element_dofs
+    return pm, orig2dof
+
+
+def grf_modes(length: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wave vectors ``k`` (``(m, 2)``, ``|k_i| <= MAX_MODE``, mean mode excluded) and their
+    variances ``c_k1 c_k2`` for the periodic covariance of length scale ``length``."""
+    a = 1.0 / length**2
+    ks = np.arange(-MAX_MODE, MAX_MODE + 1)
+    c1 = ive(np.abs(ks), a)
+    k1, k2 = np.meshgrid(ks, ks, indexing="ij")
+    var = np.outer(c1, c1)
+    mask = ~((k1 == 0) & (k2 == 0))
+    return np.stack([k1[mask], k2[mask]], axis=1).astype(float), var[mask]
+
+
+def grf_coefficients(rng: np.random.Generator, n: int, length: float, amplitude: float) -> np.ndarray:
+    """``n`` draws of cosine/sine coefficients ``(n, 2, m)`` of the vorticity field."""
+    _, var = grf_modes(length)
+    return amplitude * np.sqrt(var)[None, None, :] * rng.standard_normal((n, 2, var.size))
+
+
+def evaluate_field(coeffs: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
+    """The field ``sum_k a_k cos(2 pi k.x) + b_k sin(2 pi k.x)`` at points ``x`` ``(2, p)``;
+    ``coeffs`` ``(n, 2, m)`` -> ``(n, p)``."""
+    k, _ = grf_modes(length)
+    arg = 2 * np.pi * k @ x  # (m, p)
+    return coeffs[:, 0] @ np.cos(arg) + coeffs[:, 1] @ np.sin(arg)
+
+
+class NavierStokes2D(ProblemSpec):
+    """Decaying 2D turbulence on the periodic unit square (see the module docstring)."""
+
+    name = "navier_stokes_2d"
+    steady = False
+    element = "ElementTriP1 * ElementTriP1 (omega, psi) on MeshTri1DG.periodic"
+    mesh_file = "meshes/periodic_square.msh"
+    description = "vorticity-streamfunction Navier-Stokes, periodic square, nu = 1e-4, GRF initial vorticity"
+    params = {
+        "nu": Param(1e-4, nonnegative, ">= 0", "kinematic viscosity"),
+        "T": Param(5.0, positive, "> 0", "final time"),
+        "n_steps": Param(64, positive_int, "an integer >= 1", "saved intervals (n_steps + 1 levels)", int),
+        "length_scale": Param(0.8, positive, "> 0", "GRF length scale"),
+        "amplitude": Param(1.0, positive, "> 0", "GRF amplitude"),
+        "alpha": Param(1e-6, positive, "> 0", "psi mean-fixing term (small)"),
+        "cfl": Param(0.25, lambda c: 0 < c <= 0.5, "in (0, 0.5]", "SSP-RK3 Courant number"),
+        "theta": Param(0.5, lambda t: 0 <= t <= 1, "in [0, 1]", "theta of the returned Problem"),
+        "mesh": Param("", None, "", "mesh file (default: the bundled periodic square)", str),
+    }
+
+    def _build(self, params: dict[str, Any]) -> Problem:
+        path = params["mesh"] or str(MESH_DIR / "periodic_square.msh")
+        mesh = read_mesh(path)
+        pm, orig2dof = periodic_mesh(mesh)
+        basis = fe.Basis(pm, fe.ElementTriP1() * fe.ElementTriP1())
+        nu, alpha = params["nu"], params["alpha"]
+
+        def vorticity(om, ps, v, q, w):
+            gp, go = grad(ps), grad(om)
+            advection = gp[1] * go[0] - gp[0] * go[1]  # u . grad omega, u = (psi_y, -psi_x)
+            return advection * v + nu * dot(go, grad(v)) + dot(gp, grad(q)) + alpha * ps * q - om * q
+
+        def storage(om, ps, v, q, w):
+            return om * v
+
+        problem = Problem(basis, vorticity, storage=storage, theta=params["theta"], name=self.name)
+        problem.orig_mesh = mesh
+        problem.orig2dof = orig2dof
+        return problem
+
+    # ------------------------------------------------------------------ inputs
+    def sample_coefficients(self, rng: np.random.Generator, n: int, problem: Problem | None = None) -> np.ndarray:
+        p = problem.config if problem is not None else self.defaults
+        return grf_coefficients(rng, n, p["length_scale"], p["amplitude"])
+
+    def sample_inputs(self, rng: np.random.Generator, n: int, problem: Problem | None = None) -> np.ndarray:
+        """``n`` initial vorticities on the P1 vorticity DOFs, shape ``(n, n_vertices)``."""
+        problem = problem if problem is not None else self.build()
+        coeffs = self.sample_coefficients(rng, n, problem)
+        iw = problem.basis.split_indices()[0]
+        return evaluate_field(coeffs, problem.doflocs[:, iw], problem.config["length_scale"])
+
+    def reference(self, problem: Problem, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return VorticitySolver(problem).run(np.asarray(sample, dtype=float))
+
+    # ------------------------------------------------------------------ output
+    def points(self, problem: Problem) -> np.ndarray:
+        return np.ascontiguousarray(problem.doflocs.T)
+
+    def output_mesh(self, problem: Problem):
+        return problem.orig_mesh
+
+    def output_fields(self, problem: Problem, u: np.ndarray) -> dict[str, np.ndarray]:
+        iw, ip = problem.basis.split_indices()
+        u = np.asarray(u)
+        return {"vorticity": u[..., iw][..., problem.orig2dof],
+                "streamfunction": u[..., ip][..., problem.orig2dof]}
+
+
+class VorticitySolver:
+    """Method-of-lines solver of the Galerkin vorticity-streamfunction system (SSP-RK3)."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        p = self.p = problem.config
+        self.iw, self.ip = problem.basis.split_indices()
+        b1 = fe.Basis(problem.mesh, fe.ElementTriP1())
+        self.n1 = b1.N
+        self.ed = np.asarray(b1.element_dofs)  # (3, nel)
+        self.dphi = np.stack([np.asarray(b1.basis[a][0].grad)[:, :, 0] for a in range(3)])  # (3, 2, nel)
+        self.area = np.asarray(b1.dx).sum(axis=1)
+        M = fe.BilinearForm(lambda u, v, w: u * v).assemble(b1).tocsc()
+        K = fe.BilinearForm(lambda u, v, w: dot(u.grad, v.grad)).assemble(b1).tocsc()
+        self.M, self.K = M, K
+        self.M_lu = spla.splu(M)
+        self.S_lu = spla.splu((K + p["alpha"] * M).tocsc())
+        self.ones_M = np.asarray(M.sum(axis=0)).ravel()
+        # smallest edge length of the mesh (element vertex coordinates; periodic DG mesh)
+        xy = _element_coords(b1)
+        self.h_min = float(min(np.linalg.norm(xy[:, :, i] - xy[:, :, (i + 1) % 3], axis=0).min()
+                               for i in range(3)))
+
+    def psi(self, omega: np.ndarray) -> np.ndarray:
+        return self.S_lu.solve(self.M @ omega)
+
+    def gradients(self, f: np.ndarray) -> np.ndarray:
+        """Element-wise gradient of a P1 field, ``(2, nel)``."""
+        return np.einsum("aie,ae->ie", self.dphi, f[self.ed])
+
+    def rhs(self, omega: np.ndarray) -> np.ndarray:
+        """``M^{-1} (-N(psi) omega - nu K omega)``."""
+        gp, go = self.gradients(self.psi(omega)), self.gradients(omega)
+        adv = (gp[1] * go[0] - gp[0] * go[1]) * self.area / 3.0  # int (u . grad omega) phi_i, P1
+        r = np.bincount(self.ed.ravel(), np.tile(adv, 3), minlength=self.n1)
+        return -self.M_lu.solve(r + self.p["nu"] * (self.K @ omega))
+
+    def max_velocity(self, omega: np.ndarray) -> float:
+        g = self.gradients(self.psi(omega))
+        return float(np.sqrt((g**2).sum(0)).max())
+
+    def assemble(self, omega: np.ndarray) -> np.ndarray:
+        u = np.empty(self.problem.n)
+        u[self.iw] = omega
+        u[self.ip] = self.psi(omega)
+        return u
+
+    def run(self, omega0: np.ndarray, substeps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        p = self.p
+        omega = np.array(omega0, dtype=float).reshape(self.n1)
+        omega -= (self.ones_M @ omega) / self.ones_M.sum()  # zero mean in the M inner product
+        dT = p["T"] / p["n_steps"]
+        if substeps is None:
+            umax = max(self.max_velocity(omega), 1e-12)
+            substeps = max(1, math.ceil(dT / (p["cfl"] * self.h_min / umax)))
+        dt = dT / substeps
+        saved = [self.assemble(omega)]
+        for _ in range(p["n_steps"]):
+            for _ in range(substeps):
+                w1 = omega + dt * self.rhs(omega)
+                w2 = 0.75 * omega + 0.25 * (w1 + dt * self.rhs(w1))
+                omega = omega / 3.0 + 2.0 / 3.0 * (w2 + dt * self.rhs(w2))
+            if not np.all(np.isfinite(omega)):
+                from femoe.errors import NonFiniteError
+
+                raise NonFiniteError("navier_stokes_2d: the vorticity became non-finite; lower cfl")
+            saved.append(self.assemble(omega))
+        self.problem.last_reference_info = {"substeps": substeps, "dt": dt, "steps": substeps * p["n_steps"]}
+        return np.linspace(0.0, p["T"], p["n_steps"] + 1), np.stack(saved)
+
+
+def _element_coords(basis) -> np.ndarray:
+    """Vertex coordinates of every element, ``(2, nel, 3)`` (valid on periodic DG meshes)."""
+    return np.asarray(basis.mapping.F(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])))
+
+
+def energy_enstrophy(problem: Problem, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kinetic energy ``int |grad psi|^2 / 2`` and enstrophy ``int omega^2 / 2`` of each level of
+    ``U`` ``(T, n)``."""
+    s = VorticitySolver(problem)
+    U = np.atleast_2d(U)
+    om, ps = U[:, s.iw], U[:, s.ip]
+    E = 0.5 * np.einsum("ti,ti->t", ps, (s.K @ ps.T).T)
+    Z = 0.5 * np.einsum("ti,ti->t", om, (s.M @ om.T).T)
+    return E, Z
+
+
+SPEC = NavierStokes2D()
