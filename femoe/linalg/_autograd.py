@@ -56,7 +56,15 @@ class _SparseSolve(torch.autograd.Function):
         grad_values = grad_b = None
         if need_b:
             grad_b = lam.sum(dim=0, keepdim=True) if batch_b == 1 and lam.shape[0] != 1 else lam
-        if need_values:
+        if need_values and lam.device.type == "cpu":
+            # numpy: single-threaded gather, immune to torch thread contention on busy CPUs
+            rows, cols = ctx.pattern.rows, ctx.pattern.indices
+            ln, xn = lam.numpy(), x.detach().numpy()
+            g = ln[:, rows] * xn[:, cols]
+            grad_values = torch.from_numpy(-(g if g.ndim == 2 else g.sum(axis=-1)))
+            if batch_values == 1 and grad_values.shape[0] != 1:
+                grad_values = grad_values.sum(dim=0, keepdim=True)
+        elif need_values:
             rows, cols = _coo_indices(ctx.pattern, lam.device)
             if lam.dim() == 2:
                 grad_values = -(lam[:, rows] * x[:, cols])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -83,6 +83,13 @@ def symmetric_mask(A: BatchedCSR) -> torch.Tensor:
     v = A.values.detach()
     if v.shape[1] == 0:
         return torch.ones(A.batch_size, dtype=torch.bool, device=A.device)
+    if v.device.type == "cpu":
+        # numpy is single-threaded: see SCIPY_SPMV_MAX_NNZ for why that matters on the CPU
+        vn = v.numpy()
+        eps = np.finfo(vn.dtype).eps
+        scale = np.maximum(np.abs(vn).max(axis=1), np.finfo(vn.dtype).tiny)
+        diff = np.abs(vn - vn[:, pattern.transpose_permutation]).max(axis=1)
+        return torch.from_numpy(diff <= 1000 * eps * scale)
     scale = v.abs().amax(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
     tol = 1000 * torch.finfo(v.dtype).eps * scale
     return (v - v[:, cache[key]]).abs().amax(dim=1) <= tol
@@ -126,8 +133,10 @@ class LinearSolver:
         self.values = A.values.detach()
         self.n = A.pattern.shape[0]
         self.strict = bool(strict)
+        #: ``(B,)`` bool, which batch elements are numerically symmetric (computed once)
+        self.symmetric = symmetric_mask(self.A)
         if self.requires_symmetric:
-            sym = symmetric_mask(self.A)
+            sym = self.symmetric
             if not bool(sym.all()):
                 bad = int((~sym).nonzero()[0, 0])
                 raise ConfigError(
@@ -159,8 +168,9 @@ class LinearSolver:
         b3, squeeze = self._check_rhs(b)
         with torch.no_grad():
             x, iterations, converged = self._solve(b3.detach(), bool(transpose))
-            if not bool(torch.isfinite(x).all()):
-                bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).nonzero()[0, 0])
+            finite = _finite_per_batch(x)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
                 raise SingularMatrixError(
                     f"solver {self.name!r} produced non-finite values for batch element {bad}: the matrix "
                     "is singular or too ill-conditioned for this dtype"
@@ -212,6 +222,13 @@ class LinearSolver:
 
     def residual_norms(self, x: torch.Tensor, b: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``(B,)`` relative residuals of ``(B, n, k)`` ``x`` (max over columns)."""
+        if x.device.type == "cpu":
+            xn, bn = x.numpy(), b.numpy()
+            r = bn - self.matmul(x, transpose).numpy()
+            rn = np.linalg.norm(r, axis=1)
+            bnorm = np.broadcast_to(np.linalg.norm(bn, axis=1), rn.shape)
+            rel = np.where(bnorm > 0, rn / np.where(bnorm > 0, bnorm, 1), rn)
+            return torch.from_numpy(rel.max(axis=1) if rel.shape[1] else np.zeros(rel.shape[0], rel.dtype))
         r = b - self.matmul(x, transpose)
         rn = torch.linalg.vector_norm(r, dim=1)
         bn = torch.linalg.vector_norm(b, dim=1).expand_as(rn)
@@ -219,31 +236,42 @@ class LinearSolver:
         return rel.amax(dim=1) if rel.shape[1] else rel.new_zeros(rel.shape[0])
 
     def matmul(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """``A_b @ x_b`` (or ``A_b^T @ x_b``) for ``(B, n, k)`` x, with torch CSR kernels."""
-        return csr_operator(self.A.pattern, self.values, transpose)(x)
+        """``A_b @ x_b`` (or ``A_b^T @ x_b``) for ``(B, n, k)`` x (one SpMV, for residuals)."""
+        transpose = transpose and not bool(self.symmetric.all())
+        return csr_operator(self.A.pattern, self.values, transpose, scipy_max_nnz=None)(x)
 
 
-def csr_operator(pattern: CSRPattern, values: torch.Tensor, transpose: bool = False):
-    """A function ``x -> A @ x`` on ``(B, n, k)`` tensors using one torch CSR matrix.
+def _finite_per_batch(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.isfinite(x.numpy()).reshape(x.shape[0], -1).all(axis=1))
+    return torch.isfinite(x).flatten(1).all(dim=1)
+
+
+def csr_operator(pattern: CSRPattern, values: torch.Tensor, transpose: bool = False,
+                 scipy_max_nnz: Optional[int] = -1):
+    """A function ``x -> A @ x`` (or ``A^T @ x``) on ``(B, n, k)`` tensors using one CSR matrix.
+
+    Callers pass ``transpose=False`` for symmetric matrices, saving the transposed copy.
 
     A batch of matrices becomes one block-diagonal CSR matrix (so a single SpMM kernel runs);
     a single matrix is applied to all batch elements and columns at once. torch CSR SpMV is
-    20-30x faster than a COO gather/scatter (MEASURED.md).
+    20-30x faster than a COO gather/scatter (MEASURED.md). On the CPU, operators with at most
+    ``scipy_max_nnz`` stored entries (default :data:`SCIPY_SPMV_MAX_NNZ`; ``None``: any size)
+    use SciPy's single-threaded SpMV instead.
     """
+    if scipy_max_nnz == -1:
+        scipy_max_nnz = SCIPY_SPMV_MAX_NNZ
     if transpose:
-        if pattern.is_structurally_symmetric and _values_symmetric_cached(pattern, values):
-            transpose = False
-        else:
-            cache = pattern_cache(pattern)
-            key = ("transpose_perm", str(values.device))
-            if key not in cache:
-                cache[key] = torch.as_tensor(pattern.transpose_permutation, device=values.device)
-            values = values[:, cache[key]]
-            pattern = pattern.transpose_pattern
+        cache = pattern_cache(pattern)
+        key = ("transpose_perm", str(values.device))
+        if key not in cache:
+            cache[key] = torch.as_tensor(pattern.transpose_permutation, device=values.device)
+        values = values[:, cache[key]]
+        pattern = pattern.transpose_pattern
     n = pattern.shape[0]
     batch = values.shape[0]
     crow, col = _block_indices(pattern, batch, values.device)
-    if values.device.type == "cpu" and batch * pattern.nnz <= SCIPY_SPMV_MAX_NNZ:
+    if values.device.type == "cpu" and (scipy_max_nnz is None or batch * pattern.nnz <= scipy_max_nnz):
         return _scipy_operator(crow, col, values, batch, n)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -265,8 +293,10 @@ def csr_operator(pattern: CSRPattern, values: torch.Tensor, transpose: bool = Fa
 
 #: On the CPU, matrices with at most this many stored entries (all batch elements together) are
 #: applied with SciPy's single-threaded SpMV: torch's CSR kernel parallelises even tiny
-#: products, and on a busy machine its thread start-up costs 0.1-1 ms per call, more than
-#: the product itself.
+#: products, and when another process holds a core its threads wait on each other (measured
+#: on the 2-core machine: 0.6 ms for an 18 x 18 product, 6 ms at n = 1000, 5-10x slower
+#: elementwise ops at 1e5). Larger Krylov operators keep torch's kernel, 2x faster than SciPy's
+#: at 1e6 on an idle machine. One-off products (residual checks) always use SciPy on the CPU.
 SCIPY_SPMV_MAX_NNZ = 200_000
 
 
@@ -284,12 +314,6 @@ def _scipy_operator(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
         return torch.from_numpy(M @ x.reshape(batch * n, k).numpy()).reshape(batch, n, k)
 
     return apply
-
-
-def _values_symmetric_cached(pattern: CSRPattern, values: torch.Tensor) -> bool:
-    # The transposed operator of a symmetric matrix is the matrix itself; checking costs one
-    # gather, which is cheaper than building the transposed CSR.
-    return bool(symmetric_mask(BatchedCSR(pattern, values)).all())
 
 
 def _block_indices(pattern: CSRPattern, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

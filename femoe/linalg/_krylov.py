@@ -46,7 +46,9 @@ class KrylovSolver(LinearSolver):
     def operator(self, transpose: bool):
         """``x -> A x`` (or ``A^T x``) on ``(B, n, k)`` tensors, built once per direction."""
         if transpose not in self._operators:
-            self._operators[transpose] = csr_operator(self.A.pattern, self.values, transpose)
+            self._operators[transpose] = csr_operator(
+                self.A.pattern, self.values, transpose and not bool(self.symmetric.all())
+            )
         return self._operators[transpose]
 
     def matmul(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:

@@ -10,7 +10,7 @@ import scipy.sparse.linalg as sla
 import torch
 
 from femoe.errors import SingularMatrixError
-from femoe.linalg._base import LinearSolver, pattern_cache, symmetric_mask
+from femoe.linalg._base import LinearSolver, pattern_cache
 from femoe.sparse import BatchedCSR
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class SuperLUSolver(LinearSolver):
         if "int32_indices" not in cache:
             cache["int32_indices"] = (pattern.indices.astype(np.int32), pattern.indptr.astype(np.int32))
         indices, indptr = cache["int32_indices"]
-        symmetric = symmetric_mask(BatchedCSR(pattern, self.values)).cpu().numpy()
+        symmetric = self.symmetric.cpu().numpy()
         values = self.values.cpu().numpy()  # one device-to-host copy for the whole batch
         n = self.n
         self.factors = []
