@@ -264,3 +264,27 @@ def test_full_gradcheck_nonlinear_and_time_dependent():
     u0 = (1.0 + torch.as_tensor(hp.doflocs[0])).unsqueeze(0).requires_grad_(True)
     D = torch.tensor(0.2, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda B, u0, D: layer(B, {"D": D}, u0)[0], (B, u0, D))
+
+
+@pytest.mark.parametrize("case", ["steady", "trajectory"])
+def test_coloured_curvature_equals_dense_hessian_in_w(case):
+    from femoe.layers._lm import _hessian
+    from femoe.layers._residuals import INITIAL, basis_field
+
+    if case == "steady":
+        pb = quasilinear(2)
+        layer = HardConstraint(pb, rows=torch.as_tensor(pb.free_dofs))
+        B, p = _basis(2, (pb.n, 4), seed=8), {"f": torch.tensor([20.0, 30.0], dtype=F64)}
+    else:
+        pb = heat()
+        layer = HardConstraint(pb, dt=0.1)
+        B = _basis(2, (3, pb.n, 4), seed=9)
+        p = {INITIAL: 1.0 + torch.as_tensor(pb.doflocs[0]).unsqueeze(0)}
+    w = torch.randn(2, 4, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    r = layer.model.residual(basis_field(B, w), p)
+    G = torch.autograd.grad(0.5 * (r**2).sum(), w, create_graph=True)[0]
+    H_dense = _hessian(G, w, None)
+    _, Jw = layer.model.linearize(basis_field(B, w.detach()), B, p)
+    H = Jw.transpose(1, 2) @ Jw + layer.model.curvature(basis_field(B, w.detach()), B, p, r.detach())
+    assert (H - Jw.transpose(1, 2) @ Jw).abs().max() > 1e-3 * H.abs().max()  # the second-order term is there
+    torch.testing.assert_close(H, H_dense, atol=1e-10 * H.abs().max(), rtol=1e-10)

@@ -92,6 +92,8 @@ class HardConstraint(nn.Module):
         self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian,
                                  hvp_chunk=hvp_chunk)
         self.backward_mode = Backward.parse(backward, "backward")
+        if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
+            self.model.prepare_curvature()
         self.strict = bool(strict)
         self._warned = False
         self.last_info: LeastSquaresInfo | None = None

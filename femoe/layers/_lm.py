@@ -186,7 +186,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         objective=f.detach(),
         damping=mu,
     )
-    return w, A, info
+    return w, A, r, info
 
 
 def _hessian(gw: torch.Tensor, w: torch.Tensor, chunk: int | None) -> torch.Tensor:
@@ -208,10 +208,10 @@ class _LeastSquares(torch.autograd.Function):
     @staticmethod
     def forward(ctx, model, opts: LMOptions, names, static, info_out, B, *tensors):
         p = join_params(names, tensors, static)
-        w, A_gn, info = _lm(model, B.detach(), p, opts)
+        w, A_gn, r, info = _lm(model, B.detach(), p, opts)
         info_out.append(info)
         ctx.model, ctx.opts, ctx.names, ctx.static = model, opts, names, static
-        ctx.save_for_backward(w, A_gn, B, *tensors)
+        ctx.save_for_backward(w, A_gn, r, B, *tensors)
         return w
 
     # At the optimum the gradient vanishes: G(w*, theta) = grad_w f(w*; B, p) = 0 with
@@ -222,13 +222,15 @@ class _LeastSquares(torch.autograd.Function):
     #     dL/dtheta = -(dG/dtheta)^T H^{-1} gbar = -(dG/dtheta)^T v,   H v = gbar
     # (H is symmetric). v needs one N x N solve per batch element; -(dG/dtheta)^T v is one
     # vector-Jacobian product of G, itself obtained by autograd from f, w.r.t. B and the
-    # parameter tensors (double backward through the residual). The second term of H comes
-    # from Hessian-vector products of the same graph (rows of dG/dw); it vanishes for linear
-    # problems, where hessian="gauss_newton" gives the same result from forward's J_w^T J_w.
+    # parameter tensors (double backward through the residual). J_w^T J_w is kept from forward;
+    # the second term is B^T [d2/du2 (r* . r)] B, whose n x n middle factor has the Jacobian's
+    # sparsity and is recovered by a few coloured Hessian-vector products (model.curvature;
+    # models without it fall back to N Hessian-vector products in w). It vanishes for linear
+    # problems, where hessian="gauss_newton" skips it.
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_w):
-        w, A_gn, B, *tensors = ctx.saved_tensors
+        w, A_gn, r_star, B, *tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[5:]
         if not any(needs):
             return (None,) * (5 + len(needs))
@@ -242,10 +244,11 @@ class _LeastSquares(torch.autograd.Function):
             r = model.residual(basis_field(leaves[0], wl), p)
             f = 0.5 * (r * r).sum() + 0.5 * o.rho * (wl * wl).sum()
             (G,) = torch.autograd.grad(f, wl, create_graph=True)
-            if o.hessian is Hessian.EXACT:
+            H = A_gn + o.rho * eye
+            if o.hessian is Hessian.EXACT and hasattr(model, "curvature"):
+                H = H + model.curvature(basis_field(B, w), B, p, r_star)
+            elif o.hessian is Hessian.EXACT:
                 H = _hessian(G, wl, o.hvp_chunk)
-            else:
-                H = A_gn + o.rho * eye
             v = torch.linalg.solve(H, grad_w)
             wrt = [leaf for leaf, nd in zip(leaves, needs) if nd]
             grads = iter(torch.autograd.grad(G, wrt, grad_outputs=-v, allow_unused=True))
@@ -287,7 +290,7 @@ def least_squares_solve(
     mode = Backward.parse(backward, "backward")
     params = dict(params or {})
     if mode is Backward.UNROLLED:
-        w, _, info = _lm(model, B, params, o)
+        w, _, _, info = _lm(model, B, params, o)
         return w, info
     names, tensors, static = split_params(params)
     info_out: list[LeastSquaresInfo] = []

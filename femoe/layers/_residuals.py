@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from femoe.errors import ProblemError, ShapeError
 from femoe.layers._validate import as_index
 from femoe.linalg._base import csr_operator
 from femoe.problem import Problem
-from femoe.sparse import BatchedCSR
+from femoe.sparse import BatchedCSR, CSRPattern
 
 #: Key under which the initial condition travels in the parameter dict of a trajectory model.
 INITIAL = "__initial__"
@@ -50,6 +52,29 @@ def basis_field(B: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``u = B w`` for ``B`` of shape ``(batch, ..., n, N)`` and ``w`` of shape ``(batch, N)``."""
     shape = (w.shape[0],) + (1,) * (B.dim() - 3) + (w.shape[1], 1)
     return (B @ w.reshape(shape)).squeeze(-1)
+
+
+def distance2_colouring(pattern: CSRPattern) -> np.ndarray:
+    """Greedy colouring of the columns of ``pattern`` such that no two columns of one colour
+    have an entry in the same row (cached on the pattern).
+
+    A symmetric matrix ``H`` on this pattern is then recovered from one product ``H v_c`` per
+    colour, ``v_c`` the indicator of colour ``c``: ``H[i, j] = (H v_{colour(j)})[i]``.
+    """
+    cache = pattern.__dict__.setdefault("_layers_cache", {})
+    if "colouring" not in cache:
+        n = pattern.shape[1]
+        A = sp.csr_matrix((np.ones(pattern.nnz, dtype=np.int8), pattern.indices, pattern.indptr), shape=pattern.shape)
+        conflict = (A.T @ A).tocsr()
+        colours = np.full(n, -1, dtype=np.int64)
+        indptr, indices = conflict.indptr, conflict.indices
+        for j in range(n):
+            used = colours[indices[indptr[j]:indptr[j + 1]]]
+            free = np.ones(used.size + 2, dtype=bool)
+            free[used[(used >= 0) & (used < free.size)]] = False
+            colours[j] = int(np.argmax(free))
+        cache["colouring"] = colours
+    return cache["colouring"]
 
 
 class SteadyResidual:
@@ -98,6 +123,48 @@ class SteadyResidual:
         R = self.problem.residual(self._embed(u, 1), p, t=self.t).reshape(-1, self.n)
         self._check_batch(R, u)
         return self._select(R)
+
+    def prepare_curvature(self) -> None:
+        """Compute the column colouring :meth:`curvature` needs (once; cached on the pattern)."""
+        distance2_colouring(self.problem.pattern)
+
+    def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:
+        """``B^T [d2/du2 (rbar . r(u))] B``, shape ``(batch, N, N)``: the second-order term of the
+        Hessian of ``1/2 ||r(B w)||^2`` at ``u = B w`` when ``rbar = r(u)``.
+
+        The ``n x n`` Hessian of ``rbar . r`` has the Jacobian's sparsity pattern (weak forms
+        couple DOFs of one element only), so it is recovered from one Hessian-vector product per
+        colour of a distance-2 colouring of the pattern (about 10-30 for Lagrange elements),
+        independently of ``N``; not differentiable.
+        """
+        pattern = self.problem.pattern
+        colours = torch.as_tensor(distance2_colouring(pattern), device=u.device)
+        n_colours = int(colours.max()) + 1
+        rows = torch.as_tensor(pattern.rows, device=u.device)
+        cols = torch.as_tensor(pattern.indices, device=u.device)
+        p = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+        with torch.enable_grad():
+            x = self._embed(u.detach(), u.dim() - 1).requires_grad_(True)
+            phi = (self._full_residual(x, p) * rbar.detach()).sum()
+            (gx,) = torch.autograd.grad(phi, x, create_graph=True)
+            if not gx.requires_grad:  # residual linear in u: no second-order term
+                return B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1])
+            V = torch.nn.functional.one_hot(colours, n_colours).T.to(x.dtype)  # (colours, n)
+            V = V.reshape((n_colours,) + (1,) * (x.dim() - 1) + (self.n,)).expand(n_colours, *x.shape)
+            (HV,) = torch.autograd.grad(gx, x, V, is_grads_batched=True, allow_unused=True)
+        if HV is None:
+            return B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1])
+        HV = HV.reshape(n_colours, -1, self.n)  # (colours, batch * levels, n)
+        vals = HV[colours[cols], :, rows].T  # (batch * levels, nnz)
+        Bf = self._embed(B, B.dim() - 2).detach()
+        Bf = Bf.reshape(-1, self.n, B.shape[-1])
+        HB = jac_times(BatchedCSR(pattern, vals.contiguous()), Bf)
+        S = Bf.transpose(1, 2) @ HB
+        return S.reshape(B.shape[0], -1, B.shape[-1], B.shape[-1]).sum(1)
+
+    def _full_residual(self, x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        """The enforced rows for a field on all ``n`` DOFs."""
+        return self._select(self.problem.residual(x, p, t=self.t).reshape(-1, self.n))
 
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         R, J = self.problem.residual_and_jacobian(self._embed(u, 1), p, t=self.t)
@@ -175,9 +242,16 @@ class TrajectoryResidual(SteadyResidual):
             raise ProblemError("a trajectory residual needs the initial condition (u0)")
         return p, p.pop(INITIAL)
 
+    def _full_residual(self, x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        # levels do not interact inside one residual term, so the Hessian is block diagonal
+        # over levels and one colouring of the spatial pattern serves all levels at once
+        return self._residual_full_levels(x, p)
+
     def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        return self._residual_full_levels(self._embed(u, 2), p)
+
+    def _residual_full_levels(self, U: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         p, u0 = self._split(p)
-        U = self._embed(u, 2)
         batch, T = U.shape[0], U.shape[1] - 1
         R = self.problem.trajectory_residual(U[:, 1:], U[:, 0], self.dt, p, t0=self.t0)
         if R.shape[0] != batch:
