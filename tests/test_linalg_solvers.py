@@ -3,7 +3,6 @@ non-convergence, and a real P1 Poisson matrix from scikit-fem."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
