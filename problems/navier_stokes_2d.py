@@ -108,7 +108,13 @@ def periodic_mesh(mesh: fe.MeshTri1, tol: float = 1e-8) -> tuple[fe.MeshTri1DG, 
     if drop.size and dist.max() > 1e-6:
         raise MeshError("the mesh has no matching nodes on opposite sides (max mismatch "
                         f"{dist.max():.2e}); generate it with periodic constraints")
-    pm = fe.MeshTri1DG.periodic(mesh, drop, keep[idx])
+    skfem_log = logging.getLogger("skfem.mesh.mesh")
+    level = skfem_log.level
+    skfem_log.setLevel(logging.ERROR)  # the DG mesh's non-contiguous doflocs warning is harmless
+    try:
+        pm = fe.MeshTri1DG.periodic(mesh, drop, keep[idx])
+    finally:
+        skfem_log.setLevel(level)
     basis = fe.Basis(pm, fe.ElementTriP1())
     orig2dof = np.empty(mesh.nvertices, dtype=np.int64)
     orig2dof[mesh.t] = basis.element_dofs
