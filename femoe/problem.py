@@ -30,7 +30,7 @@ from skfem import BilinearForm, FacetBasis, LinearForm, asm
 
 from femoe.assembly.fields import Field, FormParams
 from femoe.assembly.form import check_linear_in_test, local_residual, local_residual_and_jacobian
-from femoe.assembly.torch_basis import TorchBasis
+from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
 from femoe.errors import NonFiniteError, ProblemError, ShapeError
 from femoe.sparse import BatchedCSR, CSRPattern
 
@@ -120,23 +120,10 @@ class Problem:
         self._param_tbs: dict[tuple[str, bool, str], TorchBasis] = {}
         self._checked: set[int] = set()
 
-        # --- sparsity pattern and scatter maps, once --------------------------------------
-        ed = self._tb.element_dofs  # (n_local, nel)
-        rows = np.broadcast_to(ed.T[:, :, None], (ed.shape[1], ed.shape[0], ed.shape[0]))
-        cols = np.broadcast_to(ed.T[:, None, :], rows.shape)
-        keys = (rows.astype(np.int64) * self.n + cols).reshape(-1)
-        extra_keys = [np.arange(self.n, dtype=np.int64) * (self.n + 1)]  # diagonal always stored
-
         self._facets: list[_FacetTerm] = []
         for tag, integrand in (facets or {}).items():
             fb = FacetBasis(self.mesh, basis.elem, facets=self._boundary(tag))
-            ftb = TorchBasis(fb)
-            fe_ = ftb.element_dofs
-            fr = np.broadcast_to(fe_.T[:, :, None], (fe_.shape[1], fe_.shape[0], fe_.shape[0]))
-            fc = np.broadcast_to(fe_.T[:, None, :], fr.shape)
-            fkeys = (fr.astype(np.int64) * self.n + fc).reshape(-1)
-            extra_keys.append(fkeys)
-            self._facets.append(_FacetTerm(tag, integrand, ftb, fkeys))
+            self._facets.append(_FacetTerm(tag, integrand, TorchBasis(fb), np.empty(0, dtype=np.int64)))
 
         # scikit-fem forms, assembled once
         self._A = None
@@ -145,28 +132,10 @@ class Problem:
         lin = [linear] if isinstance(linear, LinearForm) else list(linear or [])
         fp = dict(form_params or {})
         if bil:
-            A = sum(asm(f, basis, **fp) for f in bil).tocoo()
-            self._A = A
-            extra_keys.append(A.row.astype(np.int64) * self.n + A.col)
+            self._A = sum(asm(f, basis, **fp) for f in bil).tocoo()
         if lin:
             self._b = np.asarray(sum(asm(f, basis, **fp) for f in lin), dtype=float)
-
-        all_keys = np.concatenate([keys, *extra_keys])
-        uniq, inverse = np.unique(all_keys, return_inverse=True)
-        prow, pcol = np.divmod(uniq, self.n)
-        indptr = np.zeros(self.n + 1, dtype=np.int64)
-        np.add.at(indptr, prow + 1, 1)
-        self.pattern = CSRPattern(np.cumsum(indptr), pcol.astype(np.int64), (self.n, self.n))
-        self._cell_index = inverse[: keys.size]
-        pos = keys.size + self.n
-        self._diag_index = inverse[keys.size : pos]
-        for ft in self._facets:
-            ft.scatter_index = inverse[pos : pos + ft.scatter_index.size]
-            pos += ft.scatter_index.size
-        if self._A is not None:
-            self._A_index = inverse[pos : pos + self._A.nnz]
-            self._A_values = np.zeros(self.pattern.nnz)
-            np.add.at(self._A_values, self._A_index, self._A.data)
+        self._build_pattern()
 
         # --- Dirichlet data ------------------------------------------------------------------
         self._dirichlet: list[tuple[str, np.ndarray, DirichletValue]] = []
@@ -177,13 +146,53 @@ class Problem:
                 raise ProblemError(f"Dirichlet boundary {tag!r} has no degrees of freedom")
             self._dirichlet.append((tag, dofs, value))
             is_dir[dofs] = True
+        self._build_dirichlet(is_dir)
+
+    def _build_pattern(self) -> None:
+        """The CSR pattern of the Jacobian and where every local entry lands in it (once)."""
+
+        def local_keys(ed: np.ndarray) -> np.ndarray:
+            rows = np.broadcast_to(ed.T[:, :, None], (ed.shape[1], ed.shape[0], ed.shape[0]))
+            cols = np.broadcast_to(ed.T[:, None, :], rows.shape)
+            return (rows.astype(np.int64) * self.n + cols).reshape(-1)
+
+        keys = local_keys(self._tb.element_dofs)
+        parts = [keys, np.arange(self.n, dtype=np.int64) * (self.n + 1)]  # diagonal always stored
+        parts += [local_keys(ft.tb.element_dofs) for ft in self._facets]
+        if self._A is not None:
+            parts.append(self._A.row.astype(np.int64) * self.n + self._A.col)
+        uniq, inverse = np.unique(np.concatenate(parts), return_inverse=True)
+        prow, pcol = np.divmod(uniq, self.n)
+        indptr = np.zeros(self.n + 1, dtype=np.int64)
+        np.add.at(indptr, prow + 1, 1)
+        self.pattern = CSRPattern(np.cumsum(indptr), pcol.astype(np.int64), (self.n, self.n))
+        sizes = np.cumsum([0] + [p.size for p in parts])
+        self._cell_index = inverse[sizes[0] : sizes[1]]
+        self._diag_index = inverse[sizes[1] : sizes[2]]
+        for i, ft in enumerate(self._facets):
+            ft.scatter_index = inverse[sizes[2 + i] : sizes[3 + i]]
+        if self._A is not None:
+            self._A_values = np.zeros(self.pattern.nnz)
+            np.add.at(self._A_values, inverse[sizes[-2] : sizes[-1]], self._A.data)
+        self._torch_cache: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def _build_dirichlet(self, is_dir: np.ndarray) -> None:
         self.dirichlet_dofs = np.nonzero(is_dir)[0]
         self.free_dofs = np.nonzero(~is_dir)[0]
         # which stored entries lie in Dirichlet rows (zeroed; the diagonal becomes 1)
         self._dir_row_entry = is_dir[self.pattern.rows]
         self._dir_diag = np.zeros(self.pattern.nnz, dtype=bool)
         self._dir_diag[self._diag_index[self.dirichlet_dofs]] = True
-        self._torch_cache: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._torch_cache = {}
+
+    def restrict(self, element_sets: Sequence[np.ndarray]) -> "PatchUnion":
+        """The disjoint union of element patches, each with its own copy of its DOFs.
+
+        Evaluating the union once gives every patch's residual on its own field, with the cost
+        of one evaluation on (about) the whole mesh, however many patches there are. See
+        :class:`PatchUnion`.
+        """
+        return PatchUnion(self, element_sets)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -285,14 +294,15 @@ class Problem:
             if kind == "constant":
                 w[name] = value.reshape(-1, 1, 1) if value.dim() == 1 else value
             elif kind == "element":
-                cells = tb.basis.tind if tb.is_facet else slice(None)
                 v = value if value.dim() == 2 else value.unsqueeze(0)
+                cells = torch.as_tensor(tb.element_index, device=v.device)
                 w[name] = Field(v[:, cells].unsqueeze(-1), None)
             else:
                 ptb = self._param_basis(name, kind, tb)
                 v = value if value.dim() == 2 else value.unsqueeze(0)
-                if v.shape[-1] != ptb.basis.N:
-                    raise ShapeError(f"parameter {name!r} must have {ptb.basis.N} DOF values; got {tuple(value.shape)}")
+                expected = self.n if kind == "nodal" else ptb.basis.N
+                if v.shape[-1] != expected:
+                    raise ShapeError(f"parameter {name!r} must have {expected} DOF values; got {tuple(value.shape)}")
                 fields = ptb.fields(ptb.jets(v))
                 w[name] = fields[0] if len(fields) == 1 else fields
         return w
@@ -496,6 +506,109 @@ class Problem:
                              for k in range(T)], dim=1)
             R = R.index_copy(2, d, U[:, :, d] - g)
         return R
+
+
+class PatchUnion(Problem):
+    """The disjoint union of element patches of a parent :class:`Problem`.
+
+    Patch ``k`` consists of the elements ``element_sets[k]`` and has its own copy of their DOFs
+    (``local_dofs[k]``, global numbers, sorted); in the union they are numbered
+    ``offsets[k] .. offsets[k+1]``. The union is itself a Problem: its residual, evaluated once,
+    gives each patch's residual for its own field, at the cost of one evaluation on the union
+    of the patches. A row of the union equals the parent's row wherever the patch contains the
+    whole element star of that DOF (for an expert: its owned rows), which :attr:`complete_rows`
+    marks. Nodal parameters are given on the parent's DOFs and gathered; element parameters on
+    the parent's elements.
+    """
+
+    def __init__(self, parent: Problem, element_sets: Sequence[np.ndarray]):
+        if any(isinstance(v, (TorchBasis,)) or hasattr(v, "elem") for v in parent.coefficients.values()):
+            raise ProblemError("patches of a problem with parameters on their own basis are not supported; "
+                               "give such parameters as nodal or element values")
+        self.parent = parent
+        for attr in ("name", "basis", "mesh", "residual_integrand", "theta", "storage_integrand",
+                     "defaults", "coefficients"):
+            setattr(self, attr, getattr(parent, attr))
+        self._param_tbs = {}
+        self._checked = set()
+        ed = parent._tb.element_dofs
+        self.element_sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in element_sets]
+        self.local_dofs = [np.unique(ed[:, e]) for e in self.element_sets]
+        sizes = [d.size for d in self.local_dofs]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n = int(self.offsets[-1])
+        self.union_to_global = np.concatenate(self.local_dofs) if self.local_dofs else np.zeros(0, np.int64)
+        self.patch_of_dof = np.repeat(np.arange(len(sizes)), sizes)
+
+        def renumber(k, glob):
+            return np.searchsorted(self.local_dofs[k], glob) + self.offsets[k]
+
+        cells = np.concatenate(self.element_sets)
+        union_ed = np.concatenate([renumber(k, ed[:, e]) for k, e in enumerate(self.element_sets)], axis=1)
+        self._tb = TorchBasisView(parent._tb, cells, union_ed)
+        self._facets = []
+        for ft in parent._facets:
+            f_cells, f_ed = [], []
+            for k, e in enumerate(self.element_sets):
+                sel = np.nonzero(np.isin(ft.tb.element_index, e))[0]
+                f_cells.append(sel)
+                f_ed.append(renumber(k, ft.tb.element_dofs[:, sel]))
+            view = TorchBasisView(ft.tb, np.concatenate(f_cells), np.concatenate(f_ed, axis=1))
+            self._facets.append(_FacetTerm(ft.tag, ft.integrand, view, np.empty(0, dtype=np.int64)))
+        self._A = None
+        if parent._A is not None:
+            import scipy.sparse as sp
+
+            A = parent._A.tocsr()
+            self._A = sp.block_diag([A[d][:, d] for d in self.local_dofs], format="coo")
+        self._b = None if parent._b is None else parent._b[self.union_to_global]
+        self._build_pattern()
+        is_dir_parent = np.zeros(parent.n, dtype=bool)
+        is_dir_parent[parent.dirichlet_dofs] = True
+        self._build_dirichlet(is_dir_parent[self.union_to_global])
+        # position of each union Dirichlet DOF among the parent's Dirichlet DOFs
+        self._dir_in_parent = np.searchsorted(parent.dirichlet_dofs, self.union_to_global[self.dirichlet_dofs])
+        # rows whose whole element star lies in the patch: equal to the parent's rows
+        star = np.zeros(parent.n, dtype=np.int64)
+        np.add.at(star, ed.reshape(-1), 1)
+        in_patch = np.zeros(self.n, dtype=np.int64)
+        np.add.at(in_patch, union_ed.reshape(-1), 1)
+        self.complete_rows = in_patch == star[self.union_to_global]
+
+    @property
+    def n_patches(self) -> int:
+        return len(self.element_sets)
+
+    @property
+    def doflocs(self) -> np.ndarray:
+        return self.parent.doflocs[:, self.union_to_global]
+
+    def gather(self, u: torch.Tensor) -> torch.Tensor:
+        """Parent DOF vectors ``(..., n_parent)`` to union vectors ``(..., n)`` (each patch's copy)."""
+        return u.index_select(-1, torch.as_tensor(self.union_to_global, device=u.device))
+
+    def _param_kind(self, name, value):
+        # nodal parameters arrive gathered to the union numbering (see _params)
+        if name in self.coefficients or value.dim() == 0:
+            return self.parent._param_kind(name, value)
+        last = value.shape[-1]
+        if last == self.n and last == self.mesh.nelements:
+            raise ProblemError(f"parameter {name!r}: the patches have as many DOFs as the mesh has elements "
+                               "({last}); declare it in Problem(coefficients={{...}})")
+        if last == self.n and value.dim() >= 1 and not (value.dim() == 1 and last == 1):
+            return "nodal"
+        return self.parent._param_kind(name, value)
+
+    def _params(self, params, device, dtype):
+        p = super()._params(params, device, dtype)
+        for k, v in p.items():
+            if isinstance(v, torch.Tensor) and self.parent._param_kind(k, v) == "nodal":
+                p[k] = self.gather(v)
+        return p
+
+    def dirichlet_values(self, params=None, *, t=None, batch: int = 1, device="cpu", dtype=torch.float64):
+        g = self.parent.dirichlet_values(params, t=t, batch=batch, device=device, dtype=dtype)
+        return g[:, torch.as_tensor(self._dir_in_parent, device=g.device)]
 
 
 def _repeat_batch(v, B: int, reps: int):

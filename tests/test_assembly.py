@@ -242,3 +242,38 @@ def test_bad_inputs_raise_clear_errors():
         vec.residual(torch.zeros(basis.N, dtype=F64))
     with pytest.raises(ProblemError, match="not defined"):
         Problem(basis, lambda u, v, w: w.nope * v).residual(torch.zeros(basis.N, dtype=F64))
+
+
+def test_patch_union_rows_equal_parent_rows_where_the_star_is_complete():
+    from skfem.models.poisson import laplace
+
+    from femoe.partition import partition_experts
+
+    mesh = fe.MeshTri().refined(3).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementTriP2())
+    problem = Problem(
+        basis, lambda u, v, w: dot((w.kappa + u**2) * grad(u), grad(v)) - w.f * v,
+        facets={"right": lambda u, v, w: w.alpha * u * v}, bilinear=laplace,
+        dirichlet={"left": "g"}, coefficients={"alpha": "element"}, defaults={"f": 1.0},
+    )
+    part = partition_experts(basis, 3, method="rcb", dirichlet=problem.dirichlet_dofs)
+    ed = basis.element_dofs
+    sets = [np.nonzero(np.isin(ed, np.nonzero(part.owner == k)[0]).any(0))[0] for k in range(3)]
+    union = problem.restrict(sets)
+    assert union.n == sum(len(d) for d in union.local_dofs) > problem.n
+    u = torch.tensor(_state(basis))
+    params = {"kappa": torch.tensor(1 + basis.doflocs[0]), "alpha": torch.rand(mesh.nelements, dtype=F64),
+              "g": torch.tensor(0.25, dtype=F64)}
+    R, J = problem.residual_and_jacobian(u, params)
+    Ru, Ju = union.residual_and_jacobian(union.gather(u), params)
+    J, Ju = J.to_scipy(0), Ju.to_scipy(0)
+    for k in range(3):
+        own = np.nonzero(part.owner == k)[0]
+        loc = np.searchsorted(union.local_dofs[k], own) + union.offsets[k]
+        assert union.complete_rows[loc].all()
+        np.testing.assert_allclose(Ru.numpy()[loc], R.numpy()[own], atol=1e-13)
+        blk = slice(union.offsets[k], union.offsets[k + 1])
+        assert abs(Ju[loc][:, blk] - J[own][:, union.local_dofs[k]]).max() < 1e-13
+        # no coupling between different patches' copies
+        assert abs(Ju[loc]).sum() == pytest.approx(abs(Ju[loc][:, blk]).sum())
+    assert not union.complete_rows.all()  # halo rows are partial

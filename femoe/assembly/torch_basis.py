@@ -81,6 +81,8 @@ class TorchBasis:
         self.layouts = layouts
         self.n_jets = off
         self.is_facet = hasattr(basis, "normals")
+        #: mesh element of every cell of this basis (the adjacent element for facet bases)
+        self.element_index = np.asarray(basis.tind if self.is_facet else np.arange(self.n_cells), dtype=np.int64)
         self._cache: dict[tuple, dict[str, torch.Tensor]] = {}
 
     @cached_property
@@ -143,3 +145,45 @@ class TorchBasis:
         B = local.shape[0]
         out = local.new_zeros(B, n)
         return out.index_add(1, t["element_dofs"].reshape(-1), local.reshape(B, -1))
+
+
+class TorchBasisView(TorchBasis):
+    """A subset of the cells of a :class:`TorchBasis`, with its own DOF numbering.
+
+    ``cells`` selects cells of ``parent`` (repetitions allowed) and ``element_dofs``
+    (``(n_local, len(cells))``) numbers their DOFs; the precomputed tensors are gathered from
+    the parent's, so nothing is recomputed by scikit-fem.
+    """
+
+    def __init__(self, parent: TorchBasis, cells: np.ndarray, element_dofs: np.ndarray):
+        self.parent = parent
+        self.basis = parent.basis
+        self.cells = np.asarray(cells, dtype=np.int64)
+        self.element_dofs = np.ascontiguousarray(element_dofs, dtype=np.int64)
+        self.n_local, self.n_cells = self.element_dofs.shape
+        self.layouts = parent.layouts
+        self.n_jets = parent.n_jets
+        self.is_facet = parent.is_facet
+        self.element_index = parent.element_index[self.cells]
+        self._cache = {}
+
+    def tensors(self, device, dtype) -> dict[str, torch.Tensor]:
+        key = (str(torch.device(device)), dtype)
+        if key not in self._cache:
+            pt = self.parent.tensors(device, dtype)
+            c = torch.as_tensor(self.cells, device=device)
+            t = {
+                "phi": pt["phi"][:, :, c],
+                "phi_dx": pt["phi_dx"][:, :, c],
+                "dx": pt["dx"][c],
+                "x": pt["x"][:, c],
+                "element_dofs": torch.as_tensor(self.element_dofs, device=device),
+                "phi_dx_eqia": pt["phi_dx_eqia"][c],
+                "phi_e_qb_j": pt["phi_e_qb_j"][c],
+            }
+            if "n" in pt:
+                t["n"] = pt["n"][:, c]
+            if "h" in pt:
+                t["h"] = pt["h"][c]
+            self._cache[key] = t
+        return self._cache[key]
