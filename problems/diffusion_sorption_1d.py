@@ -205,7 +205,7 @@ class _Operator:
         if not np.all(ed[1] - ed[0] == 1):
             raise ParameterError("the diffusion-sorption reference needs a mesh numbered along x")
         self.ed = ed
-        self.phi = np.stack([np.asarray(basis.basis[a][0].value) for a in range(2)])  # (2, nel, nqp)
+        self.phi = np.stack([np.asarray(basis.basis[a][0]) for a in range(2)])  # (2, nel, nqp)
         self.dx = np.asarray(basis.dx)
         K = fe.BilinearForm(lambda u, v, w: u.grad[0] * v.grad[0]).assemble(basis).tocsr()
         A = p["D"] * K

@@ -1,0 +1,118 @@
+"""Navier-Stokes 2D: periodic mesh, the reference integrates the Problem's own semi-discretisation,
+invariants, and (slow) the comparison with a pseudo-spectral solution."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from problems import get_problem
+from problems.navier_stokes_2d import VorticitySolver, energy_enstrophy
+
+SPEC = get_problem("navier_stokes_2d")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return SPEC.build()
+
+
+@pytest.fixture(scope="module")
+def trajectory(problem):
+    omega0 = SPEC.sample_inputs(np.random.default_rng(0), 1, problem)[0]
+    return SPEC.reference(problem, omega0)
+
+
+def test_periodic_identification(problem):
+    mesh = problem.orig_mesh
+    iw = problem.basis.split_indices()[0]
+    assert iw.size == mesh.nvertices - 2 * 55 - 3  # 56 edges per side: opposite nodes merged
+    dof_x = problem.doflocs[:, iw][:, problem.orig2dof]
+    d = np.abs(np.mod(mesh.p - dof_x + 0.5, 1.0) - 0.5)
+    assert d.max() < 1e-9
+    # a periodic function interpolated on the periodic space has no seam
+    f = np.sin(2 * np.pi * problem.doflocs[0, iw]) * np.cos(2 * np.pi * problem.doflocs[1, iw])
+    g = np.sin(2 * np.pi * mesh.p[0]) * np.cos(2 * np.pi * mesh.p[1])
+    np.testing.assert_allclose(f[problem.orig2dof], g, atol=1e-9)
+
+
+def test_fast_operator_equals_the_problem_residual(problem):
+    s = VorticitySolver(problem)
+    omega = SPEC.sample_inputs(np.random.default_rng(5), 1, problem)[0]
+    omega -= (s.ones_M @ omega) / s.ones_M.sum()
+    u = s.assemble(omega)
+    R = problem.residual(torch.tensor(u)).numpy()  # steady part: the spatial operator
+    Mrhs = -(s.M @ s.rhs(omega))
+    iw, ip = problem.basis.split_indices()
+    np.testing.assert_allclose(R[iw], Mrhs, atol=1e-12 * np.abs(Mrhs).max())
+    assert np.abs(R[ip]).max() < 1e-12  # psi rows hold exactly
+
+
+def test_psi_has_zero_mean_and_omega_keeps_zero_mean(problem, trajectory):
+    s = VorticitySolver(problem)
+    times, U = trajectory
+    iw, ip = problem.basis.split_indices()
+    area = s.ones_M.sum()
+    assert np.abs(U[:, iw] @ s.ones_M).max() / area < 1e-13
+    assert np.abs(U[:, ip] @ s.ones_M).max() / area < 1e-8
+
+
+def test_energy_and_enstrophy_do_not_grow(problem, trajectory):
+    times, U = trajectory
+    assert U.shape == (65, problem.n) and np.isclose(times[-1], 5.0)
+    E, Z = energy_enstrophy(problem, U)
+    assert np.all(np.diff(E) <= 1e-14 * E[0])
+    assert np.all(np.diff(Z) <= 1e-14 * Z[0])
+    assert E[-1] < E[0] and Z[-1] < 0.95 * Z[0]  # viscous decay is visible, not a frozen field
+
+
+def test_inviscid_semi_discretisation_conserves_energy_and_enstrophy():
+    # nu = 0: the Galerkin advection is skew-symmetric; only SSP-RK3's O(dt^4) damping remains
+    problem = SPEC.build(nu=0.0, T=0.5, n_steps=4)
+    omega0 = SPEC.sample_inputs(np.random.default_rng(2), 1, problem)[0]
+    times, U = SPEC.reference(problem, omega0)
+    E, Z = energy_enstrophy(problem, U)
+    assert abs(E[-1] / E[0] - 1) < 1e-6 and abs(Z[-1] / Z[0] - 1) < 1e-5
+    assert np.all(np.diff(Z) <= 0)
+
+
+def test_reference_is_a_time_converged_solution_of_the_problem(problem):
+    # the saved-level theta-scheme residual of the reference shrinks like dt^2 when the Problem
+    # is stepped finely; here: the reference satisfies Crank-Nicolson steps at dt = T/n_steps/8
+    p = SPEC.build(T=0.25, n_steps=2)
+    omega0 = SPEC.sample_inputs(np.random.default_rng(4), 1, p)[0]
+    s = VorticitySolver(p)
+    _, U = s.run(omega0, substeps=8)
+    _, V = s.run(omega0, substeps=16)
+    assert np.linalg.norm(U[-1] - V[-1]) / np.linalg.norm(V[-1]) < 1e-6
+
+
+def _load_spectral():
+    spec = importlib.util.spec_from_file_location("ns_spectral", ROOT / "benchmarks" / "ns_spectral.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_spectral_solver_keeps_a_steady_eigenmode():
+    # omega = cos(2 pi x) cos(2 pi y) is a steady Euler state that decays at rate nu (2 pi)^2 * 2
+    mod = _load_spectral()
+    N = 32
+    g = np.arange(N) / N
+    X, Y = np.meshgrid(g, g, indexing="ij")
+    w0 = np.cos(2 * np.pi * X) * np.cos(2 * np.pi * Y)
+    W = mod.spectral_solve(w0, 1e-3, 1.0, 2, 20)
+    np.testing.assert_allclose(W[-1], w0 * np.exp(-1e-3 * 8 * np.pi**2), atol=1e-8)
+
+
+@pytest.mark.slow
+def test_fem_agrees_with_pseudo_spectral_256():
+    mod = _load_spectral()
+    r = mod.compare_with_fem(seed=0, N=256, substeps=16)
+    print(json.dumps({k: v for k, v in r.items() if not isinstance(v, list)}, indent=1))
+    assert r["rel_l2_final"] < 0.03
+    assert r["rel_l2_space_time"] < 0.02

@@ -1,0 +1,72 @@
+"""Darcy 2D and the Poisson manufactured solutions."""
+
+import numpy as np
+import pytest
+import torch
+
+from problems import get_problem
+from problems.poisson_mms import exact
+
+
+def _l2_error(problem, u, amplitude):
+    basis = problem.basis
+    uh = np.asarray(basis.interpolate(u))
+    x = np.asarray(basis.global_coordinates())
+    err = (uh - exact(x, amplitude)) ** 2
+    return float(np.sqrt((err * basis.dx).sum()))
+
+
+@pytest.mark.parametrize("order,rate", [(1, 2.0), (2, 3.0)])
+@pytest.mark.parametrize("nonlinear", [False, True])
+def test_mms_converges_at_the_expected_rate(order, rate, nonlinear):
+    spec = get_problem("poisson_mms")
+    errors = []
+    for refine in (2, 3, 4):
+        problem = spec.build(refine=refine, order=order, nonlinear=nonlinear)
+        _, u = spec.reference(problem, np.array([1.5]))
+        errors.append(_l2_error(problem, u, 1.5))
+    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert abs(rates[-1] - rate) < 0.15, rates
+
+
+def test_nonlinear_mms_needs_several_newton_steps_and_solves_the_residual():
+    spec = get_problem("poisson_mms")
+    problem = spec.build(refine=3, nonlinear=True)
+    _, u = spec.reference(problem, np.array([2.0]))
+    assert problem.last_reference_info["newton_iterations"] >= 3
+    R = problem.residual(torch.tensor(u), {"amplitude": 2.0})
+    assert np.abs(R.numpy()).max() < 1e-9
+
+
+@pytest.mark.parametrize("field", ["lognormal", "two_phase"])
+def test_darcy_reference_solves_the_weak_form(field):
+    spec = get_problem("darcy_2d")
+    problem = spec.build(field=field)
+    kappa = spec.sample_inputs(np.random.default_rng(1), 1, problem)[0]
+    assert kappa.shape == (problem.n,) and np.all(kappa > 0)
+    if field == "two_phase":
+        assert set(np.unique(kappa)) == {3.0, 12.0}
+    _, u = spec.reference(problem, kappa)
+    R = problem.residual(torch.tensor(u), {"kappa": torch.tensor(kappa)}).numpy()
+    assert np.abs(R).max() < 1e-10
+    outer = problem.basis.get_dofs(problem.mesh.boundaries["outer"]).all()
+    assert np.all(u[outer] == 0.0)
+    assert u.max() > 0.01  # f = 1 > 0: the solution is positive inside
+
+
+def test_darcy_holes_are_zero_flux():
+    # with kappa = 1 and f = 1 the flux through the outer boundary equals the source integral:
+    # sum of the unconstrained FEM residual rows on the outer boundary = -|Omega| (holes carry none)
+    spec = get_problem("darcy_2d")
+    problem = spec.build()
+    kappa = np.ones(problem.n)
+    _, u = spec.reference(problem, kappa)
+    import skfem as fe
+    from skfem.helpers import dot, grad
+
+    A = fe.BilinearForm(lambda u, v, w: dot(grad(u), grad(v))).assemble(problem.basis)
+    b = fe.LinearForm(lambda v, w: 1.0 * v).assemble(problem.basis)
+    r = A @ u - b
+    outer = problem.basis.get_dofs(problem.mesh.boundaries["outer"]).all()
+    area = 2.0 - 2 * np.pi * 0.2**2
+    assert r[outer].sum() == pytest.approx(-area, rel=2e-3)  # polygonal holes: area to O(h^2)
