@@ -1,0 +1,360 @@
+"""PI-HC-MoE: the hard constraint in basis mode, one Levenberg-Marquardt problem per expert.
+
+Every DOF has one owner expert. Expert ``k`` enforces the residual rows of the DOFs it owns
+(Dirichlet rows ``u_i - g_i`` included, and for trajectories every step's rows plus the
+initial-condition rows) on its own field ``B w_k``, which lives on ``L_k``, the DOFs of the
+elements touching its rows. All experts are solved together: the experts are folded into the
+batch of one least-squares solve, and their residuals come from one evaluation of the
+:class:`~femoe.problem.PatchUnion` of their element patches, so the cost does not grow with the
+number of experts. The output takes each DOF from its owner's weights; as in the paper, the
+stitched field jumps across expert interfaces, and the info record reports the jump and the
+residual that remains on interface rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from femoe.errors import ConfigError, ConvergenceError, ConvergenceWarning, ProblemError, ShapeError
+from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
+from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field
+from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite
+from femoe.partition import ExpertPartition, partition_experts
+from femoe.problem import PatchUnion, Problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MoEInfo:
+    """What a PI-HC-MoE forward did.
+
+    Attributes
+    ----------
+    converged, iterations, residual_norms : torch.Tensor
+        ``(batch, K)`` per sample and expert (from Levenberg-Marquardt).
+    interface_jump : torch.Tensor
+        ``(batch,)`` largest difference, over interface DOFs, between the owner's value and the
+        value any other expert's field takes there (0 for ``K = 1``).
+    residual_interior, residual_interface : torch.Tensor
+        ``(batch,)`` 2-norms of the stitched field's residual on interior and on interface rows
+        (Dirichlet rows excluded; all steps for trajectories).
+    """
+
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    residual_norms: torch.Tensor
+    interface_jump: torch.Tensor
+    residual_interior: torch.Tensor
+    residual_interface: torch.Tensor
+    lm: LeastSquaresInfo | None = None
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+
+class _ExpertGroup:
+    """A group of experts folded into one batched least-squares problem (on one device)."""
+
+    def __init__(self, problem: Problem, part: ExpertPartition, experts: Sequence[int], dt, t0, ic_weight):
+        self.problem = problem
+        self.experts = np.asarray(experts, dtype=np.int64)
+        ed = problem.basis.element_dofs
+        owner = part.owner
+        self.rows_global = [np.nonzero(owner == k)[0] for k in self.experts]
+        # elements touching the rows an expert enforces
+        touch = np.zeros(owner.size, dtype=np.int64)
+        sets = []
+        for rows in self.rows_global:
+            touch[:] = 0
+            touch[rows] = 1
+            sets.append(np.nonzero(touch[ed].any(axis=0))[0])
+        self.union: PatchUnion = problem.restrict(sets)
+        u = self.union
+        self.K = len(self.experts)
+        self.n_local = np.diff(u.offsets)
+        self.nl_max = int(self.n_local.max())
+        # union DOF -> folded position (k * nl_max + j)
+        j = np.arange(u.n) - u.offsets[u.patch_of_dof]
+        self.flat = torch.as_tensor(u.patch_of_dof * self.nl_max + j)
+        # padded local DOFs (global numbers) for gathering B: (K, nl_max)
+        pad = np.zeros((self.K, self.nl_max), dtype=np.int64)
+        mask = np.zeros((self.K, self.nl_max), dtype=bool)
+        for k, d in enumerate(u.local_dofs):
+            pad[k, : d.size] = d
+            mask[k, : d.size] = True
+        self.local_pad = torch.as_tensor(pad)
+        self.local_mask = torch.as_tensor(mask)
+        # each expert's rows in union numbering, and where its owned DOFs sit in its local field
+        self.rows_union = [np.searchsorted(d, r) + o for d, r, o in zip(u.local_dofs, self.rows_global, u.offsets)]
+        self.own_pos = [np.searchsorted(d, r) for d, r in zip(u.local_dofs, self.rows_global)]
+        self.time_dependent = problem.is_time_dependent
+        if self.time_dependent:
+            self.model = TrajectoryResidual(u, dt, t0, ic_weight=ic_weight)
+        else:
+            self.model = SteadyResidual(u)
+        self._rows_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---------------------------------------------------------------- folding
+    def gather_basis(self, B: torch.Tensor) -> torch.Tensor:
+        """Global basis ``(batch, [T+1,] n, N)`` -> folded ``(batch K, [T+1,] nl_max, N)``."""
+        idx = self.local_pad.to(B.device)
+        Bk = B.index_select(-2, idx.reshape(-1))  # (batch, [T+1,] K nl_max, N)
+        Bk = Bk * self.local_mask.to(B.device).reshape(-1, 1).to(B.dtype)
+        lead = Bk.shape[:-2]
+        Bk = Bk.reshape(*lead, self.K, self.nl_max, Bk.shape[-1])
+        Bk = Bk.movedim(-3, 1)  # (batch, K, [T+1,] nl_max, N)
+        return Bk.reshape(-1, *Bk.shape[2:])
+
+    def unfold(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Folded ``(batch K, ..., nl_max, ...)`` -> union ``(batch, ..., n_union, ...)``."""
+        x = x.reshape(-1, self.K, *x.shape[1:]).movedim(1, axis)  # K next to the DOF axis
+        x = x.reshape(*x.shape[:axis], self.K * self.nl_max, *x.shape[axis + 2:])
+        return x.index_select(axis, self.flat.to(x.device))
+
+    def row_index(self, T: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ``(K, m_max)`` indices into the union model's residual vector, and mask."""
+        key = -1 if T is None else T
+        if key not in self._rows_cache:
+            n = self.union.n
+            per = []
+            for r in self.rows_union:
+                if T is None:
+                    per.append(r)
+                else:
+                    per.append(np.concatenate([t * n + r for t in range(T)] + [T * n + r]))
+            m = max(p.size for p in per)
+            idx = np.zeros((self.K, m), dtype=np.int64)
+            mask = np.zeros((self.K, m), dtype=bool)
+            for k, p in enumerate(per):
+                idx[k, : p.size] = p
+                mask[k, : p.size] = True
+            self._rows_cache[key] = (torch.as_tensor(idx), torch.as_tensor(mask))
+        idx, mask = self._rows_cache[key]
+        return idx.to(device), mask.to(device)
+
+    def fold_rows(self, r: torch.Tensor, T: int | None) -> torch.Tensor:
+        """Union residual rows ``(batch, M[, N])`` -> per expert ``(batch K, m_max[, N])``."""
+        idx, mask = self.row_index(T, r.device)
+        out = r.index_select(1, idx.reshape(-1))
+        out = out.reshape(r.shape[0], self.K, idx.shape[1], *r.shape[2:])
+        m = mask.to(r.dtype).reshape(1, self.K, idx.shape[1], *([1] * (r.dim() - 2)))
+        return (out * m).reshape(r.shape[0] * self.K, idx.shape[1], *r.shape[2:])
+
+    def owned_values(self, u_fold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global DOF indices owned by this group and the owners' values ``(batch, [T+1,] n_own)``."""
+        u = u_fold.reshape(-1, self.K, *u_fold.shape[1:])
+        pos = np.concatenate([k * self.nl_max + p for k, p in enumerate(self.own_pos)])
+        glob = np.concatenate(self.rows_global)
+        flat = u.movedim(1, -2).reshape(*u.shape[:1], *u.shape[2:-1], self.K * self.nl_max)
+        return torch.as_tensor(glob, device=u.device), flat.index_select(-1, torch.as_tensor(pos, device=u.device))
+
+
+class _FoldedModel:
+    """The residual-model interface of :func:`least_squares_solve` for a folded expert group."""
+
+    def __init__(self, group: _ExpertGroup):
+        self.g = group
+        self.time_dependent = group.time_dependent
+
+    def _T(self, u: torch.Tensor) -> int | None:
+        return u.shape[1] - 1 if self.time_dependent else None
+
+    def _p(self, p: Mapping[str, Any]) -> dict:
+        p = dict(p)
+        if INITIAL in p:
+            p[INITIAL] = self.g.union.gather(p[INITIAL])
+        return p
+
+    def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        axis = 2 if self.time_dependent else 1
+        r = self.g.model.residual(self.g.unfold(u, axis), self._p(p))
+        return self.g.fold_rows(r, self._T(u))
+
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
+        axis = 2 if self.time_dependent else 1
+        r, J = self.g.model.linearize(self.g.unfold(u, axis), self.g.unfold(B, axis), self._p(p))
+        T = self._T(u)
+        return self.g.fold_rows(r, T), self.g.fold_rows(J, T)
+
+
+class HardConstraintMoE(nn.Module):
+    """PI-HC-MoE: the hard-constraint layer in basis mode with ``K`` experts.
+
+    Parameters
+    ----------
+    problem : Problem
+        The weak-form problem.
+    experts : int or ExpertPartition
+        Number of experts (the mesh is partitioned with ``partition``) or a ready partition.
+    partition : str
+        Partitioner name (``"auto"``, ``"metis"``, ``"rcb"``, ``"slab"``, ``"random"``).
+    seed : int
+        Seed of the random partitioner.
+    devices : sequence of devices, optional
+        Spread the experts over these devices (contiguous groups, one batched solve each).
+    distributed : bool
+        Under ``torch.distributed``: this rank solves only its share of the experts and the
+        stitched field is summed over ranks (see :mod:`femoe.experts.distributed`).
+    dt, t0, ic_weight, rho, tol, atol, maxiter, damping, hessian, backward, strict
+        As for :class:`~femoe.layers.HardConstraint`.
+    report : bool
+        Compute the interface jump and interface/interior residuals for the info record.
+    """
+
+    def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
+                 seed: int = 0, devices: Sequence[Any] | None = None, distributed: bool = False,
+                 dt: float | None = None, t0: float = 0.0, ic_weight: Any = "paper", rho: float = 1e-4,
+                 tol: float = 1e-10, atol: float = 0.0, maxiter: int = 100, damping: float = 1e-6,
+                 hessian: str = "exact", backward: str = "implicit", strict: bool = False, report: bool = True):
+        super().__init__()
+        if not isinstance(problem, Problem):
+            raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
+        if problem.is_time_dependent and dt is None:
+            raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
+        self.problem = problem
+        if isinstance(experts, ExpertPartition):
+            self.partition = experts
+        else:
+            self.partition = partition_experts(problem.basis, int(experts), partition,
+                                               dirichlet=problem.dirichlet_dofs, seed=seed)
+        K = self.partition.k
+        self.K = K
+        self.dt, self.t0 = dt, t0
+        self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian)
+        self.backward_mode = Backward.parse(backward, "backward")
+        self.strict, self.report = bool(strict), bool(report)
+        self._warned = False
+        self.last_info: MoEInfo | None = None
+        self.distributed = bool(distributed)
+        ids = np.arange(K)
+        if self.distributed:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ConfigError("distributed=True needs torch.distributed initialised (launch with torchrun and "
+                                  "call femoe.experts.distributed.init())")
+            rank, world = dist.get_rank(), dist.get_world_size()
+            if world > K:
+                raise ConfigError(f"{world} ranks but only {K} experts: use at least as many experts as ranks")
+            ids = np.array_split(ids, world)[rank]
+            self.devices = [None]
+            chunks = [ids]
+        else:
+            self.devices = list(devices) if devices else [None]
+            if len(self.devices) > K:
+                raise ConfigError(f"{len(self.devices)} devices but only {K} experts")
+            chunks = np.array_split(ids, len(self.devices))
+        self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight) for c in chunks]
+        iface = np.zeros(problem.n, dtype=bool)
+        iface[self.partition.interface] = True
+        iface[problem.dirichlet_dofs] = False
+        self._interface = torch.as_tensor(np.nonzero(iface)[0])
+        interior = np.ones(problem.n, dtype=bool)
+        interior[self.partition.interface] = False
+        interior[problem.dirichlet_dofs] = False
+        self._interior = torch.as_tensor(np.nonzero(interior)[0])
+
+    def extra_repr(self) -> str:
+        return (f"problem={self.problem.name!r}, experts={self.K}, groups={len(self.groups)}, "
+                f"interface={int(self._interface.numel())}, rho={self.options.rho}, tol={self.options.tol}")
+
+    def forward(self, B: torch.Tensor, params: Mapping[str, Any] | None = None,
+                u0: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEInfo]:
+        """Constrain the basis ``B`` (``(batch, n, N)`` or ``(batch, T + 1, n, N)``) expert by
+        expert. Returns the stitched field ``(batch, n)`` or ``(batch, T + 1, n)`` and a
+        :class:`MoEInfo`."""
+        check_float_tensor("B", B)
+        n = self.problem.n
+        td = self.problem.is_time_dependent
+        want = 4 if td else 3
+        if B.dim() != want or B.shape[-2] != n:
+            shape = f"(batch, T + 1, {n}, N)" if td else f"(batch, {n}, N)"
+            raise ShapeError(f"B must have shape {shape}; received {tuple(B.shape)}")
+        check_finite("B", B)
+        params = dict(params or {})
+        check_params_finite(params)
+        if td:
+            if u0 is None:
+                raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
+            check_float_tensor("u0", u0)
+            check_finite("u0", u0)
+            params[INITIAL] = u0.reshape(-1, n)
+        elif u0 is not None:
+            raise ProblemError(f"problem {self.problem.name!r} is steady: u0 does not apply")
+        batch = B.shape[0]
+        home = B.device
+        u_out = B.new_zeros(B.shape[:-1])
+        conv, its, rn = [], [], []
+        folded_fields = []
+        for group, device in zip(self.groups, self.devices):
+            dev = home if device is None else torch.device(device)
+            Bg = group.gather_basis(B.to(dev))
+            pg = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
+            w, info = least_squares_solve(_FoldedModel(group), Bg, pg, self.options, self.backward_mode)
+            u_fold = basis_field(Bg, w)  # (batch K, [T+1,] nl_max)
+            glob, vals = group.owned_values(u_fold)
+            u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))
+            folded_fields.append((group, u_fold))
+            conv.append(info.converged.reshape(batch, -1).to(home))
+            its.append(info.iterations.reshape(batch, -1).to(home))
+            rn.append(info.residual_norms.reshape(batch, -1).to(home))
+        if self.distributed:
+            from femoe.experts.distributed import all_reduce_sum
+
+            u_out = all_reduce_sum(u_out)
+        info = self._info(u_out, folded_fields, params, torch.cat(conv, 1), torch.cat(its, 1), torch.cat(rn, 1))
+        self.last_info = info
+        self._report(info)
+        return u_out, info
+
+    @torch.no_grad()
+    def _info(self, u_out, folded, params, conv, its, rn) -> MoEInfo:
+        batch = u_out.shape[0]
+        zero = u_out.new_zeros(batch)
+        if not self.report:
+            return MoEInfo(conv, its, rn, zero, zero, zero)
+        jump = zero.clone()
+        td = self.problem.is_time_dependent
+        for group, u_fold in folded:
+            axis = 2 if td else 1
+            u_union = group.unfold(u_fold.detach(), axis)
+            own = u_out.detach().to(u_union.device).index_select(-1, torch.as_tensor(group.union.union_to_global,
+                                                                                       device=u_union.device))
+            d = (u_union - own).abs().reshape(batch, -1)
+            jump = torch.maximum(jump, d.amax(1).to(jump.device) if d.numel() else zero)
+        if self.distributed:
+            from femoe.experts.distributed import all_reduce_max
+
+            jump = all_reduce_max(jump)
+        p = {k: v for k, v in params.items() if k != INITIAL}
+        u = u_out.detach()
+        if td:
+            R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, p, t0=self.t0)
+        else:
+            R = self.problem.residual(u, p)
+        ifc = R.index_select(-1, self._interface.to(R.device)).reshape(batch, -1)
+        inn = R.index_select(-1, self._interior.to(R.device)).reshape(batch, -1)
+        return MoEInfo(conv, its, rn, jump, torch.linalg.vector_norm(inn, dim=1), torch.linalg.vector_norm(ifc, dim=1))
+
+    def _report(self, info: MoEInfo) -> None:
+        if info.all_converged:
+            return
+        bad = (~info.converged).nonzero().tolist()
+        msg = (f"HardConstraintMoE on {self.problem.name!r}: Levenberg-Marquardt did not converge for "
+               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} in {self.options.maxiter} "
+               "iterations; raise maxiter, loosen tol, or check the basis")
+        if self.strict:
+            raise ConvergenceError(msg, info=info)
+        log.info(msg)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(msg + " (warned once per layer; see info.converged)", ConvergenceWarning, stacklevel=3)

@@ -1,0 +1,125 @@
+"""PI-HC-MoE: equal to PI-HC for one expert, exact gradients, interface reporting, placement."""
+
+import numpy as np
+import pytest
+import skfem as fe
+import torch
+
+from femoe.errors import NonFiniteError, ProblemError, ShapeError
+from femoe.experts import HardConstraintMoE
+from femoe.helpers import dot, grad
+from femoe.layers import HardConstraint
+from femoe.problem import Problem
+
+F64 = torch.float64
+
+
+def nonlinear_problem(refine=3):
+    mesh = fe.MeshTri().refined(refine).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
+                   dirichlet={"left": 0.0, "right": 0.0}, defaults={"f": 1.0})
+
+
+def heat_problem():
+    mesh = fe.MeshLine().refined(4).with_boundaries({"left": lambda x: x[0] == 0})
+    basis = fe.Basis(mesh, fe.ElementLineP1())
+    return Problem(basis, lambda u, v, w: w.D * dot(grad(u), grad(v)), storage="mass", theta=0.5,
+                   dirichlet={"left": 1.0}, defaults={"D": 0.05})
+
+
+def test_one_expert_equals_the_single_hard_constraint():
+    problem = nonlinear_problem()
+    B = torch.randn(2, problem.n, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
+    u1, _ = HardConstraint(problem)(B)
+    u2, info = HardConstraintMoE(problem, 1)(B)
+    torch.testing.assert_close(u2, u1, rtol=0, atol=1e-12)
+    assert float(info.interface_jump.max()) == 0.0
+
+
+def test_one_expert_equals_the_single_hard_constraint_time_dependent():
+    problem = heat_problem()
+    g = torch.Generator().manual_seed(1)
+    B = torch.randn(2, 5, problem.n, 4, dtype=F64, generator=g)
+    u0 = torch.rand(2, problem.n, dtype=F64, generator=g)
+    u1, _ = HardConstraint(problem, dt=0.1)(B, u0=u0)
+    u2, _ = HardConstraintMoE(problem, 1, dt=0.1)(B, u0=u0)
+    torch.testing.assert_close(u2, u1, rtol=0, atol=1e-12)
+
+
+def test_each_expert_enforces_its_own_rows():
+    problem = nonlinear_problem()
+    g = torch.Generator().manual_seed(2)
+    B = torch.randn(1, problem.n, 8, dtype=F64, generator=g)
+    layer = HardConstraintMoE(problem, 4, partition="rcb")
+    u, info = layer(B)
+    assert info.converged.shape == (1, 4) and info.all_converged
+    # expert k's weights minimise its own rows: rerunning PI-HC restricted to those rows and the
+    # expert's DOFs gives the same values on the owned DOFs
+    part = layer.partition
+    group = layer.groups[0]
+    for k in range(4):
+        rows = np.nonzero(part.owner == k)[0]
+        local = group.union.local_dofs[k]
+        ref, _ = HardConstraint(problem, rows=rows, dofs=local)(B[:, local])
+        own = np.searchsorted(local, rows)
+        torch.testing.assert_close(u[0, rows], ref[0, own], rtol=0, atol=1e-10)
+    assert float(info.interface_jump) > 0  # the stitched field is discontinuous
+
+
+def test_exact_solution_in_the_span_is_recovered_without_jump():
+    mesh = fe.MeshTri().refined(3).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - v, dirichlet={k: 0.0 for k in mesh.boundaries})
+    from femoe.reference import solve
+
+    u_ref, _ = solve(problem)
+    g = torch.Generator().manual_seed(3)
+    B = torch.cat([torch.tensor(u_ref).reshape(1, -1, 1), torch.randn(1, problem.n, 3, dtype=F64, generator=g)], -1)
+    u, info = HardConstraintMoE(problem, 3, rho=0.0)(B)
+    torch.testing.assert_close(u[0], torch.tensor(u_ref), rtol=0, atol=1e-9)
+    assert float(info.interface_jump) < 1e-9
+    assert float(info.residual_interface) < 1e-9
+
+
+def test_gradcheck_steady_nonlinear_wrt_basis_and_parameter():
+    problem = nonlinear_problem(refine=2)
+    layer = HardConstraintMoE(problem, 3, partition="rcb")
+    g = torch.Generator().manual_seed(4)
+    B = torch.randn(1, problem.n, 3, dtype=F64, generator=g, requires_grad=True)
+    f = torch.tensor([1.5], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda B, f: layer(B, {"f": f})[0], (B, f), atol=1e-6)
+
+
+def test_gradcheck_time_dependent_wrt_basis_and_initial_condition():
+    problem = heat_problem()
+    layer = HardConstraintMoE(problem, 2, partition="slab", dt=0.1)
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(1, 3, problem.n, 3, dtype=F64, generator=g, requires_grad=True)
+    u0 = (0.5 + torch.rand(1, problem.n, dtype=F64, generator=g)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda B, u0: layer(B, u0=u0)[0], (B, u0), atol=1e-6)
+
+
+def test_devices_split_gives_the_same_result():
+    problem = nonlinear_problem()
+    B = torch.randn(2, problem.n, 5, dtype=F64, generator=torch.Generator().manual_seed(6))
+    one = HardConstraintMoE(problem, 4, partition="rcb")
+    two = HardConstraintMoE(problem, one.partition, devices=["cpu", "cpu"])
+    assert len(two.groups) == 2
+    u1, i1 = one(B)
+    u2, i2 = two(B)
+    torch.testing.assert_close(u2, u1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(i2.interface_jump, i1.interface_jump)
+
+
+def test_bad_inputs():
+    problem = nonlinear_problem(refine=2)
+    layer = HardConstraintMoE(problem, 2)
+    with pytest.raises(ShapeError, match="B must have shape"):
+        layer(torch.zeros(1, problem.n + 1, 3, dtype=F64))
+    B = torch.zeros(1, problem.n, 3, dtype=F64)
+    B[0, 5, 1] = float("nan")
+    with pytest.raises(NonFiniteError):
+        layer(B)
+    with pytest.raises(ProblemError, match="time-dependent"):
+        HardConstraintMoE(heat_problem(), 2)
