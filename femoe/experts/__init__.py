@@ -8,5 +8,6 @@
 """
 
 from femoe.experts._basis import HardConstraintMoE, MoEInfo
+from femoe.experts._patch import PatchConstraint, PatchInfo
 
-__all__ = ["HardConstraintMoE", "MoEInfo"]
+__all__ = ["HardConstraintMoE", "MoEInfo", "PatchConstraint", "PatchInfo"]

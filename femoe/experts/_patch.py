@@ -1,0 +1,200 @@
+"""Patch mode: exact local conservation on every expert's patch interior.
+
+The network gives a field ``U_hat``. Each expert ``k`` solves the weak form on the interior of
+its patch, ``R_i(u) = 0`` for ``i`` in ``I_k`` (its owned DOFs whose element star lies in its
+own patch), with ``u = U_hat`` on the interface and ``u = g`` on Dirichlet DOFs. Interior DOFs of
+different experts never share an element, so the Jacobian on ``I = union I_k`` is block
+diagonal by expert: one Newton solve on ``I`` is the K independent expert solves, batched (the
+linear solver factorises the blocks). The output is continuous, every interior row of the weak
+form holds to the solver tolerance, and only interface rows carry residual, so training teaches
+the network the interface.
+
+Backward: the implicit function theorem, one adjoint solve with ``J_II^T`` reusing the
+forward's factorisation (see :func:`femoe.layers.nonlinear_solve`); gradients reach ``U_hat``
+(through the interface values and directly), the parameters and, for trajectories, the
+previous level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from femoe.errors import ProblemError, ShapeError
+from femoe.layers._newton import NewtonSolveInfo, _NewtonSolve, _options, _report, _System
+from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, split_params
+from femoe.partition import ExpertPartition, partition_experts
+from femoe.problem import Problem
+from femoe.sparse import BatchedCSR, CSRPattern
+
+_FIXED = "__patch_fixed__"
+_OLD = "__patch_old__"
+
+
+@dataclass(frozen=True)
+class PatchInfo:
+    """What a patch-mode forward did (per sample; per step for trajectories, stacked on axis 1).
+
+    ``residual_interior`` and ``residual_interface`` are 2-norms of the output's residual on
+    interior rows (solved) and interface rows (Dirichlet rows excluded)."""
+
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    residual_interior: torch.Tensor
+    residual_interface: torch.Tensor
+    newton: tuple[NewtonSolveInfo, ...] = ()
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+
+class PatchConstraint(nn.Module):
+    """Patch-mode constraint layer (exact local conservation on patch interiors).
+
+    Parameters
+    ----------
+    problem : Problem
+    experts : int or ExpertPartition
+        Number of experts or a ready partition.
+    partition, seed
+        Partitioner (when ``experts`` is a number).
+    dt, t0
+        Time step and initial time of time-dependent problems.
+    atol, rtol, maxiter, linear_solver, line_search, strict, **linear_opts
+        Newton and linear-solver settings (see :func:`femoe.layers.nonlinear_solve`).
+    """
+
+    def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
+                 seed: int = 0, dt: float | None = None, t0: float = 0.0, atol: float = 1e-10,
+                 rtol: float = 1e-10, maxiter: int = 30, linear_solver: str = "auto", line_search: bool = True,
+                 strict: bool = False, **linear_opts: Any):
+        super().__init__()
+        if not isinstance(problem, Problem):
+            raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
+        if problem.is_time_dependent and dt is None:
+            raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
+        self.problem, self.dt, self.t0, self.strict = problem, dt, t0, bool(strict)
+        self.partition = experts if isinstance(experts, ExpertPartition) else partition_experts(
+            problem.basis, int(experts), partition, dirichlet=problem.dirichlet_dofs, seed=seed)
+        self.K = self.partition.k
+        interior = np.sort(np.concatenate(self.partition.interior)) if self.K else np.zeros(0, np.int64)
+        if interior.size == 0:
+            raise ProblemError("no patch has interior DOFs: use fewer experts or a finer mesh")
+        self.interior = interior
+        iface = np.zeros(problem.n, dtype=bool)
+        iface[self.partition.interface] = True
+        iface[problem.dirichlet_dofs] = False
+        self._interface = torch.as_tensor(np.nonzero(iface)[0])
+        self._I = torch.as_tensor(interior)
+        self._D = torch.as_tensor(problem.dirichlet_dofs)
+        # J_II: the sub-pattern and where its values sit in the full pattern
+        pat = problem.pattern
+        pos = sp.csr_matrix((np.arange(1, pat.nnz + 1, dtype=np.float64), pat.indices, pat.indptr), shape=pat.shape)
+        sub = pos[interior][:, interior].tocsr()
+        sub.sort_indices()
+        self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
+        self._sub_pos = torch.as_tensor(sub.data.astype(np.int64) - 1)
+        self._opts = _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts)
+        self.last_info: PatchInfo | None = None
+
+    def extra_repr(self) -> str:
+        return (f"problem={self.problem.name!r}, experts={self.K}, interior={self.interior.size}, "
+                f"interface={int(self._interface.numel())}")
+
+    # ------------------------------------------------------------------ one solve
+    def _assemble(self, x: torch.Tensor, p: Mapping[str, Any], t) -> torch.Tensor:
+        fixed = p[_FIXED]
+        u = fixed.expand(x.shape[0], -1) if fixed.shape[0] != x.shape[0] else fixed
+        if self._D.numel():
+            g = self.problem.dirichlet_values({k: v for k, v in p.items() if k not in (_FIXED, _OLD)}, t=t,
+                                              batch=u.shape[0], device=u.device, dtype=u.dtype)
+            u = u.index_copy(1, self._D.to(u.device), g)
+        return u.index_copy(1, self._I.to(u.device), x)
+
+    def _solve(self, fixed: torch.Tensor, params: dict, t, u_old: torch.Tensor | None):
+        pb, I = self.problem, self._I.to(fixed.device)
+        user = dict(params)
+
+        def prm(p):
+            return {k: v for k, v in p.items() if k not in (_FIXED, _OLD)}
+
+        def res(x, p):
+            u = self._assemble(x, p, t)
+            if u_old is None:
+                R = pb.residual(u, prm(p), t=t)
+            else:
+                R = pb.step_residual(u, p[_OLD], self.dt, prm(p), t_new=t)
+            return R.reshape(-1, pb.n).index_select(1, I)
+
+        def res_jac(x, p):
+            u = self._assemble(x, p, t)
+            if u_old is None:
+                R, J = pb.residual_and_jacobian(u, prm(p), t=t)
+            else:
+                R, J = pb.step_residual(u, p[_OLD], self.dt, prm(p), t_new=t, jacobian=True)
+            vals = J.values.index_select(1, self._sub_pos.to(J.values.device))
+            return R.reshape(-1, pb.n).index_select(1, I), BatchedCSR(self.sub_pattern, vals)
+
+        user[_FIXED] = fixed
+        if u_old is not None:
+            user[_OLD] = u_old
+        names, tensors, static = split_params(user)
+        info_out: list[NewtonSolveInfo] = []
+        system = _System(res, res_jac, names, static, self._opts, info_out)
+        x = _NewtonSolve.apply(system, fixed.detach().index_select(1, I), *tensors)
+        info = info_out[0]
+        _report(info, self.strict, f"PatchConstraint on {pb.name!r}")
+        return self._assemble(x, user, t), info
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, U_hat: torch.Tensor, params: Mapping[str, Any] | None = None,
+                u0: torch.Tensor | None = None) -> tuple[torch.Tensor, PatchInfo]:
+        """Constrain ``U_hat`` (``(batch, n)``, or ``(batch, T + 1, n)`` for trajectories).
+
+        For trajectories level 0 is the initial condition ``u0`` (the network's level 0 is
+        replaced), and level ``t`` is solved given the constrained level ``t - 1``.
+        """
+        check_float_tensor("U_hat", U_hat)
+        pb = self.problem
+        td = pb.is_time_dependent
+        if U_hat.dim() != (3 if td else 2) or U_hat.shape[-1] != pb.n:
+            shape = f"(batch, T + 1, {pb.n})" if td else f"(batch, {pb.n})"
+            raise ShapeError(f"U_hat must have shape {shape}; received {tuple(U_hat.shape)}")
+        check_finite("U_hat", U_hat)
+        params = dict(params or {})
+        check_params_finite(params)
+        infos = []
+        if not td:
+            if u0 is not None:
+                raise ProblemError(f"problem {pb.name!r} is steady: u0 does not apply")
+            u, info = self._solve(U_hat, params, None, None)
+            infos.append(info)
+            R = pb.residual(u.detach(), params)
+        else:
+            if u0 is None:
+                raise ProblemError(f"problem {pb.name!r} is time-dependent: give the initial condition u0")
+            check_float_tensor("u0", u0)
+            check_finite("u0", u0)
+            levels = [u0.reshape(-1, pb.n).expand(U_hat.shape[0], -1)]
+            for step in range(1, U_hat.shape[1]):
+                u_t, info = self._solve(U_hat[:, step], params, self.t0 + step * self.dt, levels[-1])
+                levels.append(u_t)
+                infos.append(info)
+            u = torch.stack(levels, dim=1)
+            R = pb.trajectory_residual(u[:, 1:].detach(), u[:, 0].detach(), self.dt, params, t0=self.t0)
+        batch = U_hat.shape[0]
+        with torch.no_grad():
+            r_in = R.index_select(-1, self._I.to(R.device)).reshape(batch, -1)
+            r_if = R.index_select(-1, self._interface.to(R.device)).reshape(batch, -1)
+        conv = torch.stack([i.converged for i in infos], 1).expand(batch, -1)
+        its = torch.stack([i.iterations for i in infos], 1).expand(batch, -1)
+        info = PatchInfo(conv, its, torch.linalg.vector_norm(r_in, dim=1), torch.linalg.vector_norm(r_if, dim=1),
+                         tuple(infos))
+        self.last_info = info
+        return u, info
