@@ -1,0 +1,110 @@
+"""Experts across processes with ``torch.distributed`` (launched by ``torchrun``).
+
+Every rank runs the same network on the same batch; each rank solves a static share of the
+experts (:class:`~femoe.experts.HardConstraintMoE` with ``distributed=True``) and the stitched
+field is the sum of the ranks' parts (each DOF has one owner expert, so exactly one rank
+contributes it). In backward every rank receives the full ``dL/du`` and sends it through its own
+experts only, so each rank's network gradient holds its experts' share: :func:`sync_gradients`
+sums them. Loss terms that do not pass through the layer are counted once per rank; divide them
+by the world size (or add them on one rank).
+
+A rank that dies makes ``torchrun`` stop the others; a rank stuck in a collective whose peer
+vanished raises after ``timeout_s`` (gloo and NCCL honour the process-group timeout), so a run
+never hangs silently.
+
+    torchrun --nproc-per-node 2 examples/ex03_torchrun_experts.py
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from femoe.errors import DistributedError
+
+log = logging.getLogger(__name__)
+
+
+def init(backend: str | None = None, timeout_s: float = 120.0) -> tuple[int, int]:
+    """Initialise the default process group from ``torchrun``'s environment.
+
+    ``backend`` defaults to NCCL when CUDA is available and gloo otherwise. Returns
+    ``(rank, world_size)``. Without ``torchrun`` (no ``RANK`` in the environment) this is a
+    single-process run: nothing is initialised and ``(0, 1)`` is returned.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ:
+        return 0, 1
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as exc:  # pragma: no cover - depends on the launch environment
+        raise DistributedError(f"could not initialise torch.distributed with backend {backend!r}: {exc}. "
+                               "Launch with torchrun, and use backend='gloo' on CPUs") from exc
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    log.info("torch.distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
+    try:
+        dist.all_reduce(x, op=op)
+    except Exception as exc:
+        raise DistributedError(f"rank {dist.get_rank()}: all_reduce failed ({exc}); another rank probably "
+                               "stopped (see its log)") from exc
+    return x
+
+
+class _AllReduceSum(torch.autograd.Function):
+    # y = sum_r x_r on every rank. The loss is evaluated identically on every rank, so each rank
+    # already holds the full dL/dy, and dL/dx_r = dL/dy: backward is the identity. The ranks'
+    # partial network gradients are summed afterwards by sync_gradients.
+    @staticmethod
+    def forward(ctx, x):
+        return _all_reduce(x.detach().clone(), dist.ReduceOp.SUM)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (identity in a single process), differentiable as described above."""
+    return _AllReduceSum.apply(x) if _active() else x
+
+
+@torch.no_grad()
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over ranks (not differentiable)."""
+    return _all_reduce(x.clone(), dist.ReduceOp.MAX) if _active() else x
+
+
+def sync_gradients(module: torch.nn.Module) -> None:
+    """Sum every parameter gradient over ranks (call after ``backward``, before the step)."""
+    if not _active():
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    _all_reduce(flat, dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].reshape(g.shape))
+        offset += g.numel()
+
+
+def shutdown() -> None:
+    """Destroy the process group if one was initialised."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
