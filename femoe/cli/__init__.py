@@ -16,7 +16,7 @@ import sys
 from femoe.errors import FemoeError
 
 # module names under femoe.cli, each with register(subparsers)
-_COMMANDS = ["mesh", "solve", "generate", "partition"]
+_COMMANDS = ["mesh", "solve", "generate", "partition", "run", "predict"]
 
 
 def build_parser() -> argparse.ArgumentParser:

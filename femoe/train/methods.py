@@ -1,0 +1,134 @@
+"""The four ways of imposing the physics, behind one interface.
+
+Each method owns a network (DeepONet or mesh GNN) and, except ``soft``, a constraint layer. It
+maps a batch of inputs to a field ``(batch, [T+1,] n)`` and an info dict with the solver
+record; the trainer puts the same physics-only loss (the mass-normalised weak-form residual of
+that field, plus initial-condition rows) on every method's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from femoe.errors import ConfigError
+from femoe.nn import DeepONet, MeshGNN, mesh_edges
+from femoe.train.task import Task
+
+
+def build_network(task: Task, n_outputs: int) -> nn.Module:
+    nc = task.cfg.network
+    lo, hi = task.bounds()
+    if nc.kind == "deeponet":
+        return DeepONet(len(task.sensors), len(lo), n_outputs, nc.width, nc.depth, fourier_scale=nc.fourier_scale,
+                        lower=lo, upper=hi, seed=task.cfg.train.seed)
+    coords = torch.as_tensor(task.problem.doflocs.T, dtype=torch.float32)
+    tb = (float(task.times[0]), float(task.times[-1])) if task.time_dependent else None
+    return MeshGNN(coords, mesh_edges(task.problem.basis.element_dofs), in_channels=1, n_outputs=n_outputs,
+                   width=nc.width, layers=nc.depth, time_bounds=tb)
+
+
+class Method(nn.Module):
+    """Network + (optional) constraint layer."""
+
+    name = "method"
+    basis_mode = False
+
+    def __init__(self, task: Task):
+        super().__init__()
+        self.task = task
+        self.net = build_network(task, task.cfg.network.n_basis if self.basis_mode else 1)
+        self._points = None
+
+    def network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """``(batch, [T+1,] n, N)`` in float64."""
+        t = self.task
+        L = (levels or t.n_levels) if t.time_dependent else None
+        if isinstance(self.net, DeepONet):
+            out = self.net(t.branch_input(inputs), t.points(L))
+            shape = (inputs.shape[0], L, t.n, -1) if L else (inputs.shape[0], t.n, -1)
+            return out.reshape(shape).double()
+        a = inputs.float()
+        if L:
+            times = torch.as_tensor(t.times[:L], dtype=torch.float32)
+            return self.net(a, times).double()
+        return self.net(a).double()
+
+
+class Soft(Method):
+    name = "soft"
+
+    def forward(self, inputs, levels=None):
+        return self.network_output(inputs, levels)[..., 0], {}
+
+
+class PIHC(Method):
+    name = "pihc"
+    basis_mode = True
+
+    def __init__(self, task: Task):
+        super().__init__(task)
+        s = task.cfg.solver
+        kw = dict(rho=s.rho, tol=s.tol, maxiter=s.maxiter, hessian=s.hessian)
+        if task.time_dependent:
+            kw["dt"] = task.dt
+        self.layer = self._make_layer(task, kw)
+
+    def _make_layer(self, task: Task, kw):
+        from femoe.layers import HardConstraint
+
+        return HardConstraint(task.problem, **kw)
+
+    def forward(self, inputs, levels=None):
+        B = self.network_output(inputs, levels)
+        params, u0 = self.task.layer_args(inputs)
+        u, info = self.layer(B, params, u0) if u0 is not None else self.layer(B, params)
+        return u, {"iterations": float(info.iterations.float().mean()),
+                   "unconverged": int((~info.converged).sum()),
+                   **self._extra(info)}
+
+    def _extra(self, info) -> dict[str, Any]:
+        return {}
+
+
+class MoE(PIHC):
+    name = "moe"
+
+    def _make_layer(self, task: Task, kw):
+        from femoe.experts import HardConstraintMoE
+
+        e = task.cfg.experts
+        return HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw)
+
+    def _extra(self, info):
+        return {"interface_jump": float(info.interface_jump.max())}
+
+
+class Patch(Method):
+    name = "patch"
+
+    def __init__(self, task: Task):
+        super().__init__(task)
+        from femoe.experts import PatchConstraint
+
+        e, s = task.cfg.experts, task.cfg.solver
+        kw = {"dt": task.dt} if task.time_dependent else {}
+        self.layer = PatchConstraint(task.problem, e.k, partition=e.partition, seed=e.seed, rtol=s.patch_rtol,
+                                     atol=1e-12, **kw)
+
+    def forward(self, inputs, levels=None):
+        U = self.network_output(inputs, levels)[..., 0]
+        params, u0 = self.task.layer_args(inputs)
+        u, info = self.layer(U, params, u0) if u0 is not None else self.layer(U, params)
+        return u, {"iterations": float(info.iterations.float().mean()), "unconverged": int((~info.converged).sum())}
+
+
+METHOD_CLASSES = {"soft": Soft, "pihc": PIHC, "moe": MoE, "patch": Patch}
+
+
+def build_method(name: str, task: Task) -> Method:
+    if name not in METHOD_CLASSES:
+        raise ConfigError(f"unknown method {name!r}; choose one of {list(METHOD_CLASSES)}")
+    return METHOD_CLASSES[name](task)

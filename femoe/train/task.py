@@ -1,0 +1,171 @@
+"""A learning task: the problem, its data, the network's points and the metrics' norms."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import skfem as fe
+import torch
+
+from femoe.errors import CheckpointError, ConfigError, DataError
+from femoe.train.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def mesh_fingerprint(problem) -> str:
+    """Hash of the mesh and the DOF count: checkpoints refuse a different mesh."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(problem.mesh.p, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(problem.mesh.t, dtype=np.int64).tobytes())
+    h.update(str(problem.n).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Split:
+    inputs: torch.Tensor  # (S, m) the input function (initial condition or coefficient field)
+    solutions: torch.Tensor  # (S, [T+1,] n) reference solutions
+
+
+class Task:
+    """Everything a method needs that does not depend on the method.
+
+    Time-dependent problems: the input is the initial condition (its full DOF vector); the
+    network is evaluated at space-time points ``(x, t)`` of levels ``0..T``. Steady problems:
+    the input is the coefficient field named by the problem spec (``input_param``, default
+    ``"kappa"``), passed to the layers as a parameter.
+    """
+
+    def __init__(self, cfg: Config, *, load_data: bool = True):
+        from problems import get_problem
+
+        self.cfg = cfg
+        self.spec = get_problem(cfg.problem.name)
+        self.problem = self.spec.build(**cfg.problem.params)
+        self.n = self.problem.n
+        self.time_dependent = self.problem.is_time_dependent
+        self.input_param = getattr(self.spec, "input_param", "kappa")
+        self.fingerprint = mesh_fingerprint(self.problem)
+        basis = self.problem.basis
+        M = fe.BilinearForm(lambda u, v, w: u * v).assemble(basis) if len(self.problem._tb.layouts) == 1 else \
+            sp.identity(self.n, format="csr")
+        self.mass = sp.csr_matrix(M)
+        lumped = np.asarray(self.mass.sum(axis=1)).ravel()
+        row_scale = 1.0 / np.where(lumped > 0, lumped, 1.0)
+        row_scale[self.problem.dirichlet_dofs] = 1.0
+        self.row_scale = torch.as_tensor(row_scale)
+        self._mass_t = None
+        self.train = self.test = None
+        self.times = None
+        if load_data:
+            self.load()
+
+    # ------------------------------------------------------------------ data
+    def ensure_data(self) -> None:
+        d = self.cfg.data_dir
+        if (d / "train.h5").is_file() and (d / "test.h5").is_file():
+            return
+        from femoe.data import generate
+
+        log.info("generating data in %s", d)
+        generate(self.cfg.problem.name, d, self.cfg.data.n_train, self.cfg.data.n_test, seed=self.cfg.data.seed,
+                 workers=self.cfg.data.workers, params=self.cfg.problem.params, progress=True)
+
+    def load(self) -> None:
+        from femoe.data import read_dataset
+
+        self.ensure_data()
+        splits = {}
+        for name in ("train", "test"):
+            ds = read_dataset(self.cfg.data_dir / f"{name}.h5")
+            if ds.solutions.shape[-1] != self.n:
+                raise DataError(f"{self.cfg.data_dir / (name + '.h5')}: solutions have {ds.solutions.shape[-1]} DOFs "
+                                f"but the problem built from the config has {self.n}; the data were generated with "
+                                "other problem parameters: delete the folder or point data.dir elsewhere")
+            n_want = self.cfg.data.n_train if name == "train" else self.cfg.data.n_test
+            if len(ds) < n_want:
+                raise DataError(f"{name} split has {len(ds)} samples, the config asks for {n_want}")
+            splits[name] = Split(torch.as_tensor(ds.inputs[:n_want]), torch.as_tensor(ds.solutions[:n_want]))
+            if ds.times is not None:
+                self.times = np.asarray(ds.times)
+        self.train, self.test = splits["train"], splits["test"]
+        if self.time_dependent:
+            if self.times is None:
+                raise DataError("a time-dependent problem needs saved times in its data")
+            dts = np.diff(self.times)
+            if not np.allclose(dts, dts[0], rtol=1e-9):
+                raise DataError("the saved time levels must be equally spaced")
+            self.dt = float(dts[0])
+            self.n_levels = len(self.times)
+        self.sensors = np.linspace(0, self.train.inputs.shape[1] - 1, min(self.cfg.network.sensors,
+                                                                          self.train.inputs.shape[1])).round().astype(int)
+
+    # ------------------------------------------------------------------ network inputs
+    def points(self, levels: int | None = None) -> torch.Tensor:
+        """Network evaluation points: DOF coordinates, or space-time points of the levels."""
+        x = torch.as_tensor(self.problem.doflocs.T, dtype=torch.float32)
+        if not self.time_dependent:
+            return x
+        L = levels or self.n_levels
+        t = torch.as_tensor(self.times[:L], dtype=torch.float32)
+        return torch.cat([x.repeat(L, 1), t.repeat_interleave(x.shape[0]).unsqueeze(1)], dim=1)
+
+    def bounds(self) -> tuple[list[float], list[float]]:
+        x = self.problem.doflocs
+        lo, hi = list(x.min(1)), list(x.max(1))
+        if self.time_dependent:
+            lo.append(float(self.times[0]))
+            hi.append(float(self.times[-1]))
+        return lo, hi
+
+    def branch_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs[:, self.sensors].float()
+
+    def layer_args(self, inputs: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """(params, u0) for the constraint layers from a batch of inputs."""
+        x = inputs.double()
+        if self.time_dependent:
+            if x.shape[1] != self.n:
+                raise ConfigError(f"problem {self.spec.name!r}: its inputs ({x.shape[1]} values) are not full initial "
+                                  f"states ({self.n} DOFs); the trainer supports initial conditions given on all DOFs")
+            return {}, x
+        return {self.input_param: x}, None
+
+    # ------------------------------------------------------------------ metrics
+    def mass_torch(self) -> torch.Tensor:
+        if self._mass_t is None:
+            M = self.mass.tocoo()
+            self._mass_t = torch.sparse_coo_tensor(np.vstack([M.row, M.col]), M.data, M.shape).coalesce()
+        return self._mass_t
+
+    def relative_l2(self, u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Per sample ``||u - ref||_M / ||ref||_M`` (summed over levels for trajectories)."""
+        M = self.mass_torch()
+        e = (u - ref).double().reshape(-1, self.n)
+        r = ref.double().reshape(-1, self.n)
+        num = (e * torch.sparse.mm(M, e.T).T).sum(1).reshape(u.shape[0], -1).sum(1)
+        den = (r * torch.sparse.mm(M, r.T).T).sum(1).reshape(u.shape[0], -1).sum(1)
+        return torch.sqrt(num / den.clamp_min(1e-300))
+
+    def residual(self, u: torch.Tensor, params: dict, u0: torch.Tensor | None) -> torch.Tensor:
+        """Mass-normalised weak-form residual rows (and initial-condition rows) of a field."""
+        scale = self.row_scale.to(u.device, u.dtype)
+        if self.time_dependent:
+            R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params) * scale
+            ic = u[:, 0] - u0
+            return torch.cat([R.reshape(u.shape[0], -1), ic], dim=1)
+        return self.problem.residual(u, params) * scale
+
+
+def check_checkpoint_problem(meta: dict, task: Task, path: Path) -> None:
+    if meta.get("fingerprint") != task.fingerprint:
+        raise CheckpointError(f"{path}: the checkpoint was trained on another mesh or discretisation "
+                              f"(fingerprint {meta.get('fingerprint')} vs {task.fingerprint} of problem "
+                              f"{task.spec.name!r}); use the config it was trained with")
