@@ -153,7 +153,7 @@ class ProblemSpec(ABC):
         """What the data files record about the problem."""
         return {
             "problem": self.name,
-            "mesh_file": self.mesh_file or "",
+            "mesh_file": self.mesh_file or f"(built in by problems.{self.name}; see its docstring)",
             "element": self.element,
             "parameters": json.dumps(problem.config, sort_keys=True),
             "steady": self.steady,

@@ -1,0 +1,137 @@
+"""Data-generation benchmarks for issue #3.
+
+``python benchmarks/bench_generate.py [--workers W] [--skip-generate] [--skip-refinement] [--skip-spectral]``
+
+Measures, and writes to ``benchmarks/results/bench_generate.json``:
+
+1. wall time of ``femoe.data.generate`` for 100 diffusion-sorption trajectories (90 train + 10 test)
+   and 10 Navier-Stokes trajectories (8 + 2), with ``--workers`` processes;
+2. the diffusion-sorption time-step refinement study: largest relative L2 change of any saved
+   level when the Crank-Nicolson substeps per saved interval double (16 -> 32 -> 64 -> 128), for
+   constant initial values 0.02, 0.1 and 0.2;
+3. the Navier-Stokes FEM reference against a 256 x 256 pseudo-spectral solution of the same
+   initial condition (relative L2 per saved level, space-time), with the energy/enstrophy curves
+   in ``benchmarks/results/ns_energy_enstrophy.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+
+def bench_generate(workers: int) -> dict:
+    from femoe.data import generate
+
+    out = {}
+    for name, n_train, n_test in (("diffusion_sorption_1d", 90, 10), ("navier_stokes_2d", 8, 2)):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            paths = generate(name, tmp, n_train, n_test, seed=0, workers=workers, progress=False)
+            seconds = time.perf_counter() - t0
+            size = sum(p.stat().st_size for p in paths.values())
+        out[name] = {"trajectories": n_train + n_test, "workers": workers, "seconds": round(seconds, 2),
+                     "seconds_per_trajectory": round(seconds / (n_train + n_test), 3),
+                     "megabytes": round(size / 1e6, 1)}
+        print(name, out[name], flush=True)
+    return out
+
+
+def bench_refinement() -> dict:
+    from problems import get_problem
+    from problems.diffusion_sorption_1d import march
+
+    spec = get_problem("diffusion_sorption_1d")
+    problem = spec.build()
+    table = {}
+    for u0 in (0.02, 0.1, 0.2):
+        prev = None
+        rows = []
+        for m in (16, 32, 64, 128):
+            t0 = time.perf_counter()
+            _, U = march(problem, np.full(problem.n, u0), substeps=m)
+            seconds = time.perf_counter() - t0
+            row = {"substeps": m, "steps": problem.last_reference_info["steps"], "seconds": round(seconds, 2)}
+            if prev is not None:
+                change = np.linalg.norm(U - prev, axis=1)[1:] / np.linalg.norm(U, axis=1)[1:]
+                row["max_level_rel_change_vs_half"] = float(change.max())
+                row["worst_level_time"] = float(5.0 * (1 + change.argmax()))
+                row["space_time_rel_change_vs_half"] = float(np.linalg.norm(U - prev) / np.linalg.norm(U))
+            rows.append(row)
+            prev = U
+        table[str(u0)] = rows
+        print("refinement u0 =", u0, rows, flush=True)
+    return table
+
+
+def bench_spectral() -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ns_spectral import compare_with_fem
+
+    r = compare_with_fem(seed=0, N=256, substeps=16)
+    t = np.array(r["times"])
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(t, r["energy_fem"], label="FEM P1 (periodic_square.msh)")
+    axes[0].plot(t, r["energy_spectral"], "--", label="spectral 256^2")
+    axes[0].set_title("kinetic energy")
+    axes[1].plot(t, r["enstrophy_fem"], label="FEM")
+    axes[1].plot(t, r["enstrophy_spectral"], "--", label="spectral")
+    axes[1].set_title("enstrophy")
+    axes[2].plot(t, r["rel_l2_per_level"])
+    axes[2].set_title("relative L2 difference of vorticity, FEM vs spectral")
+    for ax in axes:
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "ns_energy_enstrophy.png", dpi=110)
+    plt.close(fig)
+    summary = {k: v for k, v in r.items() if not isinstance(v, list)}
+    summary["rel_l2_at"] = {f"t={t[i]:g}": r["rel_l2_per_level"][i] for i in (0, 16, 32, 48, 64)}
+    summary["energy_decay_fem"] = r["energy_fem"][-1] / r["energy_fem"][0]
+    summary["energy_decay_spectral"] = r["energy_spectral"][-1] / r["energy_spectral"][0]
+    summary["enstrophy_decay_fem"] = r["enstrophy_fem"][-1] / r["enstrophy_fem"][0]
+    summary["enstrophy_decay_spectral"] = r["enstrophy_spectral"][-1] / r["enstrophy_spectral"][0]
+    print("spectral", summary, flush=True)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--skip-refinement", action="store_true")
+    parser.add_argument("--skip-spectral", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "bench_generate.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    if not args.skip_refinement:
+        result["ds_refinement"] = bench_refinement()
+    if not args.skip_spectral:
+        result["ns_fem_vs_spectral"] = bench_spectral()
+    if not args.skip_generate:
+        result["generate"] = bench_generate(args.workers)
+    path.write_text(json.dumps(result, indent=1))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
