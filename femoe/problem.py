@@ -507,6 +507,34 @@ class Problem:
             R = R.index_copy(2, d, U[:, :, d] - g)
         return R
 
+    def level_jacobians(self, U: torch.Tensor, dt: float, params=None, *, t0: float = 0.0,
+                        create_graph: bool | None = None) -> tuple[BatchedCSR, BatchedCSR]:
+        """Jacobians of every level of a trajectory at once, for linearising
+        :meth:`trajectory_residual`.
+
+        ``U`` holds levels ``0..T``, shape ``(B, T + 1, n)``. Returns ``(P, Q)`` with batch
+        ``B (T + 1)`` (level-major within a sample): ``P_l = S'(u^l) / dt + theta A'(u^l, t_l)`` (the
+        step Jacobian with respect to the new level) and ``Q_l = A'(u^l, t_l)``, both with unit
+        Dirichlet rows. Then ``d R^t = P_t dU^t + (Q_{t-1} - P_{t-1}) dU^{t-1}``.
+        """
+        self._need_time()
+        B, L, n = U.shape
+        flat = U.reshape(B * L, n)
+        p = self._params(params, U.device, U.dtype)
+        p_rep = {k: _repeat_batch(v, B, L) for k, v in p.items()}
+        times = t0 + dt * torch.arange(L, dtype=U.dtype, device=U.device)
+        t_flat = times.repeat(B)
+        cg = self._create_graph(flat, p) if create_graph is None else create_graph
+        _, Sv = self._storage(flat, p_rep, t_flat, True, cg)
+        _, Av = self._spatial(flat, p_rep, t_flat, True, cg)
+        tc = self._tensors(U.device, U.dtype)
+        P = Sv / dt + self.theta * Av
+        Q = Av
+        if self.dirichlet_dofs.size:
+            P = P * tc["dir_keep"] + tc["dir_diag"]
+            Q = Q * tc["dir_keep"] + tc["dir_diag"]
+        return BatchedCSR(self.pattern, P), BatchedCSR(self.pattern, Q)
+
 
 class PatchUnion(Problem):
     """The disjoint union of element patches of a parent :class:`Problem`.

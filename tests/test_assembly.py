@@ -277,3 +277,21 @@ def test_patch_union_rows_equal_parent_rows_where_the_star_is_complete():
         # no coupling between different patches' copies
         assert abs(Ju[loc]).sum() == pytest.approx(abs(Ju[loc][:, blk]).sum())
     assert not union.complete_rows.all()  # halo rows are partial
+
+
+def test_level_jacobians_equal_per_level_jacobians():
+    mesh = fe.MeshTri().refined(2).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
+                      storage=lambda u, v, w: (u + u**3) * v, theta=0.5, dirichlet={"left": 0.0},
+                      defaults={"f": 1.0})
+    U = torch.rand(2, 4, basis.N, dtype=F64, generator=torch.Generator().manual_seed(0))
+    dt = 0.1
+    P, Q = problem.level_jacobians(U, dt)
+    for b in range(2):
+        for level in range(4):
+            x = U[b, level]
+            _, Pl = problem.step_residual(x, x, dt, t_new=level * dt, jacobian=True)
+            Ql = problem.jacobian(x, t=level * dt)
+            torch.testing.assert_close(P.values[b * 4 + level], Pl.values[0])
+            torch.testing.assert_close(Q.values[b * 4 + level], Ql.values[0])
