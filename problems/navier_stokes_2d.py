@@ -73,13 +73,12 @@ import math
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import skfem as fe
 from scipy.spatial import cKDTree
 from scipy.special import ive
 
-from femoe.errors import MeshError
+from femoe.errors import MeshError, NonFiniteError
 from femoe.helpers import dot, grad
 from femoe.mesh import read_mesh
 from femoe.problem import Problem
@@ -279,8 +278,6 @@ class VorticitySolver:
                 w2 = 0.75 * omega + 0.25 * (w1 + dt * self.rhs(w1))
                 omega = omega / 3.0 + 2.0 / 3.0 * (w2 + dt * self.rhs(w2))
             if not np.all(np.isfinite(omega)):
-                from femoe.errors import NonFiniteError
-
                 raise NonFiniteError("navier_stokes_2d: the vorticity became non-finite; lower cfl")
             saved.append(self.assemble(omega))
         self.problem.last_reference_info = {"substeps": substeps, "dt": dt, "steps": substeps * p["n_steps"]}

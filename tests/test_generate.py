@@ -1,8 +1,6 @@
 """femoe generate: files, determinism, workers, resuming, and bad input."""
 
-import json
 import os
-from pathlib import Path
 
 import h5py
 import numpy as np
