@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s"
     )
+    if not args.debug:  # scikit-fem logs every assembly at INFO
+        logging.getLogger("skfem").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except FemoeError as exc:
