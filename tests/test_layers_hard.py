@@ -288,3 +288,16 @@ def test_coloured_curvature_equals_dense_hessian_in_w(case):
     H = Jw.transpose(1, 2) @ Jw + layer.model.curvature(basis_field(B, w.detach()), B, p, r.detach())
     assert (H - Jw.transpose(1, 2) @ Jw).abs().max() > 1e-3 * H.abs().max()  # the second-order term is there
     torch.testing.assert_close(H, H_dense, atol=1e-10 * H.abs().max(), rtol=1e-10)
+
+
+def test_float32_follows_the_input_with_a_float32_tolerance():
+    pb = quasilinear(2)
+    B = _basis(2, (pb.n, 4), seed=10).float().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u, info = HardConstraint(pb)(B, {"f": torch.tensor([3.0, 5.0])})
+    assert u.dtype == torch.float32 and info.all_converged
+    u64, _ = HardConstraint(pb)(B.detach().double(), {"f": torch.tensor([3.0, 5.0], dtype=F64)})
+    torch.testing.assert_close(u.double(), u64, atol=1e-3 * u64.abs().max(), rtol=0)
+    u.sum().backward()
+    assert B.grad.dtype == torch.float32 and torch.isfinite(B.grad).all()

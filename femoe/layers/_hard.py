@@ -53,7 +53,8 @@ class HardConstraint(nn.Module):
         Ridge weight (1e-4 as in the paper).
     tol, atol : float
         Converged when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||)``. The paper used
-        1e-4; in float64 the default 1e-10 makes the implicit gradient accurate.
+        1e-4; the default (``None``) is 1e-10 in float64, which makes the implicit gradient
+        accurate, and 1e-5 in float32.
     maxiter : int
         Most LM iterations (100 as in the paper).
     damping : float
@@ -72,7 +73,7 @@ class HardConstraint(nn.Module):
 
     def __init__(self, problem: Problem, *, rows: Any = None, dofs: Any = None, dt: float | None = None,
                  t0: float = 0.0, ic_rows: Any = None, ic_weight: str | float | torch.Tensor = "paper",
-                 t: float | None = None, rho: float = 1e-4, tol: float = 1e-10, atol: float = 0.0,
+                 t: float | None = None, rho: float = 1e-4, tol: float | None = None, atol: float = 0.0,
                  maxiter: int = 100, damping: float = 1e-6, hessian: str = "exact", hvp_chunk: int | None = None,
                  backward: str = "implicit", strict: bool = False):
         super().__init__()

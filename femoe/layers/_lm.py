@@ -93,10 +93,18 @@ class LeastSquaresInfo:
 
 @dataclass(frozen=True)
 class LMOptions:
-    """Levenberg-Marquardt settings (see :func:`least_squares_solve`)."""
+    """Levenberg-Marquardt settings (see :func:`least_squares_solve`).
+
+    ``tol=None`` means 1e-10 in float64 and 1e-5 in float32 (relative gradient norm).
+    """
+
+    def relative_tolerance(self, dtype: torch.dtype) -> float:
+        if self.tol is not None:
+            return float(self.tol)
+        return 1e-10 if dtype == torch.float64 else 1e-5
 
     rho: float = 1e-4
-    tol: float = 1e-10
+    tol: float | None = None
     atol: float = 0.0
     maxiter: int = 100
     damping: float = 1e-6
@@ -106,7 +114,7 @@ class LMOptions:
     def __post_init__(self):
         if not self.rho >= 0:
             raise ConfigError(f"rho must be >= 0; got {self.rho}")
-        if not (self.tol >= 0 and self.atol >= 0):
+        if not ((self.tol is None or self.tol >= 0) and self.atol >= 0):
             raise ConfigError(f"tol and atol must be >= 0; got {self.tol}, {self.atol}")
         if int(self.maxiter) < 1:
             raise ConfigError(f"maxiter must be a positive integer; got {self.maxiter}")
@@ -147,7 +155,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     r, J, f, g, A = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
     g0 = gnorm.detach().clone()
-    target = torch.clamp(o.tol * g0, min=o.atol)
+    target = torch.clamp(o.relative_tolerance(B.dtype) * g0, min=o.atol)
     mu = o.damping * torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
     nu = torch.full_like(mu, 2.0)
     iterations = torch.zeros(batch, dtype=torch.int64, device=B.device)
