@@ -264,22 +264,20 @@ class TrajectoryResidual(SteadyResidual):
     # With P_l = d step_residual / d u_new at level l (= S'/dt + theta A', identity on Dirichlet
     # rows) and Q_l = A'(u^l, t_l) (the steady Jacobian, identity on Dirichlet rows), the
     # coefficient of dU^{t-1} is Q_{t-1} - P_{t-1}: zero on Dirichlet rows, as it must be.
+    # Problem.level_jacobians evaluates P and Q of all levels in one batched call.
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         p, u0 = self._split(p)
         U = self._embed(u, 2)
         Bf = self._embed(B, 2)
         batch, T = U.shape[0], U.shape[1] - 1
-        pb = self.problem
-        PB, QB = [], []
-        for level in range(T + 1):
-            x, tl = U[:, level], self.t0 + level * self.dt
-            _, P = pb.step_residual(x, x, self.dt, p, t_new=tl, jacobian=True)
-            PB.append(jac_times(P, Bf[:, level]))
-            if level < T:
-                QB.append(jac_times(pb.jacobian(x, p, t=tl), Bf[:, level]))
-        rows_J = torch.stack([PB[t] + QB[t - 1] - PB[t - 1] for t in range(1, T + 1)], dim=1)
-        if rows_J.shape[0] != batch:
-            raise ShapeError(f"the parameters have batch {rows_J.shape[0]} but the basis has batch {batch}")
+        N = Bf.shape[-1]
+        P, Q = self.problem.level_jacobians(U, self.dt, p, t0=self.t0)
+        if P.batch_size != batch * (T + 1):
+            raise ShapeError(f"the parameters have batch {P.batch_size // (T + 1)} but the basis has batch {batch}")
+        Bflat = Bf.reshape(batch * (T + 1), self.n, N)
+        PB = jac_times(P, Bflat).reshape(batch, T + 1, self.n, N)
+        QB = jac_times(Q, Bflat).reshape(batch, T + 1, self.n, N)
+        rows_J = PB[:, 1:] + QB[:, :-1] - PB[:, :-1]
         R = self.problem.trajectory_residual(U[:, 1:], U[:, 0], self.dt, p, t0=self.t0).reshape(batch, T * self.n)
         c = self._weights(u0)
         ic = self._ic_rows((c * (U[:, 0] - u0)).expand(batch, -1))
