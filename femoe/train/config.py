@@ -38,6 +38,7 @@ lr = 1e-3
 lr_final = 1e-4
 seed = 0
 data_weight = 0.0                    # > 0: supervised term ||u - u_ref||^2 (the paper: 0)
+device = "cpu"                       # or "cuda"
 ```
 """
 
@@ -110,6 +111,7 @@ class TrainConfig:
     data_weight: float = 0.0
     max_steps_per_epoch: int = 0  # 0: all batches
     train_until: float | None = None  # time-dependent: train on levels with t <= train_until
+    device: str = "cpu"  # "cuda", "cuda:1", ...: network, residuals and solves run there
 
 
 @dataclass

@@ -47,12 +47,12 @@ class Method(nn.Module):
         t = self.task
         L = (levels or t.n_levels) if t.time_dependent else None
         if isinstance(self.net, DeepONet):
-            out = self.net(t.branch_input(inputs), t.points(L))
+            out = self.net(t.branch_input(inputs), t.points(L).to(inputs.device))
             shape = (inputs.shape[0], L, t.n, -1) if L else (inputs.shape[0], t.n, -1)
             return out.reshape(shape).double()
         a = inputs.float()
         if L:
-            times = torch.as_tensor(t.times[:L], dtype=torch.float32)
+            times = torch.as_tensor(t.times[:L], dtype=torch.float32, device=inputs.device)
             return self.net(a, times).double()
         return self.net(a).double()
 

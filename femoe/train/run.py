@@ -38,8 +38,9 @@ def evaluate(task, method, batch_size: int = 4, train_until: float | None = None
     if task.time_dependent and train_until is not None:
         n_levels_train = int(np.searchsorted(task.times, train_until, side="right"))
     for start in range(0, split.inputs.shape[0], batch_size):
-        inp = split.inputs[start:start + batch_size]
-        ref = split.solutions[start:start + batch_size].double()
+        dev = next(method.parameters()).device
+        inp = split.inputs[start:start + batch_size].to(dev)
+        ref = split.solutions[start:start + batch_size].double().to(dev)
         t0 = time.perf_counter()
         u, info = method(inp)
         times.append(time.perf_counter() - t0)
@@ -65,7 +66,7 @@ def evaluate(task, method, batch_size: int = 4, train_until: float | None = None
         e = torch.cat(extrap)
         out["rel_l2_after_train_until_mean"] = float(e.mean())
         out["rel_l2_after_train_until_std"] = float(e.std()) if e.numel() > 1 else 0.0
-    out["_predictions"] = torch.cat(preds)[:2].numpy()
+    out["_predictions"] = torch.cat(preds)[:2].cpu().numpy()
     return out
 
 
@@ -100,6 +101,7 @@ def train_and_evaluate(cfg_dict: dict, method_name: str, resume: bool = False, p
 
 def _child(q, cfg_dict, method, resume, progress):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("skfem").setLevel(logging.WARNING)
     try:
         q.put(("ok", train_and_evaluate(cfg_dict, method, resume, progress)))
     except KeyboardInterrupt:

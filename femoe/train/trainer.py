@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from femoe.errors import CheckpointError
+from femoe.errors import CheckpointError, ConfigError
 from femoe.train.config import Config
 from femoe.train.methods import Method, build_method
 from femoe.train.task import Task, check_checkpoint_problem
@@ -41,6 +41,13 @@ def loss_of(task: Task, method: Method, inputs: torch.Tensor, solutions: torch.T
     return loss, torch.sqrt(r.detach().square().mean()), info
 
 
+def _device(name: str) -> torch.device:
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use 'cpu'")
+    return dev
+
+
 class Trainer:
     """Trains one method of a run; writes ``<run_dir>/<method>/`` (checkpoint, log.jsonl)."""
 
@@ -48,7 +55,8 @@ class Trainer:
         self.cfg = cfg
         self.task = task or Task(cfg)
         seed_everything(cfg.train.seed)
-        self.method = build_method(method_name, self.task)
+        self.device = _device(cfg.train.device)
+        self.method = build_method(method_name, self.task).to(self.device)
         self.dir = cfg.run_dir / method_name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.opt = torch.optim.Adam(self.method.parameters(), lr=cfg.train.lr)
@@ -103,7 +111,7 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         try:
-            st = torch.load(self.checkpoint_path, weights_only=False)
+            st = torch.load(self.checkpoint_path, weights_only=False, map_location="cpu")
         except Exception as exc:
             raise CheckpointError(f"{self.checkpoint_path}: cannot read the checkpoint ({exc}); delete it to start "
                                   "afresh") from exc
@@ -141,8 +149,8 @@ class Trainer:
                 order = self._order(self.epoch)
                 for b in range(self.steps_per_epoch):
                     idx = torch.as_tensor(order[b * tc.batch_size:(b + 1) * tc.batch_size])
-                    inputs = task.train.inputs[idx]
-                    sols = task.train.solutions[idx]
+                    inputs = task.train.inputs[idx].to(self.device)
+                    sols = task.train.solutions[idx].to(self.device)
                     t0 = time.perf_counter()
                     self.opt.zero_grad(set_to_none=True)
                     loss, res, info = loss_of(task, self.method, inputs, sols, self.levels)
