@@ -24,7 +24,7 @@ from torch import nn
 
 from femoe.errors import ConfigError, ConvergenceError, ConvergenceWarning, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
-from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field
+from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field, jac_times
 from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite
 from femoe.partition import ExpertPartition, partition_experts
 from femoe.problem import PatchUnion, Problem
@@ -141,6 +141,23 @@ class _ExpertGroup:
         idx, mask = self._rows_cache[key]
         return idx.to(device), mask.to(device)
 
+    def fold(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Inverse of :meth:`unfold`: union ``(batch, ..., n_union, ...)`` -> folded
+        ``(batch K, ..., nl_max, ...)`` (zeros in the padding)."""
+        shape = list(x.shape)
+        shape[axis] = self.K * self.nl_max
+        out = x.new_zeros(shape).index_copy(axis, self.flat.to(x.device), x)
+        out = out.reshape(*shape[:axis], self.K, self.nl_max, *shape[axis + 1:]).movedim(axis, 1)
+        return out.reshape(-1, *out.shape[2:])
+
+    def unfold_rows(self, r: torch.Tensor, T: int | None, n_rows: int) -> torch.Tensor:
+        """Inverse of :meth:`fold_rows` for ``(batch K, m_max)``: union rows ``(batch, n_rows)``
+        (zero on rows no expert enforces)."""
+        idx, mask = self.row_index(T, r.device)
+        r = r.reshape(-1, self.K * idx.shape[1])
+        sel = mask.reshape(-1)
+        return r.new_zeros(r.shape[0], n_rows).index_copy(1, idx.reshape(-1)[sel], r[:, sel])
+
     def fold_rows(self, r: torch.Tensor, T: int | None) -> torch.Tensor:
         """Union residual rows ``(batch, M[, N])`` -> per expert ``(batch K, m_max[, N])``."""
         idx, mask = self.row_index(T, r.device)
@@ -184,6 +201,25 @@ class _FoldedModel:
         r, J = self.g.model.linearize(self.g.unfold(u, axis), self.g.unfold(B, axis), self._p(p))
         T = self._T(u)
         return self.g.fold_rows(r, T), self.g.fold_rows(J, T)
+
+    def prepare_curvature(self) -> None:
+        self.g.model.prepare_curvature()
+
+    def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:
+        """Per expert ``B_k^T H_k B_k``: one Hessian of the union (block diagonal by expert),
+        contracted with each expert's own basis."""
+        g, T = self.g, self._T(u)
+        axis = 2 if self.time_dependent else 1
+        n_rows = (T + 1) * g.union.n if self.time_dependent else g.union.n
+        H = g.model.hessian_matrix(g.unfold(u, axis), self._p(p), g.unfold_rows(rbar, T, n_rows))
+        N = B.shape[-1]
+        if H is None:
+            return B.new_zeros(B.shape[0], N, N)
+        Bu = g.unfold(B.detach(), axis)  # (batch, [L,] n_union, N)
+        HB = jac_times(H, Bu.reshape(-1, g.union.n, N)).reshape(Bu.shape)
+        Bk, HBk = g.fold(Bu, axis), g.fold(HB, axis)  # (batch K, [L,] nl_max, N)
+        S = Bk.reshape(Bk.shape[0], -1, N).transpose(1, 2) @ HBk.reshape(Bk.shape[0], -1, N)
+        return S
 
 
 class HardConstraintMoE(nn.Module):
@@ -254,6 +290,10 @@ class HardConstraintMoE(nn.Module):
                 raise ConfigError(f"{len(self.devices)} devices but only {K} experts")
             chunks = np.array_split(ids, len(self.devices))
         self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight) for c in chunks]
+        self._models = [_FoldedModel(g) for g in self.groups]
+        if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
+            for m in self._models:
+                m.prepare_curvature()
         iface = np.zeros(problem.n, dtype=bool)
         iface[self.partition.interface] = True
         iface[problem.dirichlet_dofs] = False
@@ -295,11 +335,11 @@ class HardConstraintMoE(nn.Module):
         u_out = B.new_zeros(B.shape[:-1])
         conv, its, rn = [], [], []
         folded_fields = []
-        for group, device in zip(self.groups, self.devices):
+        for group, model, device in zip(self.groups, self._models, self.devices):
             dev = home if device is None else torch.device(device)
             Bg = group.gather_basis(B.to(dev))
             pg = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
-            w, info = least_squares_solve(_FoldedModel(group), Bg, pg, self.options, self.backward_mode)
+            w, info = least_squares_solve(model, Bg, pg, self.options, self.backward_mode)
             u_fold = basis_field(Bg, w)  # (batch K, [T+1,] nl_max)
             glob, vals = group.owned_values(u_fold)
             u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))

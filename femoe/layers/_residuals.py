@@ -128,9 +128,9 @@ class SteadyResidual:
         """Compute the column colouring :meth:`curvature` needs (once; cached on the pattern)."""
         distance2_colouring(self.problem.pattern)
 
-    def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:
-        """``B^T [d2/du2 (rbar . r(u))] B``, shape ``(batch, N, N)``: the second-order term of the
-        Hessian of ``1/2 ||r(B w)||^2`` at ``u = B w`` when ``rbar = r(u)``.
+    def hessian_matrix(self, u: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> BatchedCSR | None:
+        """``d2/du2 (rbar . r(u))`` on the Jacobian's pattern, one matrix per sample (and level),
+        or ``None`` when the residual is linear in ``u``.
 
         The ``n x n`` Hessian of ``rbar . r`` has the Jacobian's sparsity pattern (weak forms
         couple DOFs of one element only), so it is recovered from one Hessian-vector product per
@@ -148,17 +148,26 @@ class SteadyResidual:
             phi = (self._full_residual(x, p) * rbar.detach()).sum()
             (gx,) = torch.autograd.grad(phi, x, create_graph=True)
             if not gx.requires_grad:  # residual linear in u: no second-order term
-                return B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1])
+                return None
             V = torch.nn.functional.one_hot(colours, n_colours).T.to(x.dtype)  # (colours, n)
             V = V.reshape((n_colours,) + (1,) * (x.dim() - 1) + (self.n,)).expand(n_colours, *x.shape)
             (HV,) = torch.autograd.grad(gx, x, V, is_grads_batched=True, allow_unused=True)
         if HV is None:
-            return B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1])
+            return None
         HV = HV.reshape(n_colours, -1, self.n)  # (colours, batch * levels, n)
         vals = HV[colours[cols], :, rows].T  # (batch * levels, nnz)
+        return BatchedCSR(pattern, vals.contiguous())
+
+    def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:
+        """``B^T [d2/du2 (rbar . r(u))] B``, shape ``(batch, N, N)``: the second-order term of the
+        Hessian of ``1/2 ||r(B w)||^2`` at ``u = B w`` when ``rbar = r(u)`` (see
+        :meth:`hessian_matrix`)."""
+        H = self.hessian_matrix(u, p, rbar)
+        if H is None:
+            return B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1])
         Bf = self._embed(B, B.dim() - 2).detach()
         Bf = Bf.reshape(-1, self.n, B.shape[-1])
-        HB = jac_times(BatchedCSR(pattern, vals.contiguous()), Bf)
+        HB = jac_times(H, Bf)
         S = Bf.transpose(1, 2) @ HB
         return S.reshape(B.shape[0], -1, B.shape[-1], B.shape[-1]).sum(1)
 
