@@ -136,6 +136,15 @@ class ProblemSpec(ABC):
         steady problems."""
 
     # ------------------------------------------------------------------ helpers
+    def initial_state(self, problem: Problem, inputs: np.ndarray) -> np.ndarray:
+        """Full initial DOF vectors ``(samples, n)`` of time-dependent problems from their inputs
+        (the inputs themselves unless a problem's inputs are only part of the state)."""
+        inputs = np.atleast_2d(inputs)
+        if inputs.shape[1] != problem.n:
+            raise ParameterError(f"problem {self.name!r}: inputs of {inputs.shape[1]} values are not initial "
+                                 f"states of {problem.n} DOFs")
+        return inputs
+
     def points(self, problem: Problem) -> np.ndarray:
         """DOF coordinates ``(n, dim)`` of the solution vector."""
         return np.ascontiguousarray(problem.doflocs.T)

@@ -201,6 +201,16 @@ class NavierStokes2D(ProblemSpec):
     def reference(self, problem: Problem, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return VorticitySolver(problem).run(np.asarray(sample, dtype=float))
 
+    def initial_state(self, problem: Problem, inputs: np.ndarray) -> np.ndarray:
+        """(omega, psi) DOF vectors from initial vorticities: the mean removed and psi solved, as
+        the reference does at t = 0."""
+        solver = VorticitySolver(problem)
+        out = []
+        for omega in np.atleast_2d(inputs):
+            omega = np.asarray(omega, dtype=float) - (solver.ones_M @ omega) / solver.ones_M.sum()
+            out.append(solver.assemble(omega))
+        return np.stack(out)
+
     # ------------------------------------------------------------------ output
     def points(self, problem: Problem) -> np.ndarray:
         return np.ascontiguousarray(problem.doflocs.T)

@@ -85,7 +85,7 @@ def predict_file(checkpoint, inputs: np.ndarray, out: str | Path) -> list[Path]:
     mesh = task.spec.output_mesh(task.problem)
     for i in range(u.shape[0]):
         p = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        fields = {"u": task.spec.output_fields(task.problem, u[i])["u"]}
+        fields = task.spec.output_fields(task.problem, u[i])
         if task.time_dependent:
             p = p.with_suffix(".xdmf")
             write_fields(p, mesh, fields, times=task.times)

@@ -75,8 +75,9 @@ def plots(task, cfg, results: dict, preds: dict) -> None:
             ax.set_ylabel("x")
         else:
             g = f[-1] if task.time_dependent else f
-            mesh = task.problem.mesh
-            im = ax.tripcolor(mesh.p[0], mesh.p[1], mesh.t[:3].T, g[: mesh.nvertices], shading="gouraud")
+            mesh = task.spec.output_mesh(task.problem)
+            vals = next(iter(task.spec.output_fields(task.problem, g).values()))
+            im = ax.tripcolor(mesh.p[0], mesh.p[1], mesh.t[:3].T, vals[: mesh.nvertices], shading="gouraud")
             ax.set_aspect("equal")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -90,9 +91,9 @@ def write_predictions(task, cfg, preds: dict) -> Path:
 
     mesh = task.spec.output_mesh(task.problem)
     ref = task.test.solutions[0].numpy()
-    fields = {"reference": task.spec.output_fields(task.problem, ref)["u"]}
+    fields = {f"reference_{k}": v for k, v in task.spec.output_fields(task.problem, ref).items()}
     for m, p in preds.items():
-        fields[m] = task.spec.output_fields(task.problem, p[0])["u"]
+        fields.update({f"{m}_{k}": v for k, v in task.spec.output_fields(task.problem, p[0]).items()})
     if task.time_dependent:
         path = cfg.run_dir / "predictions.xdmf"
         write_fields(path, mesh, fields, times=task.times)

@@ -28,6 +28,16 @@ def mesh_fingerprint(problem) -> str:
     return h.hexdigest()[:16]
 
 
+def _first_field_mass(basis, n_fields: int):
+    """Mass matrix of the (first) field: errors of mixed problems are measured on it (the
+    vorticity of Navier-Stokes, as in the paper)."""
+    if n_fields == 1:
+        return fe.BilinearForm(lambda u, v, w: u * v).assemble(basis)
+    if n_fields == 2:
+        return fe.BilinearForm(lambda u, p, v, q, w: u * v).assemble(basis)
+    raise ConfigError("metrics support one- and two-field spaces")
+
+
 @dataclass
 class Split:
     inputs: torch.Tensor  # (S, m) the input function (initial condition or coefficient field)
@@ -54,9 +64,7 @@ class Task:
         self.input_param = getattr(self.spec, "input_param", "kappa")
         self.fingerprint = mesh_fingerprint(self.problem)
         basis = self.problem.basis
-        M = fe.BilinearForm(lambda u, v, w: u * v).assemble(basis) if len(self.problem._tb.layouts) == 1 else \
-            sp.identity(self.n, format="csr")
-        self.mass = sp.csr_matrix(M)
+        self.mass = sp.csr_matrix(_first_field_mass(basis, len(self.problem._tb.layouts)))
         lumped = np.asarray(self.mass.sum(axis=1)).ravel()
         row_scale = 1.0 / np.where(lumped > 0, lumped, 1.0)
         row_scale[self.problem.dirichlet_dofs] = 1.0
@@ -131,10 +139,10 @@ class Task:
         """(params, u0) for the constraint layers from a batch of inputs."""
         x = inputs.double()
         if self.time_dependent:
-            if x.shape[1] != self.n:
-                raise ConfigError(f"problem {self.spec.name!r}: its inputs ({x.shape[1]} values) are not full initial "
-                                  f"states ({self.n} DOFs); the trainer supports initial conditions given on all DOFs")
-            return {}, x
+            if x.shape[1] == self.n:
+                return {}, x
+            u0 = self.spec.initial_state(self.problem, x.detach().cpu().numpy())
+            return {}, torch.as_tensor(u0, dtype=x.dtype, device=x.device)
         return {self.input_param: x}, None
 
     # ------------------------------------------------------------------ metrics
