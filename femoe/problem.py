@@ -31,7 +31,7 @@ from skfem import BilinearForm, FacetBasis, LinearForm, asm
 from femoe.assembly.fields import Field, FormParams
 from femoe.assembly.form import check_linear_in_test, local_residual, local_residual_and_jacobian
 from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
-from femoe.errors import NonFiniteError, ProblemError, ShapeError
+from femoe.errors import ProblemError, ShapeError
 from femoe.sparse import BatchedCSR, CSRPattern
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ Each case solves on three meshes, h halving, and checks the last observed rate w
 """
 
 import numpy as np
-import pytest
 import skfem as fe
 import torch
 from skfem.helpers import dot as sk_dot

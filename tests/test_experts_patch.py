@@ -1,6 +1,5 @@
 """Patch mode: interior rows solved, interface rows carry the residual, exact gradients."""
 
-import numpy as np
 import pytest
 import skfem as fe
 import torch

@@ -1,6 +1,5 @@
 """Reference networks: shapes, mesh-agnostic evaluation, gradient flow, input validation."""
 
-import numpy as np
 import pytest
 import skfem as fe
 import torch

@@ -42,5 +42,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = config_from_dict(d)
         cfg.name = name
     summary = run(cfg, resume=args.resume, progress=not args.no_progress, isolate=not args.in_process)
+    print(summary["table"])
+    for method, error in summary["errors"].items():
+        print(f"femoe: method {method} failed: {error.splitlines()[0]}")
     print(f"results in {cfg.run_dir}/ (metrics.json, comparison.png, training.png, sample.png)")
     return 1 if summary["errors"] else 0

@@ -14,7 +14,6 @@ residual that remains on interface rows.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from femoe.errors import ConfigError, ConvergenceError, ConvergenceWarning, ProblemError, ShapeError
+from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
 from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field, jac_times
-from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite
+from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, report_unconverged
 from femoe.partition import ExpertPartition, partition_experts
 from femoe.problem import PatchUnion, Problem
 
@@ -392,9 +391,4 @@ class HardConstraintMoE(nn.Module):
         msg = (f"HardConstraintMoE on {self.problem.name!r}: Levenberg-Marquardt did not converge for "
                f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} in {self.options.maxiter} "
                "iterations; raise maxiter, loosen tol, or check the basis")
-        if self.strict:
-            raise ConvergenceError(msg, info=info)
-        log.info(msg)
-        if not self._warned:
-            self._warned = True
-            warnings.warn(msg + " (warned once per layer; see info.converged)", ConvergenceWarning, stacklevel=3)
+        report_unconverged(self, msg, info)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from femoe.errors import ConvergenceError, ConvergenceWarning, ProblemError, ShapeError
+from femoe.errors import ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
 from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field
-from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite
+from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, report_unconverged
 from femoe.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -190,9 +189,4 @@ class HardConstraint(nn.Module):
                f"{failed} in {self.options.maxiter} iterations (relative gradient norms "
                f"{(info.gradient_norms / info.initial_gradient_norms.clamp_min(1e-300))[~info.converged].tolist()}); "
                "raise maxiter, loosen tol, or check the basis (rank, scaling)")
-        if self.strict:
-            raise ConvergenceError(msg, info=info)
-        log.info(msg)
-        if not self._warned:
-            self._warned = True
-            warnings.warn(msg + " (warned once per layer; see info.converged)", ConvergenceWarning, stacklevel=3)
+        report_unconverged(self, msg, info)

@@ -78,3 +78,19 @@ def as_index(name: str, idx: Any, size: int, device: torch.device | str = "cpu")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
         raise ShapeError(f"{name} must index into range({size}); got values in [{int(t.min())}, {int(t.max())}]")
     return t
+
+
+def report_unconverged(layer: Any, message: str, info: Any) -> None:
+    """The convergence policy of the constraint layers: raise :class:`ConvergenceError` when
+    ``layer.strict``, else log every time and warn once per layer (``layer._warned``)."""
+    import logging
+    import warnings
+
+    from femoe.errors import ConvergenceError, ConvergenceWarning
+
+    if layer.strict:
+        raise ConvergenceError(message, info=info)
+    logging.getLogger(type(layer).__module__).info(message)
+    if not layer._warned:
+        layer._warned = True
+        warnings.warn(message + " (warned once per layer; see info.converged)", ConvergenceWarning, stacklevel=4)

@@ -7,6 +7,8 @@ batch, and restores the caller's shape on the way out.
 
 from __future__ import annotations
 
+import abc
+
 import logging
 import warnings
 from dataclasses import dataclass
@@ -107,7 +109,7 @@ def check_matrix(A: Any, argument: str = "A") -> BatchedCSR:
     return A
 
 
-class LinearSolver:
+class LinearSolver(abc.ABC):
     """Base class: set up (factorise, build a preconditioner) once, then solve many times.
 
     Subclasses set :attr:`name`, list their keyword options in :attr:`options`, do the setup in
@@ -189,9 +191,9 @@ class LinearSolver:
             warnings.warn(message, ConvergenceWarning, stacklevel=2)
         return (x.squeeze(-1) if squeeze else x), info
 
+    @abc.abstractmethod
     def _solve(self, b: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Solve for ``(B, n, k)`` right-hand sides; return ``x``, iterations and converged flags (B,)."""
-        raise NotImplementedError
 
     # -- helpers shared by the solvers -------------------------------------------------------
     def _check_rhs(self, b: Any) -> tuple[torch.Tensor, bool]:

@@ -13,7 +13,6 @@ import logging
 import multiprocessing as mp
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,7 +149,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True, isolate: bo
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     from femoe.train.report import plots, table, write_predictions
 
-    print(table(results))
+    summary["table"] = table(results)
     try:
         plots(task, cfg, results, preds)
         write_predictions(task, cfg, preds)
