@@ -204,6 +204,36 @@ class Problem:
         """DOF coordinates ``(dim, n)``."""
         return np.asarray(self.basis.doflocs)
 
+    @property
+    def mass_diagonal(self) -> np.ndarray:
+        """``M_ii = int sum_c phi_ic^2 dx``, the diagonal of the (all-field) mass matrix (cached).
+
+        Weak-form rows scale like ``M_ii`` (like ``h^d``); dividing by it turns them into
+        pointwise, mesh-independent residuals (see :meth:`row_scale`). Unlike the lumped mass it
+        is positive for every Lagrange element (P2 vertex functions integrate to zero).
+        """
+        if "_mass_diag" not in self.__dict__:
+            tb = self._tb
+            if isinstance(tb, TorchBasisView):  # patches: the parent's jets of the chosen cells
+                phi, dx = tb.parent._phi[:, :, tb.cells], np.asarray(tb.basis.dx)[tb.cells]
+            else:
+                phi, dx = tb._phi, np.asarray(tb.basis.dx)
+            values = np.concatenate([np.arange(lay.offset, lay.offset + lay.n_value) for lay in tb.layouts])
+            local = np.einsum("cieq,eq->ie", phi[values] ** 2, dx)
+            diag = np.zeros(self.n)
+            np.add.at(diag, tb.element_dofs.reshape(-1), local.reshape(-1))
+            self.__dict__["_mass_diag"] = diag
+        return self.__dict__["_mass_diag"]
+
+    def row_scale(self) -> np.ndarray:
+        """Row weights ``1 / M_ii`` (1 on Dirichlet rows): ``R_i / M_ii`` approximates the strong
+        residual at DOF ``i`` independently of the element size, which is what a ridge or a
+        loss weight can be compared with."""
+        d = self.mass_diagonal
+        s = 1.0 / np.where(d > 0, d, 1.0)
+        s[self.dirichlet_dofs] = 1.0
+        return s
+
     def _boundary(self, tag: str) -> np.ndarray:
         bnd = getattr(self.mesh, "boundaries", None) or {}
         if tag not in bnd:

@@ -12,6 +12,7 @@ from femoe.errors import ConfigError, ConvergenceError, ConvergenceWarning, NonF
 from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint, nonlinear_solve
 from femoe.problem import Problem
+from skfem.helpers import dot as sk_dot
 
 F64 = torch.float64
 BC = {"left": 0.0, "right": "g", "top": 0.0, "bottom": 0.0}
@@ -164,9 +165,9 @@ def test_rows_and_local_dofs_select_what_is_enforced():
     u_all, _ = HardConstraint(pb)(B, {"f": f})
     u_free, _ = HardConstraint(pb, rows=free)(B, {"f": f})
     assert not torch.allclose(u_all, u_free)
-    R = pb.residual(u_free, {"f": f})
     # the enforced rows are near-stationary: the free-row gradient J_w^T r + rho w vanishes
     layer = HardConstraint(pb, rows=free)
+    R = layer.model.residual(u_free, {"f": f})  # the weighted rows the layer minimises
     w = torch.linalg.lstsq(B, u_free.unsqueeze(-1)).solution.squeeze(-1)
     assert _grad_w_norm(layer, B, {"f": f}, w).item() < 1e-9 * R.norm()
     # a basis on a subset of DOFs (zero elsewhere) equals the embedded full basis
@@ -178,16 +179,25 @@ def test_rows_and_local_dofs_select_what_is_enforced():
     torch.testing.assert_close(u_loc, u_emb[:, dofs], atol=1e-12, rtol=0)
 
 
-def test_time_dependent_recovers_trajectory_in_span():
+@pytest.mark.parametrize("linear", [True, False])
+def test_time_dependent_recovers_trajectory_in_span(linear):
     from femoe.layers import solve_trajectory
 
-    pb = heat()
+    if linear:
+        mesh = fe.MeshLine().refined(2).with_boundaries({"left": lambda x: x[0] == 0})
+        pb = Problem(fe.Basis(mesh, fe.ElementLineP1()), lambda u, v, w: w.D * dot(grad(u), grad(v)) - v,
+                     storage="mass", theta=0.5, dirichlet={"left": 0.0}, defaults={"D": 0.2})
+    else:
+        pb = heat()
     x = torch.as_tensor(pb.doflocs[0])
     u0 = 1.0 + x * (2 - x)
     U, _ = solve_trajectory(pb, u0, 0.1, 3, atol=1e-13, rtol=0)  # (4, n), level 0 = u0
     B = _basis(1, (4, pb.n, 3), seed=6)
     B[0, :, :, 1] = U
-    u, info = HardConstraint(pb, dt=0.1, rho=0.0, tol=1e-13)(B, None, u0)
+    # nonlinear least squares has local minima: from w = 0, LM on the unweighted rows reaches the
+    # one in the span for this problem; linear problems have a single minimum whatever the weights
+    layer = HardConstraint(pb, dt=0.1, rho=0.0, tol=1e-13, row_scale="mass" if linear else None)
+    u, info = layer(B, None, u0)
     assert info.all_converged
     torch.testing.assert_close(u[0], U, atol=1e-9, rtol=0)
 
@@ -301,3 +311,34 @@ def test_float32_follows_the_input_with_a_float32_tolerance():
     torch.testing.assert_close(u.double(), u64, atol=1e-3 * u64.abs().max(), rtol=0)
     u.sum().backward()
     assert B.grad.dtype == torch.float32 and torch.isfinite(B.grad).all()
+
+
+def test_mass_row_scale_keeps_the_ridge_small_on_fine_meshes():
+    # weak-form rows scale like h^d: on a fine mesh the ridge rho ||w||^2 swamps the raw rows
+    # and pulls u towards 0; rows divided by M_ii are pointwise residuals and keep the solution
+    from femoe.reference import solve
+
+    mesh = fe.MeshTri().refined(5).with_defaults()
+    pb = Problem(fe.Basis(mesh, fe.ElementTriP1()), lambda u, v, w: dot(grad(u), grad(v)) - v,
+                 dirichlet={k: 0.0 for k in mesh.boundaries})
+    u_ref = torch.as_tensor(solve(pb)[0])
+    B = _basis(1, (pb.n, 4), seed=11)
+    B[0, :, 0] = u_ref
+    err = {}
+    for rs in ("mass", None):
+        u, _ = HardConstraint(pb, row_scale=rs)(B)
+        err[rs] = float((u[0] - u_ref).norm() / u_ref.norm())
+    assert err["mass"] < 1e-6 and err[None] > 0.05, err
+    explicit, _ = HardConstraint(pb, row_scale=pb.row_scale())(B)
+    torch.testing.assert_close(explicit, HardConstraint(pb)(B)[0])
+
+
+def test_mass_diagonal_matches_scikit_fem():
+    for elem in (fe.ElementTriP1(), fe.ElementTriP2(), fe.ElementVector(fe.ElementTriP1())):
+        basis = fe.Basis(fe.MeshTri().refined(2).with_defaults(), elem)
+        pb = Problem(basis, lambda u, v, w: dot(u, v) if u.value.dim() > 4 else u * v, dirichlet={"left": 0.0})
+        M = fe.BilinearForm(lambda u, v, w: sk_dot(u, v) if u.ndim > 2 else u * v).assemble(basis)
+        np.testing.assert_allclose(pb.mass_diagonal, M.diagonal(), rtol=1e-12, atol=1e-15)
+        s = pb.row_scale()
+        assert np.all(s[pb.dirichlet_dofs] == 1.0)
+        np.testing.assert_allclose(s[pb.free_dofs], 1 / M.diagonal()[pb.free_dofs])

@@ -63,7 +63,8 @@ class MoEInfo:
 class _ExpertGroup:
     """A group of experts folded into one batched least-squares problem (on one device)."""
 
-    def __init__(self, problem: Problem, part: ExpertPartition, experts: Sequence[int], dt, t0, ic_weight):
+    def __init__(self, problem: Problem, part: ExpertPartition, experts: Sequence[int], dt, t0, ic_weight,
+                 row_scale: Any = "mass"):
         self.problem = problem
         self.experts = np.asarray(experts, dtype=np.int64)
         ed = problem.basis.element_dofs
@@ -96,10 +97,12 @@ class _ExpertGroup:
         self.rows_union = [np.searchsorted(d, r) + o for d, r, o in zip(u.local_dofs, self.rows_global, u.offsets)]
         self.own_pos = [np.searchsorted(d, r) for d, r in zip(u.local_dofs, self.rows_global)]
         self.time_dependent = problem.is_time_dependent
+        if row_scale is not None and not isinstance(row_scale, str):
+            row_scale = np.asarray(row_scale)[u.union_to_global]  # given on the parent's DOFs
         if self.time_dependent:
-            self.model = TrajectoryResidual(u, dt, t0, ic_weight=ic_weight)
+            self.model = TrajectoryResidual(u, dt, t0, ic_weight=ic_weight, row_scale=row_scale)
         else:
-            self.model = SteadyResidual(u)
+            self.model = SteadyResidual(u, row_scale=row_scale)
         self._rows_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---------------------------------------------------------------- folding
@@ -239,7 +242,7 @@ class HardConstraintMoE(nn.Module):
     distributed : bool
         Under ``torch.distributed``: this rank solves only its share of the experts and the
         stitched field is summed over ranks (see :mod:`femoe.experts.distributed`).
-    dt, t0, ic_weight, rho, tol, atol, maxiter, damping, hessian, backward, strict
+    dt, t0, ic_weight, rho, tol, atol, maxiter, damping, hessian, backward, strict, row_scale
         As for :class:`~femoe.layers.HardConstraint`.
     report : bool
         Compute the interface jump and interface/interior residuals for the info record.
@@ -249,7 +252,8 @@ class HardConstraintMoE(nn.Module):
                  seed: int = 0, devices: Sequence[Any] | None = None, distributed: bool = False,
                  dt: float | None = None, t0: float = 0.0, ic_weight: Any = "paper", rho: float = 1e-4,
                  tol: float = 1e-10, atol: float = 0.0, maxiter: int = 100, damping: float = 1e-6,
-                 hessian: str = "exact", backward: str = "implicit", strict: bool = False, report: bool = True):
+                 hessian: str = "exact", backward: str = "implicit", strict: bool = False, report: bool = True,
+                 row_scale: Any = "mass"):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
@@ -288,7 +292,7 @@ class HardConstraintMoE(nn.Module):
             if len(self.devices) > K:
                 raise ConfigError(f"{len(self.devices)} devices but only {K} experts")
             chunks = np.array_split(ids, len(self.devices))
-        self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight) for c in chunks]
+        self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight, row_scale) for c in chunks]
         self._models = [_FoldedModel(g) for g in self.groups]
         if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
             for m in self._models:

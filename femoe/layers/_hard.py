@@ -64,6 +64,10 @@ class HardConstraint(nn.Module):
         Hessian-vector products per batched backward pass (bounds memory for large ``N``).
     backward : ``"implicit"`` or ``"unrolled"``
         See :class:`~femoe.layers.Backward`.
+    row_scale : ``"mass"``, None or array
+        Weights of the PDE rows in the objective. ``"mass"`` (default) divides row ``i`` by the
+        mass-matrix diagonal ``M_ii``, making rows pointwise residuals: without it weak-form rows
+        scale like ``h^d`` and the ridge ``rho`` would outweigh them on fine meshes.
     strict : bool
         Raise :class:`~femoe.errors.ConvergenceError` when a sample does not converge; by default
         it is flagged in the info record and a :class:`~femoe.errors.ConvergenceWarning` is
@@ -74,7 +78,7 @@ class HardConstraint(nn.Module):
                  t0: float = 0.0, ic_rows: Any = None, ic_weight: str | float | torch.Tensor = "paper",
                  t: float | None = None, rho: float = 1e-4, tol: float | None = None, atol: float = 0.0,
                  maxiter: int = 100, damping: float = 1e-6, hessian: str = "exact", hvp_chunk: int | None = None,
-                 backward: str = "implicit", strict: bool = False):
+                 backward: str = "implicit", strict: bool = False, row_scale: Any = "mass"):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
@@ -84,11 +88,11 @@ class HardConstraint(nn.Module):
             if dt is None:
                 raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
             self.model = TrajectoryResidual(problem, dt, t0, rows=rows, ic_rows=ic_rows, dofs=dofs,
-                                            ic_weight=ic_weight)
+                                            ic_weight=ic_weight, row_scale=row_scale)
         else:
             if dt is not None or ic_rows is not None:
                 raise ProblemError(f"problem {problem.name!r} is steady: dt and ic_rows do not apply")
-            self.model = SteadyResidual(problem, rows=rows, dofs=dofs, t=t)
+            self.model = SteadyResidual(problem, rows=rows, dofs=dofs, t=t, row_scale=row_scale)
         self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian,
                                  hvp_chunk=hvp_chunk)
         self.backward_mode = Backward.parse(backward, "backward")

@@ -77,6 +77,21 @@ def distance2_colouring(pattern: CSRPattern) -> np.ndarray:
     return cache["colouring"]
 
 
+def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | None:
+    """Weights of the PDE rows: ``"mass"`` (``1 / M_ii``, see :meth:`Problem.row_scale`), ``None``
+    (the raw weak-form rows) or an array of ``n`` weights."""
+    if row_scale is None:
+        return None
+    if isinstance(row_scale, str):
+        if row_scale != "mass":
+            raise ProblemError(f"row_scale must be 'mass', None or an array of {problem.n} weights; got {row_scale!r}")
+        return torch.as_tensor(problem.row_scale())
+    s = torch.as_tensor(row_scale, dtype=torch.float64)
+    if s.shape != (problem.n,):
+        raise ShapeError(f"row_scale must have shape ({problem.n},); got {tuple(s.shape)}")
+    return s
+
+
 class SteadyResidual:
     """Rows ``rows`` of the steady residual ``R(u; p)`` for a field given on DOFs ``dofs``.
 
@@ -91,13 +106,19 @@ class SteadyResidual:
         depend on these DOFs only.
     t : float, optional
         Time passed to the forms.
+    row_scale : ``"mass"``, None or array
+        Weights of the rows: ``"mass"`` divides row ``i`` by ``M_ii`` (Dirichlet rows keep 1), so
+        rows are pointwise residuals independent of the element size and the ridge ``rho`` means
+        the same on every mesh (the paper's residuals are pointwise, at collocation points).
     """
 
     time_dependent = False
 
-    def __init__(self, problem: Problem, rows: Any = None, dofs: Any = None, t: float | None = None):
+    def __init__(self, problem: Problem, rows: Any = None, dofs: Any = None, t: float | None = None,
+                 row_scale: Any = "mass"):
         self.problem = problem
         self.n = problem.n
+        self.scale = _row_scale(problem, row_scale)
         self.rows = as_index("rows", rows, self.n)
         self.dofs = as_index("dofs", dofs, self.n)
         self.n_local = self.n if self.dofs is None else int(self.dofs.numel())
@@ -112,6 +133,11 @@ class SteadyResidual:
         return x.new_zeros(shape).index_copy(axis, self.dofs.to(x.device), x)
 
     def _select(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale the PDE rows (axis 1: ``n`` rows, or ``T n`` for trajectories) and pick the
+        enforced ones."""
+        if self.scale is not None:
+            s = self.scale.to(x.device, x.dtype).repeat(x.shape[1] // self.n)
+            x = x * s.reshape(-1, *([1] * (x.dim() - 2)))
         return x if self.rows is None else x.index_select(1, self.rows.to(x.device))
 
     def _check_batch(self, R: torch.Tensor, u: torch.Tensor) -> None:
@@ -216,12 +242,12 @@ class TrajectoryResidual(SteadyResidual):
     time_dependent = True
 
     def __init__(self, problem: Problem, dt: float, t0: float = 0.0, rows: Any = None, ic_rows: Any = None,
-                 dofs: Any = None, ic_weight: str | float | torch.Tensor = "paper"):
+                 dofs: Any = None, ic_weight: str | float | torch.Tensor = "paper", row_scale: Any = "mass"):
         if not problem.is_time_dependent:
             raise ProblemError(f"problem {problem.name!r} is steady (no storage term); a trajectory needs one")
         if not dt > 0:
             raise ProblemError(f"dt must be positive; got {dt}")
-        super().__init__(problem, None, dofs)
+        super().__init__(problem, None, dofs, row_scale=row_scale)
         self.rows = rows if rows is None else as_index("rows", rows, 2**62)
         self.ic_rows = as_index("ic_rows", ic_rows, self.n)
         self.dt, self.t0 = float(dt), float(t0)

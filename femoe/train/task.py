@@ -65,10 +65,7 @@ class Task:
         self.fingerprint = mesh_fingerprint(self.problem)
         basis = self.problem.basis
         self.mass = sp.csr_matrix(_first_field_mass(basis, len(self.problem._tb.layouts)))
-        lumped = np.asarray(self.mass.sum(axis=1)).ravel()
-        row_scale = 1.0 / np.where(lumped > 0, lumped, 1.0)
-        row_scale[self.problem.dirichlet_dofs] = 1.0
-        self.row_scale = torch.as_tensor(row_scale)
+        self.row_scale = torch.as_tensor(self.problem.row_scale())  # the layers' row weights
         self.train = self.test = None
         self.times = None
         if load_data:
