@@ -74,7 +74,6 @@ def train_and_evaluate(cfg_dict: dict, method_name: str, resume: bool = False, p
     from femoe.train.task import Task
     from femoe.train.trainer import Trainer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = config_from_dict(cfg_dict)
     task = Task(cfg)
     rss0 = _rss_mb()
