@@ -171,6 +171,16 @@ def _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts) -> di
                 line_search=bool(line_search), min_step=1e-4, linear_opts=dict(linear_opts))
 
 
+def _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what, opts):
+    """The shared tail of the public solves: build the system, solve, report, shape the output."""
+    u = _NewtonSolve.apply(_System(res, res_jac, names, static, opts, info_out), u_init, *tensors)
+    info = info_out[0]
+    _report(info, strict, what)
+    if squeeze and u.shape[0] == 1:
+        u = u[0]
+    return (u, info) if return_info else u
+
+
 def _initial_guess(problem: Problem, u0, params: Mapping[str, Any], name: str) -> torch.Tensor:
     dtype = next((v.dtype for v in params.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
                  torch.float64)
@@ -265,14 +275,8 @@ def nonlinear_solve(
         R, J = problem.residual_and_jacobian(u, p, t=t)
         return R.reshape(-1, problem.n), J
 
-    system = _System(res, res_jac, names, static,
-                     _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts), info_out)
-    u = _NewtonSolve.apply(system, u_init, *tensors)
-    info = info_out[0]
-    _report(info, strict, f"problem {problem.name!r}")
-    if squeeze and u.shape[0] == 1:
-        u = u[0]
-    return (u, info) if return_info else u
+    return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict,
+                f"problem {problem.name!r}", _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts))
 
 
 def nonlinear_step(
@@ -326,14 +330,9 @@ def nonlinear_step(
         R, J = problem.step_residual(u, old.expand(u.shape[0], -1), dt, p, t_new=t_new, jacobian=True)
         return R.reshape(-1, problem.n), J
 
-    system = _System(res, res_jac, names, static,
-                     _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts), info_out)
-    u = _NewtonSolve.apply(system, u_init, *tensors)
-    info = info_out[0]
-    _report(info, strict, f"problem {problem.name!r}, step to t = {t_new:g}")
-    if squeeze and u.shape[0] == 1:
-        u = u[0]
-    return (u, info) if return_info else u
+    return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict,
+                f"problem {problem.name!r}, step to t = {t_new:g}",
+                _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts))
 
 
 def solve_trajectory(

@@ -7,17 +7,9 @@ from typing import Any
 import numpy as np
 from skfem import Mesh
 
+from femoe.mesh.io import CELL_NAMES
 from femoe.mesh.quality import aspect_ratios, element_measures
 
-# scikit-fem reference domain -> meshio cell type of the first-order element
-_CELL_NAMES = {
-    "RefLine": "line",
-    "RefTri": "triangle",
-    "RefQuad": "quad",
-    "RefTet": "tetra",
-    "RefHex": "hexahedron",
-    "RefWedge": "wedge",
-}
 _SECOND_ORDER = {
     "triangle": "triangle6",
     "quad": "quad9",
@@ -61,7 +53,7 @@ def mesh_info(mesh: Mesh) -> dict[str, Any]:
             ``mean_aspect_ratio`` (1 is ideal, see :func:`~femoe.mesh.quality.aspect_ratios`).
     """
     refdom = mesh.elem.refdom.__name__
-    cell = _CELL_NAMES.get(refdom, refdom)
+    cell = CELL_NAMES.get(refdom, refdom)
     second_order = mesh.p.shape[1] > mesh.nvertices
     if second_order:
         cell = _SECOND_ORDER.get(cell, cell)

@@ -81,6 +81,16 @@ from femoe.errors import (
 )
 from femoe.mesh.quality import DEGENERATE_RTOL, _signed_measures
 
+#: scikit-fem reference domain -> meshio cell type of the first-order element
+CELL_NAMES = {
+    "RefLine": "line",
+    "RefTri": "triangle",
+    "RefQuad": "quad",
+    "RefTet": "tetra",
+    "RefHex": "hexahedron",
+    "RefWedge": "wedge",
+}
+
 logger = logging.getLogger(__name__)
 
 #: Two nodes closer than ``DUPLICATE_RTOL`` times the largest bounding-box side are duplicates.
@@ -580,14 +590,7 @@ def _vertex_mesh(mesh: Mesh, path: Path) -> tuple[NDArray, str, NDArray]:
     points = np.zeros((nv, 3))
     points[:, : mesh.p.shape[0]] = mesh.p[:, :nv].T
     refdom = mesh.elem.refdom.__name__
-    kinds = {
-        "RefLine": "line",
-        "RefTri": "triangle",
-        "RefQuad": "quad",
-        "RefTet": "tetra",
-        "RefHex": "hexahedron",
-        "RefWedge": "wedge",
-    }
+    kinds = CELL_NAMES
     if refdom not in kinds:
         raise UnsupportedCellError(
             f"cannot write a {type(mesh).__name__}: its reference element {refdom!r} has no "
