@@ -65,6 +65,8 @@ class ProblemSpec(ABC):
     mesh_file: str | None = None
     params: Mapping[str, Param] = {}
     description: str = ""
+    #: steady problems: the parameter the per-sample input is passed to the constraint layers as
+    input_param: str = "kappa"
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -136,6 +138,15 @@ class ProblemSpec(ABC):
         steady problems."""
 
     # ------------------------------------------------------------------ helpers
+    def layer_params(self, problem: Problem, inputs):
+        """Steady problems: the ``params`` of the constraint layers for a batch of inputs
+        ``(batch, m)`` (a torch tensor): ``{input_param: inputs}``. A one-value input is a
+        per-sample constant, passed as ``(batch,)`` (declare it ``"constant"`` in the
+        Problem's ``coefficients``, or a batch of ``n`` samples would read as a nodal field)."""
+        if inputs.shape[-1] == 1:
+            return {self.input_param: inputs[..., 0]}
+        return {self.input_param: inputs}
+
     def initial_state(self, problem: Problem, inputs: np.ndarray) -> np.ndarray:
         """Full initial DOF vectors ``(samples, n)`` of time-dependent problems from their inputs
         (the inputs themselves unless a problem's inputs are only part of the state)."""

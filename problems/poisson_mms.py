@@ -48,6 +48,7 @@ class PoissonMMS(ProblemSpec):
     steady = True
     element = "ElementTriP1"
     mesh_file = None  # skfem.MeshTri().refined(refine), tag "boundary"
+    input_param = "amplitude"
     description = "manufactured u = a sin(pi x) sin(pi y); -lap u = f or -div((1+u^2) grad u) = f"
     params = {
         "refine": Param(4, lambda n: int(n) == n and 0 <= n <= 9, "an integer in [0, 9]", "", int),
@@ -78,7 +79,8 @@ class PoissonMMS(ProblemSpec):
                 k = 1.0
             return k * dot(grad(u), grad(v)) - f * v
 
-        return Problem(basis, mms, dirichlet={"boundary": 0.0}, defaults={"amplitude": 1.0}, name=self.name)
+        return Problem(basis, mms, dirichlet={"boundary": 0.0}, defaults={"amplitude": 1.0},
+                       coefficients={"amplitude": "constant"}, name=self.name)
 
     def sample_inputs(self, rng: np.random.Generator, n: int, problem: Problem | None = None) -> np.ndarray:
         """``n`` amplitudes, shape ``(n, 1)``."""

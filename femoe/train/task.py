@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import skfem as fe
 import torch
+from scipy.spatial import cKDTree
 
 from femoe.errors import CheckpointError, ConfigError, DataError
 from femoe.train.config import Config
@@ -68,6 +70,7 @@ class Task:
         self.row_scale = torch.as_tensor(self.problem.row_scale())  # the layers' row weights
         self.train = self.test = None
         self.times = None
+        self.sensor_matrix = None  # test-mesh tasks: (n_sensors, m) interpolation of the inputs
         if load_data:
             self.load()
 
@@ -130,7 +133,51 @@ class Task:
         return lo, hi
 
     def branch_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.sensor_matrix is not None:  # a test-mesh task: inputs read at the training sensors
+            S = self.sensor_matrix.to(inputs.device)
+            return (inputs.double() @ S.T).float()
         return inputs[:, self.sensors].float()
+
+    def input_points(self) -> np.ndarray:
+        """Coordinates ``(m, dim)`` of the entries of an input vector: the DOFs of the space (an
+        initial state or a nodal coefficient), or of its first field when the input is that
+        field alone (the initial vorticity of Navier-Stokes)."""
+        m = (self.train if self.train is not None else self.test).inputs.shape[1]
+        x = self.problem.doflocs
+        if m == self.n:
+            return np.ascontiguousarray(x.T)
+        if len(self.problem._tb.layouts) > 1:
+            first = self.problem.basis.split_indices()[0]
+            if first.size == m:
+                return np.ascontiguousarray(x[:, first].T)
+        raise DataError(f"inputs of {m} values are neither the {self.n} DOFs nor the first field's DOFs; "
+                        "their coordinates are unknown, so they cannot be read on another mesh")
+
+    # ------------------------------------------------------------------ test on another mesh
+    def test_mesh_task(self) -> "Task":
+        """The task on the test mesh of ``data.test_params`` (problem parameters overriding the
+        training ones, e.g. a finer grid of the same domain): its own test data (generated in
+        ``<data dir>_test_<key><value>...`` with the same seed), and a branch input that reads each
+        test input at the training sensors' coordinates (P1 interpolation of the input field on the
+        test mesh), so that a network trained here evaluates there unchanged (mesh-independent
+        networks: the DeepONet's trunk takes coordinates)."""
+        tp = dict(self.cfg.data.test_params)
+        if not tp:
+            raise ConfigError("data.test_params is empty: there is no test mesh")
+        cfg = copy.deepcopy(self.cfg)
+        cfg.problem.params = {**cfg.problem.params, **tp}
+        cfg.data.test_params = {}
+        tag = "_".join(f"{k}{v}" for k, v in sorted(tp.items()))
+        cfg.data.dir = f"{self.cfg.data_dir}_test_{tag}"
+        cfg.data.n_train = 1  # the generator wants a training split; one sample is enough
+        fine = Task(cfg, load_data=False)
+        fine.load()
+        if self.time_dependent and not np.allclose(fine.times, self.times):
+            raise ConfigError("data.test_params changed the saved time levels; the test mesh must keep them")
+        pts = self.input_points()[self.sensors]  # (n_sensors, dim): where the network reads its input
+        fine.sensors = self.sensors
+        fine.sensor_matrix = torch.as_tensor(interpolation_matrix(fine, pts).toarray())
+        return fine
 
     def layer_args(self, inputs: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor | None]:
         """(params, u0) for the constraint layers from a batch of inputs."""
@@ -140,7 +187,7 @@ class Task:
                 return {}, x
             u0 = self.spec.initial_state(self.problem, x.detach().cpu().numpy())
             return {}, torch.as_tensor(u0, dtype=x.dtype, device=x.device)
-        return {self.input_param: x}, None
+        return self.spec.layer_params(self.problem, x), None
 
     # ------------------------------------------------------------------ metrics
     def relative_l2(self, u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -160,6 +207,53 @@ class Task:
             ic = u[:, 0] - u0
             return torch.cat([R.reshape(u.shape[0], -1), ic], dim=1)
         return self.problem.residual(u, params) * scale
+
+
+def interpolation_matrix(task: Task, points: np.ndarray) -> sp.csr_matrix:
+    """``(p, m)`` matrix evaluating a P1 input field of ``task`` (see :meth:`Task.input_points`)
+    at ``points`` ``(p, dim)``: exact nodal values where a point is a node (nested meshes), the
+    P1 interpolant elsewhere. Points are wrapped into the mesh's box first on periodic meshes."""
+    xin = task.input_points()
+    m = xin.shape[0]
+    pts = np.asarray(points, dtype=float)
+    tree = cKDTree(xin)
+    dist, idx = tree.query(pts)
+    h = float(np.min(np.linalg.norm(xin[tree.query(xin, k=2)[1][:, 1]] - xin, axis=1)))
+    exact = dist < 1e-9 * max(1.0, h)
+    rows = [np.nonzero(exact)[0]]
+    cols = [idx[exact]]
+    vals = [np.ones(int(exact.sum()))]
+    rest = np.nonzero(~exact)[0]
+    if rest.size:
+        b1 = fe.Basis(task.problem.mesh, fe.ElementTriP1())
+        if b1.N != m:
+            raise DataError(f"cannot interpolate inputs of {m} values on a P1 space of {b1.N} DOFs")
+        P = sp.coo_matrix(b1.probes(pts[rest].T))
+        rows.append(rest[P.row])
+        cols.append(P.col)
+        vals.append(P.data)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(pts), m))
+
+
+def transfer_method(method, task: Task):
+    """The method ``method`` (trained on another mesh) rebuilt on ``task``'s mesh, with the
+    trained network: every parameter and buffer copied except the graph of a mesh GNN. Its
+    constraint layer (and expert partition) is built afresh on the new mesh."""
+    from femoe.train.methods import build_method
+
+    out = build_method(method.name, task).to(next(method.parameters()).device)
+    src, dst = method.net.state_dict(), out.net.state_dict()
+    mesh_bound = {"coords", "src", "dst", "edge_attr", "inv_deg"}
+    keep = {}
+    for k, v in src.items():
+        if k in mesh_bound:
+            continue
+        if k not in dst or dst[k].shape != v.shape:
+            raise ConfigError(f"cannot move the trained network to the test mesh: {k} has shape {tuple(v.shape)} "
+                              f"here and {tuple(dst[k].shape) if k in dst else 'none'} there")
+        keep[k] = v
+    out.net.load_state_dict(keep, strict=False)
+    return out
 
 
 def check_checkpoint_problem(meta: dict, task: Task, path: Path) -> None:
