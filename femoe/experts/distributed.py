@@ -29,10 +29,21 @@ from femoe.errors import DistributedError
 log = logging.getLogger(__name__)
 
 
+def default_backend() -> str:
+    """``"nccl"`` when CUDA is available and each local rank (``LOCAL_WORLD_SIZE`` of them) can
+    have a device of its own, else ``"gloo"``."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local_world:
+        return "nccl"
+    return "gloo"
+
+
 def init(backend: str | None = None, timeout_s: float = 120.0) -> tuple[int, int]:
     """Initialise the default process group from ``torchrun``'s environment.
 
-    ``backend`` defaults to NCCL when CUDA is available and gloo otherwise. Returns
+    ``backend`` defaults to :func:`default_backend`: NCCL when every local rank has a GPU of
+    its own, gloo otherwise (NCCL refuses two ranks on one device, so ``torchrun
+    --nproc-per-node 2`` on a one-GPU machine runs on gloo). Returns
     ``(rank, world_size)``. Without ``torchrun`` (no ``RANK`` in the environment) this is a
     single-process run: nothing is initialised and ``(0, 1)`` is returned.
     """
@@ -40,14 +51,19 @@ def init(backend: str | None = None, timeout_s: float = 120.0) -> tuple[int, int
         return dist.get_rank(), dist.get_world_size()
     if "RANK" not in os.environ:
         return 0, 1
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = backend or default_backend()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if backend == "nccl" and local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"backend 'nccl' needs one GPU per rank on a machine, but LOCAL_RANK={local_rank} and "
+                               f"only {torch.cuda.device_count()} CUDA device(s) are visible (NCCL refuses two ranks on "
+                               "one device); launch at most that many processes per node or use backend='gloo'")
     try:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     except Exception as exc:  # pragma: no cover - depends on the launch environment
         raise DistributedError(f"could not initialise torch.distributed with backend {backend!r}: {exc}. "
                                "Launch with torchrun, and use backend='gloo' on CPUs") from exc
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local_rank)
     log.info("torch.distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return dist.get_rank(), dist.get_world_size()
 

@@ -75,8 +75,9 @@ def _newton(system: _System, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, Ba
     initial = norm.clone()
     target = torch.clamp(o["rtol"] * norm, min=o["atol"])
     batch = u.shape[0]
-    iterations = torch.zeros(batch, dtype=torch.int64)
-    halvings = torch.zeros(batch, dtype=torch.int64)
+    # every tensor made here lives on u's device: CUDA refuses to mix a 1-D CPU tensor in
+    iterations = torch.zeros(batch, dtype=torch.int64, device=u.device)
+    halvings = torch.zeros(batch, dtype=torch.int64, device=u.device)
     solver_name = o["linear_solver"]
     for _ in range(o["maxiter"]):
         active = norm > target
@@ -86,7 +87,7 @@ def _newton(system: _System, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, Ba
         solver_name = solver.name
         du, _ = solver.solve(-R)
         du = du * active[:, None]
-        alpha = torch.ones(batch, dtype=u.dtype)
+        alpha = torch.ones(batch, dtype=u.dtype, device=u.device)
         while True:
             trial = u + alpha[:, None] * du
             new_norm = torch.linalg.vector_norm(system.residual(trial, p), dim=1)

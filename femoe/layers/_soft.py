@@ -86,7 +86,7 @@ def soft_trajectory_loss(problem: Problem, U_hat: torch.Tensor, dt: float, param
     check_params_finite(params)
     p = dict(params or {})
     if u0 is None:
-        ic_rows = torch.zeros(0, dtype=torch.int64)
+        ic_rows = torch.zeros(0, dtype=torch.int64)  # cpu: an index set, moved to the data at use
         u0 = torch.zeros(1, problem.n, dtype=U_hat.dtype, device=U_hat.device)
     else:
         check_float_tensor("u0", u0)
