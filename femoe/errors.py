@@ -135,3 +135,13 @@ class MissingDependencyError(FemoeError, ImportError):
 class ParameterError(ProblemError):
     """A problem parameter is unknown or outside its physical range (e.g. a negative
     diffusivity, a porosity outside (0, 1))."""
+
+
+class FieldError(ProblemError):
+    """A field or component name is unknown, or boundary data does not say which fields of a
+    mixed space it fixes."""
+
+
+class AmbiguousParameterError(ProblemError, ShapeError):
+    """A parameter's shape fits more than one kind (per-sample constants, nodal or element
+    field, Dirichlet values...) or none; declare it in ``Problem(coefficients={...})``."""

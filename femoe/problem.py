@@ -30,8 +30,9 @@ from skfem import BilinearForm, FacetBasis, LinearForm, asm
 
 from femoe.assembly.fields import Field, FormParams
 from femoe.assembly.form import check_linear_in_test, local_residual, local_residual_and_jacobian
+from femoe.assembly.spaces import FieldInfo, field_table
 from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
-from femoe.errors import ProblemError, ShapeError
+from femoe.errors import AmbiguousParameterError, FieldError, ProblemError, ShapeError
 from femoe.sparse import BatchedCSR, CSRPattern
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,22 @@ log = logging.getLogger(__name__)
 Integrand = Callable[..., torch.Tensor]
 DirichletValue = float | str | Callable[..., np.ndarray]
 
-_COEFF_KINDS = ("constant", "nodal", "element")
+_COEFF_KINDS = ("constant", "nodal", "element", "quadrature", "dirichlet")
+
+
+class _Params(dict):
+    """Parameter tensors of one call plus the resolved kind of each (``kinds``)."""
+
+    kinds: dict[str, Any]
+
+
+@dataclass
+class _DirichletEntry:
+    tag: str
+    target: str  # field or component name
+    dofs: np.ndarray  # component-major, ascending within a component
+    counts: tuple[int, ...]  # DOFs per component (one entry for a scalar target)
+    value: Any
 
 
 @dataclass
@@ -67,19 +83,34 @@ class Problem:
     bilinear, linear
         scikit-fem ``BilinearForm``/``LinearForm`` objects (or lists of them), assembled once by
         scikit-fem: they add ``A u - b`` to the residual. ``form_params`` is passed to ``asm``.
+    fields
+        Names of the fields of a mixed (``ElementComposite``) basis, one per sub-element, e.g.
+        ``("u", "p")``; default ``"u0"``, ``"u1"``, ... A scalar or ``ElementVector`` basis has
+        one field, ``"u"`` by default. A vector field ``u`` has components ``u_x``, ``u_y``
+        (``u_z``). See :attr:`fields`, :meth:`field_dofs`, :meth:`split`.
     dirichlet
-        ``{tag: value}``: value is a number, a callable ``g(x)`` or ``g(x, t)`` of the DOF
-        coordinates ``(dim, n)``, or the name of a parameter (a tensor of shape ``()``, ``(B,)``
-        or ``(B, n_tag_dofs)``). A DOF on several tags takes the value of the last one.
+        ``{tag: value}`` or ``{tag: {field_or_component: value}}``. A bare value fixes the only
+        field of a single-field space (every component of a vector field); on a mixed space
+        say which fields: ``{"inlet": {"u": profile}, "bottom": {"u_y": 0.0}}``, or ``"*"`` for
+        all of them. A value is a number; a sequence with one number per component; a callable
+        ``g(x)`` or ``g(x, t)`` of the DOF coordinates ``(dim, m)`` returning ``(m,)`` (or
+        ``(ncomp, m)`` for a vector field); or the name of a parameter: shape ``()``, ``(B,)``
+        or ``(B, 1)`` (per-sample constants) or ``(B, m)`` (one value per DOF, in the order of
+        :meth:`dirichlet_dofs_of`). A DOF on several tags takes the value of the last one.
     storage
         Time-dependent problems: the storage integrand ``S(u, v, w)`` (``u * v`` for
         ``"mass"``), ``None`` for steady problems.
     theta
         Theta of the time scheme (1: implicit Euler, 0.5: Crank-Nicolson).
     coefficients
-        Kind of each parameter: ``"constant"`` (per sample), ``"nodal"`` (DOF vector on
-        ``basis``), ``"element"`` (one value per element) or a scikit-fem basis on the same mesh
-        and quadrature. Undeclared parameters are inferred from their last dimension.
+        Kind of each parameter: ``"constant"`` (per sample: ``()``, ``(B,)``, ``(B, 1)``),
+        ``"nodal"`` (DOF vector on ``basis``: ``(n,)``, ``(B, n)``), ``"element"`` (one value per
+        element), ``"quadrature"`` (``(nelements, nqp)`` or ``(B, nelements, nqp)``, values at
+        the quadrature points of ``basis``), ``"dirichlet"`` (values on the DOFs of the one
+        Dirichlet entry that names it: ``(m,)`` or ``(B, m)``) or a scikit-fem basis on the
+        same mesh and quadrature. Undeclared parameters are accepted when their shape fits
+        one kind only (see :meth:`parameter_kind`); otherwise
+        :class:`~femoe.errors.AmbiguousParameterError` says what they could be.
     defaults
         Default parameter values, overridden by the ``params`` of each call.
     """
@@ -99,6 +130,7 @@ class Problem:
         coefficients: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
         name: str = "problem",
+        fields: Sequence[str] | None = None,
     ):
         if residual is None and bilinear is None and linear is None:
             raise ProblemError("a Problem needs a residual integrand or scikit-fem forms (bilinear/linear)")
@@ -117,6 +149,7 @@ class Problem:
             if isinstance(v, str) and v not in _COEFF_KINDS:
                 raise ProblemError(f"coefficient {k!r}: kind {v!r} is not one of {_COEFF_KINDS} or a basis")
         self._tb = TorchBasis(basis)
+        self._fields: list[FieldInfo] = field_table(basis, fields)
         self._param_tbs: dict[tuple[str, bool, str], TorchBasis] = {}
         self._checked: set[int] = set()
 
@@ -138,15 +171,106 @@ class Problem:
         self._build_pattern()
 
         # --- Dirichlet data ------------------------------------------------------------------
-        self._dirichlet: list[tuple[str, np.ndarray, DirichletValue]] = []
+        self._dirichlet: list[_DirichletEntry] = self._parse_dirichlet(dirichlet or {})
         is_dir = np.zeros(self.n, dtype=bool)
-        for tag, value in (dirichlet or {}).items():
-            dofs = np.asarray(basis.get_dofs(self._boundary(tag)).all(), dtype=np.int64)
-            if dofs.size == 0:
-                raise ProblemError(f"Dirichlet boundary {tag!r} has no degrees of freedom")
-            self._dirichlet.append((tag, dofs, value))
-            is_dir[dofs] = True
+        for e in self._dirichlet:
+            is_dir[e.dofs] = True
         self._build_dirichlet(is_dir)
+
+    # ------------------------------------------------------------------ fields
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Names of the fields (one per sub-element of a mixed basis; ``("u",)`` otherwise)."""
+        return tuple(f.name for f in self._fields)
+
+    @property
+    def components(self) -> dict[str, tuple[str, ...]]:
+        """Component names of each field (``()`` for scalar fields)."""
+        return {f.name: f.components for f in self._fields}
+
+    def _target(self, name: str) -> tuple[FieldInfo, int | None]:
+        for f in self._fields:
+            if name == f.name:
+                return f, None
+            if name in f.components:
+                return f, f.components.index(name)
+        valid = [n for f in self._fields for n in (f.name, *f.components)]
+        raise FieldError(f"{name!r} is not a field or component of problem {self.name!r}; valid names: {valid}")
+
+    def field_dofs(self, name: str) -> np.ndarray:
+        """Global DOF numbers (ascending) of a field (``"p"``) or component (``"u_x"``)."""
+        f, c = self._target(name)
+        return f.dofs.copy() if c is None else f.component_dofs[c].copy()
+
+    def field_basis(self, name: str):
+        """The scikit-fem basis of one field alone (for interpolation, plots, projections)."""
+        return self._target(name)[0].basis
+
+    def split(self, u):
+        """``{field: u[..., field_dofs(field)]}``: the part of a DOF vector (numpy or torch, any
+        leading batch) that belongs to each field, numbered like :meth:`field_basis`."""
+        out = {}
+        for f in self._fields:
+            if len(self._fields) == 1:
+                out[f.name] = u
+            else:
+                idx = f.dofs if isinstance(u, np.ndarray) else torch.as_tensor(f.dofs, device=u.device)
+                out[f.name] = u[..., idx]
+        return out
+
+    def dirichlet_dofs_of(self, tag: str, field: str | None = None) -> np.ndarray:
+        """The DOFs fixed by the Dirichlet entry of ``tag`` (and ``field``, the key used in the
+        ``dirichlet`` dict; may be omitted when the tag has one entry), in the order that a
+        per-DOF parameter ``(B, m)`` for that entry follows: component by component,
+        ascending within each."""
+        hits = [e for e in self._dirichlet if e.tag == tag and (field is None or e.target == field)]
+        if len(hits) != 1:
+            have = [(e.tag, e.target) for e in self._dirichlet]
+            raise FieldError(f"no single Dirichlet entry for tag {tag!r}" + (f", field {field!r}" if field else "")
+                             + f"; entries (tag, field): {have}")
+        return hits[0].dofs.copy()
+
+    def _parse_dirichlet(self, dirichlet: Mapping[str, Any]) -> list[_DirichletEntry]:
+        entries = []
+        for tag, spec in dirichlet.items():
+            tag_dofs = np.asarray(self.basis.get_dofs(self._boundary(tag)).all(), dtype=np.int64)
+            if tag_dofs.size == 0:
+                raise ProblemError(f"Dirichlet boundary {tag!r} has no degrees of freedom")
+            if isinstance(spec, Mapping):
+                items = list(spec.items())
+                if not items:
+                    raise FieldError(f"Dirichlet data of {tag!r} is an empty dict; name a field, e.g. "
+                                     f"{{{tag!r}: {{{self.fields[0]!r}: 0.0}}}}")
+            elif len(self._fields) > 1:
+                raise FieldError(
+                    f"Dirichlet data of {tag!r} does not say which fields it fixes, and the space has "
+                    f"{len(self._fields)} fields {self.fields}: fixing all of them (the pressure too) is "
+                    f"rarely meant. Name them, e.g. dirichlet={{{tag!r}: {{{self.fields[0]!r}: value}}}}, "
+                    f"or a component like {self._example_component()!r}; use {{{tag!r}: {{'*': value}}}} "
+                    "to fix every field"
+                )
+            else:
+                items = [(self.fields[0], spec)]
+            for target, value in items:
+                names = self.fields if target == "*" else (str(target),)
+                for nm in names:
+                    f, c = self._target(nm)
+                    comp_sets = [f.dofs] if not f.components else (
+                        list(f.component_dofs) if c is None else [f.component_dofs[c]])
+                    parts = [np.intersect1d(tag_dofs, d) for d in comp_sets]
+                    dofs = np.concatenate(parts)
+                    if dofs.size == 0:
+                        raise FieldError(f"Dirichlet boundary {tag!r} holds no DOFs of {nm!r}")
+                    entries.append(_DirichletEntry(tag, nm, dofs, tuple(int(p.size) for p in parts), value))
+        names_used = [e.value for e in entries if isinstance(e.value, str)]
+        self._dirichlet_params = {v: [e for e in entries if e.value == v] for v in names_used}
+        return entries
+
+    def _example_component(self) -> str:
+        for f in self._fields:
+            if f.components:
+                return f.components[-1]
+        return self.fields[-1]
 
     def _build_pattern(self) -> None:
         """The CSR pattern of the Jacobian and where every local entry lands in it (once)."""
@@ -272,9 +396,9 @@ class Problem:
             raise ShapeError(f"{name} must have shape (batch, {self.n}) or ({self.n},); got {tuple(u.shape)}")
         return (u.unsqueeze(0), True) if u.dim() == 1 else (u, False)
 
-    def _params(self, params: Mapping[str, Any] | None, device, dtype) -> dict[str, torch.Tensor]:
+    def _params(self, params: Mapping[str, Any] | None, device, dtype, batch: int | None = None) -> _Params:
         merged = {**self.defaults, **(params or {})}
-        out = {}
+        out = _Params()
         for k, v in merged.items():
             if isinstance(v, torch.Tensor):
                 if v.is_floating_point() and v.dtype != dtype:
@@ -284,34 +408,126 @@ class Problem:
                 out[k] = v
             else:
                 out[k] = torch.as_tensor(v, dtype=dtype, device=device)
+        out.kinds = {k: self.parameter_kind(k, v, batch=batch) for k, v in out.items()
+                     if isinstance(v, torch.Tensor)}
         return out
 
-    def _param_kind(self, name: str, value: torch.Tensor):
+    def _nqp(self) -> int:
+        return int(np.asarray(self.basis.dx).shape[-1])
+
+    def parameter_kind(self, name: str, value, batch: int | None = None):
+        """What a parameter value is: ``"constant"``, ``"nodal"``, ``"element"``, ``"quadrature"``,
+        ``"dirichlet"`` or a basis (declared kinds are checked against the shape).
+
+        Undeclared values are read by shape, and only when one reading fits:
+
+        - ``()`` and ``(B, 1)``: per-sample constants;
+        - ``(n,)``/``(B, n)``: nodal; ``(nelements,)``/``(B, nelements)``: per element;
+          ``(nelements, nqp)``/``(B, nelements, nqp)``: quadrature values;
+        - a parameter named in the Dirichlet data, ``(B, m)``: one value per DOF of its entry;
+        - ``(k,)`` with any other ``k``: ``k`` per-sample constants, if ``k`` is the batch of
+          ``u``, or ``u`` has no batch and ``k`` is well below the mesh size (``2 k <
+          min(n, nelements)``); a longer vector is far more likely a field of the wrong mesh or
+          length than a batch, and raises.
+
+        Anything else raises :class:`~femoe.errors.AmbiguousParameterError` naming the shapes the
+        parameter could mean and how to declare it.
+        """
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(np.asarray(value, dtype=float))
         kind = self.coefficients.get(name)
+        shape = tuple(value.shape)
+        n, nel, nqp = self.n, self.mesh.nelements, self._nqp()
+        dir_m = [int(e.dofs.size) for e in self._dirichlet_params.get(name, [])]
+        def how(kinds=None):
+            k = " or ".join(repr(x) for x in kinds) if kinds else f"one of {list(_COEFF_KINDS)} or a basis"
+            return f"declare it: Problem(coefficients={{{name!r}: KIND}}) with KIND {k}"
+
         if kind is not None:
+            self._check_declared(name, kind, shape, dir_m)
             return kind
-        if value.dim() == 0 or (value.dim() == 1 and value.shape[0] not in (self.n, self.mesh.nelements)):
+        if value.dim() == 0 or shape[-1:] == (1,) and value.dim() <= 2:
             return "constant"
-        last = value.shape[-1]
-        if last == self.n and len(self._tb.layouts) == 1 and self._tb.layouts[0].value_shape == ():
-            return "nodal"
-        if last == self.mesh.nelements:
-            return "element"
+        fits = []
+        last = shape[-1]
+        if value.dim() in (1, 2):
+            if last == n:
+                fits.append(("nodal", f"a nodal field (n = {n} DOFs)"))
+            if last == nel:
+                fits.append(("element", f"per-element values (nelements = {nel})"))
+            if len(dir_m) == 1 and last == dir_m[0]:
+                fits.append(("dirichlet", f"one Dirichlet value per DOF of its entry (m = {dir_m[0]})"))
+        if value.dim() in (2, 3) and shape[-2:] == (nel, nqp):
+            fits.append(("quadrature", f"values at the quadrature points ({nel}, {nqp})"))
         if value.dim() == 1:
-            return "constant"
-        raise ProblemError(
-            f"cannot tell what parameter {name!r} of shape {tuple(value.shape)} is: its last dimension is "
-            f"neither n={self.n} (nodal) nor nelements={self.mesh.nelements} (element); declare it in "
-            "Problem(coefficients={...})"
+            k = shape[0]
+            batch_ok = (batch is not None and batch > 1 and k == batch) or (
+                (batch is None or batch == 1) and 2 * k < min(n, nel) and not fits)
+            if batch_ok:
+                fits.append(("constant", f"{k} per-sample constants"))
+            elif not fits:
+                raise AmbiguousParameterError(
+                    f"cannot tell what parameter {name!r} of shape {shape} is: it is not a nodal field "
+                    f"(n = {n}), not per-element values (nelements = {nel})"
+                    + (f", not one value per Dirichlet DOF (m = {dir_m})" if dir_m else "")
+                    + f", and as a batch of {k} per-sample constants it does not match the batch of u "
+                    f"({batch if batch is not None else 'none'}). A field from another mesh or of the wrong "
+                    f"length is the usual cause; if it really is a batch of constants, give u that batch or "
+                    f"{how(['constant'])}"
+                )
+            elif len(dir_m) == 1 and k == dir_m[0]:
+                # (m,) could be one sample's per-DOF values or m samples' constants
+                fits.append(("constant", f"{k} per-sample constants"))
+        if len(fits) == 1:
+            return fits[0][0]
+        if not fits:
+            raise AmbiguousParameterError(
+                f"cannot tell what parameter {name!r} of shape {shape} is: its last dimension is neither "
+                f"n = {n} (nodal), nelements = {nel} (element), 1 (per-sample constant)"
+                + (f", m = {dir_m} (Dirichlet values per DOF)" if dir_m else "")
+                + f" nor its last two ({nel}, {nqp}) (quadrature); check its shape or {how()}"
+            )
+        raise AmbiguousParameterError(
+            f"parameter {name!r} of shape {shape} is ambiguous: it could be "
+            + " or ".join(d for _, d in fits) + f"; {how([k for k, _ in fits])}"
         )
+
+    def _check_declared(self, name, kind, shape, dir_m) -> None:
+        n, nel, nqp = self.n, self.mesh.nelements, self._nqp()
+        if not isinstance(kind, str):
+            return  # a basis: checked when the field is built
+        ok = {
+            "constant": len(shape) <= 1 or (len(shape) == 2 and shape[1] == 1),
+            "nodal": len(shape) in (1, 2) and shape[-1] == n,
+            "element": len(shape) in (1, 2) and shape[-1] == nel,
+            "quadrature": len(shape) in (2, 3) and shape[-2:] == (nel, nqp),
+            "dirichlet": len(dir_m) == 1 and len(shape) in (1, 2) and shape[-1] == dir_m[0],
+        }[kind]
+        if not ok:
+            expect = {
+                "constant": "(), (B,) or (B, 1)",
+                "nodal": f"({n},) or (B, {n})",
+                "element": f"({nel},) or (B, {nel})",
+                "quadrature": f"({nel}, {nqp}) or (B, {nel}, {nqp})",
+                "dirichlet": (f"({dir_m[0]},) or (B, {dir_m[0]})" if len(dir_m) == 1 else
+                              "a parameter named by exactly one Dirichlet entry"),
+            }[kind]
+            raise ShapeError(f"parameter {name!r} is declared {kind!r} and must have shape {expect}; got {shape}")
+
+    def _kind(self, p, name, value):
+        kinds = getattr(p, "kinds", None)
+        if kinds is not None and name in kinds:
+            return kinds[name]
+        return self.parameter_kind(name, value)
 
     def _form_params(self, tb: TorchBasis, params: dict, B: int, device, dtype, t) -> FormParams:
         tt = tb.tensors(device, dtype)
-        w = FormParams(x=tt["x"])
+        # geometry broadcasts like a field value: (components, test jet, batch, elements, points)
+        w = FormParams(x=tt["x"][:, None, None])
         if "h" in tt:
-            w["h"] = tt["h"]
+            w["h"] = tt["h"][None, None]
         if "n" in tt:
-            w["n"] = tt["n"]
+            w["n"] = tt["n"][:, None, None]
         if t is not None:
             w["t"] = t if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=dtype, device=device)
             if w["t"].dim() == 1:
@@ -320,13 +536,21 @@ class Problem:
             if callable(value) and not isinstance(value, torch.Tensor):
                 w[name] = value
                 continue
-            kind = self._param_kind(name, value)
+            kind = self._kind(params, name, value)
             if kind == "constant":
-                w[name] = value.reshape(-1, 1, 1) if value.dim() == 1 else value
+                w[name] = value.reshape(-1, 1, 1) if value.dim() >= 1 else value
+            elif kind == "dirichlet":
+                w[name] = value
             elif kind == "element":
                 v = value if value.dim() == 2 else value.unsqueeze(0)
                 cells = torch.as_tensor(tb.element_index, device=v.device)
                 w[name] = Field(v[:, cells].unsqueeze(-1), None)
+            elif kind == "quadrature":
+                if tb.is_facet:
+                    continue  # values at cell quadrature points mean nothing on facets
+                v = value if value.dim() == 3 else value.unsqueeze(0)
+                cells = torch.as_tensor(getattr(tb, "cells", tb.element_index), device=v.device)
+                w[name] = Field(v[:, cells], None)
             else:
                 ptb = self._param_basis(name, kind, tb)
                 v = value if value.dim() == 2 else value.unsqueeze(0)
@@ -353,23 +577,65 @@ class Problem:
 
     def dirichlet_values(self, params=None, *, t=None, batch: int = 1, device="cpu", dtype=torch.float64) -> torch.Tensor:
         """Values ``g`` on :attr:`dirichlet_dofs`, shape ``(B, n_dirichlet)``."""
-        p = self._params(params, device, dtype)
+        p = params if isinstance(params, _Params) else self._params(params, device, dtype, batch)
         g = torch.zeros(batch, self.n, dtype=dtype, device=device)
-        for tag, dofs, value in self._dirichlet:
-            idx = torch.as_tensor(dofs, device=device)
-            if isinstance(value, str):
-                if value not in p:
-                    raise ProblemError(f"Dirichlet data of {tag!r} names parameter {value!r}, which was not given")
-                val = p[value]
-                val = val.reshape(-1, 1) if val.dim() <= 1 else val
-            elif callable(value):
-                x = self.doflocs[:, dofs]
-                arr = value(x, float(t)) if _n_args(value) >= 2 else value(x)
-                val = torch.as_tensor(np.broadcast_to(np.asarray(arr, dtype=float), dofs.shape).copy(), dtype=dtype, device=device)
-            else:
-                val = torch.as_tensor(float(value), dtype=dtype, device=device)
-            g = g.index_copy(1, idx, torch.broadcast_to(val.to(dtype), (g.shape[0], dofs.size)))
+        for e in self._dirichlet:
+            val = self._entry_values(e, p, t, device, dtype)
+            if val.shape[0] not in (1, batch):
+                raise ShapeError(f"Dirichlet data of {e.tag!r} ({e.target!r}) has batch {val.shape[0]} but the "
+                                 f"call has batch {batch}")
+            g = g.index_copy(1, torch.as_tensor(e.dofs, device=device), val.expand(batch, -1))
         return g[:, self.dirichlet_dofs]
+
+    def _entry_values(self, e: _DirichletEntry, p, t, device, dtype) -> torch.Tensor:
+        """Values of one Dirichlet entry, ``(1 or B, m)``."""
+        m, ncomp = int(e.dofs.size), len(e.counts)
+        value = e.value
+        where = f"Dirichlet data of {e.tag!r} ({e.target!r})"
+        if isinstance(value, str):
+            if value not in p:
+                raise ProblemError(f"{where} names parameter {value!r}, which was not given; pass it in params")
+            val = p[value]
+            if not isinstance(val, torch.Tensor):
+                raise ProblemError(f"{where}: parameter {value!r} must be a number or tensor; got {type(val).__name__}")
+            kind = self._kind(p, value, val)
+            if kind == "dirichlet":
+                return val.reshape(-1, m)
+            if kind != "constant":
+                raise ProblemError(f"{where}: parameter {value!r} is {kind!r}; a Dirichlet parameter is a "
+                                   f"per-sample constant or one value per DOF (B, {m})")
+            return val.reshape(-1, 1).expand(-1, m)
+        if isinstance(value, torch.Tensor):
+            raise ProblemError(f"{where} is a tensor; give differentiable boundary data as a named parameter: "
+                               f"dirichlet={{{e.tag!r}: {{{e.target!r}: 'g'}}}} and params={{'g': tensor}}")
+        if callable(value):
+            tt = 0.0 if t is None else t
+            parts, start = [], 0
+            for c, cnt in enumerate(e.counts):
+                x = self.doflocs[:, e.dofs[start : start + cnt]]
+                start += cnt
+                arr = np.asarray(value(x, float(tt)) if _n_args(value) >= 2 else value(x), dtype=float)
+                if ncomp > 1:
+                    if arr.ndim >= 1 and arr.shape[0] == ncomp and arr.ndim <= 2:
+                        arr = arr[c]
+                    elif arr.ndim != 0:
+                        raise ProblemError(
+                            f"{where}: g(x) must return shape ({ncomp}, m) for the {ncomp} components of "
+                            f"{e.target!r} (or a number); got {arr.shape}")
+                try:
+                    parts.append(np.broadcast_to(arr, (cnt,)))
+                except ValueError:
+                    raise ProblemError(f"{where}: g(x) returned shape {arr.shape} for {cnt} DOFs") from None
+            return torch.as_tensor(np.concatenate(parts), dtype=dtype, device=device).reshape(1, m)
+        arr = np.asarray(value, dtype=float)
+        if arr.ndim == 0:
+            return torch.full((1, m), float(arr), dtype=dtype, device=device)
+        if arr.shape == (ncomp,) and ncomp > 1:
+            return torch.as_tensor(np.repeat(arr, e.counts), dtype=dtype, device=device).reshape(1, m)
+        if arr.shape == (m,):
+            return torch.as_tensor(arr, dtype=dtype, device=device).reshape(1, m)
+        raise ProblemError(f"{where}: a value of shape {arr.shape} fits neither one number per component "
+                           f"({ncomp}) nor one per DOF ({m})")
 
     # ------------------------------------------------------------------ evaluation
     def _check(self, integrand, tb, jets, w):
@@ -433,14 +699,28 @@ class Problem:
                 vals = vals * tc["dir_keep"] + tc["dir_diag"]
         return R, vals
 
+    def _param_batches(self, p: _Params) -> dict[str, int]:
+        """The batch each parameter tensor carries (1 when it has none)."""
+        out = {}
+        for k, v in p.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            kind = p.kinds[k]
+            full = 3 if kind == "quadrature" else 1 if kind == "constant" else 2
+            out[k] = int(v.shape[0]) if v.dim() >= full and v.dim() > 0 and not (
+                kind == "constant" and v.dim() == 0) else 1
+        return out
+
     def _prepare(self, u, params):
         u, squeeze = self._as_batch(u)
-        p = self._params(params, u.device, u.dtype)
-        B = max([u.shape[0]] + [v.shape[0] for v in p.values() if isinstance(v, torch.Tensor) and v.dim() >= 2]
-                + [v.shape[0] for k, v in p.items() if isinstance(v, torch.Tensor) and v.dim() == 1
-                   and self._param_kind(k, v) == "constant"])
-        if u.shape[0] not in (1, B):
-            raise ShapeError(f"u has batch {u.shape[0]} but the parameters have batch {B}")
+        p = self._params(params, u.device, u.dtype, batch=u.shape[0] if not squeeze else None)
+        batches = self._param_batches(p)
+        B = max([u.shape[0], *batches.values()])
+        bad = {k: b for k, b in batches.items() if b not in (1, B)}
+        if u.shape[0] not in (1, B) or bad:
+            raise ShapeError(f"batch sizes disagree: u has batch {u.shape[0]}, the parameters "
+                             f"{ {k: b for k, b in batches.items() if b > 1} }; give every input the same batch "
+                             "(or none)")
         return u.expand(B, -1), p, squeeze and B == 1
 
     def _create_graph(self, u, p) -> bool:
@@ -521,8 +801,9 @@ class Problem:
         u0, _ = self._as_batch(u0, "u0")
         levels = torch.cat([u0.expand(B, -1).unsqueeze(1), U], dim=1)  # (B, T+1, n)
         flat = levels.reshape(B * (T + 1), n)
-        p = self._params(params, U.device, U.dtype)
-        p_rep = {k: _repeat_batch(v, B, T + 1) for k, v in p.items()}
+        p = self._params(params, U.device, U.dtype, batch=B)
+        p_rep = _Params({k: _repeat_batch(v, B, T + 1, p.kinds.get(k)) for k, v in p.items()})
+        p_rep.kinds = p.kinds
         times = t0 + dt * torch.arange(T + 1, dtype=U.dtype, device=U.device)
         t_flat = times.repeat(B)
         S, _ = self._storage(flat, p_rep, t_flat, False, False)
@@ -550,8 +831,9 @@ class Problem:
         self._need_time()
         B, L, n = U.shape
         flat = U.reshape(B * L, n)
-        p = self._params(params, U.device, U.dtype)
-        p_rep = {k: _repeat_batch(v, B, L) for k, v in p.items()}
+        p = self._params(params, U.device, U.dtype, batch=B)
+        p_rep = _Params({k: _repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
+        p_rep.kinds = p.kinds
         times = t0 + dt * torch.arange(L, dtype=U.dtype, device=U.device)
         t_flat = times.repeat(B)
         cg = self._create_graph(flat, p) if create_graph is None else create_graph
@@ -645,22 +927,14 @@ class PatchUnion(Problem):
         """Parent DOF vectors ``(..., n_parent)`` to union vectors ``(..., n)`` (each patch's copy)."""
         return u.index_select(-1, torch.as_tensor(self.union_to_global, device=u.device))
 
-    def _param_kind(self, name, value):
-        # nodal parameters arrive gathered to the union numbering (see _params)
-        if name in self.coefficients or value.dim() == 0:
-            return self.parent._param_kind(name, value)
-        last = value.shape[-1]
-        if last == self.n and last == self.mesh.nelements:
-            raise ProblemError(f"parameter {name!r}: the patches have as many DOFs as the mesh has elements "
-                               "({last}); declare it in Problem(coefficients={{...}})")
-        if last == self.n and value.dim() >= 1 and not (value.dim() == 1 and last == 1):
-            return "nodal"
-        return self.parent._param_kind(name, value)
+    def parameter_kind(self, name, value, batch=None):
+        # kinds are those of the parent: nodal values come on the parent's DOFs (then gathered)
+        return self.parent.parameter_kind(name, value, batch=batch)
 
-    def _params(self, params, device, dtype):
-        p = super()._params(params, device, dtype)
+    def _params(self, params, device, dtype, batch=None):
+        p = super()._params(params, device, dtype, batch)
         for k, v in p.items():
-            if isinstance(v, torch.Tensor) and self.parent._param_kind(k, v) == "nodal":
+            if isinstance(v, torch.Tensor) and p.kinds.get(k) == "nodal":
                 p[k] = self.gather(v)
         return p
 
@@ -669,15 +943,16 @@ class PatchUnion(Problem):
         return g[:, torch.as_tensor(self._dir_in_parent, device=g.device)]
 
 
-def _repeat_batch(v, B: int, reps: int):
+def _repeat_batch(v, B: int, reps: int, kind=None):
     """Repeat a parameter for ``reps`` levels of each of ``B`` samples (batch becomes B * reps)."""
     if not isinstance(v, torch.Tensor) or v.dim() == 0:
         return v
-    if v.dim() == 1 and v.shape[0] == B and B > 1:
-        return v.repeat_interleave(reps)
-    if v.dim() >= 2:
-        return v.expand(B, *v.shape[1:]).repeat_interleave(reps, dim=0)
-    return v
+    full = 3 if kind == "quadrature" else 1 if kind == "constant" else 2
+    if v.dim() < full:
+        return v  # no batch: shared by every sample and level
+    if v.shape[0] == 1:
+        v = v.expand(B, *v.shape[1:])
+    return v.repeat_interleave(reps, dim=0)
 
 
 def _n_args(f) -> int:
