@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -49,6 +50,22 @@ def positive_int(x: int) -> bool:
     return int(x) == x and x >= 1
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    """``kind(value)``, refusing what the cast would silently change: a fraction given for an
+    integer (``refine=2.5`` is not 2) and booleans for numbers."""
+    if kind in (int, float) and isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if kind is int:
+        if isinstance(value, str):
+            value = float(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+    return kind(value)
+
+
 class ProblemSpec(ABC):
     """One benchmark problem: its parameters, discrete problem, inputs and reference solver.
 
@@ -84,19 +101,21 @@ class ProblemSpec(ABC):
         """
         unknown = sorted(set(overrides) - set(self.params))
         if unknown:
+            near = difflib.get_close_matches(unknown[0], list(self.params), n=1, cutoff=0.6)
             raise ParameterError(
-                f"problem {self.name!r} has no parameter(s) {unknown}; valid parameters: "
-                f"{sorted(self.params)}"
+                f"problem {self.name!r} has no parameter(s) {unknown}"
+                + (f" (did you mean {near[0]!r}?)" if near else "")
+                + f"; valid parameters: {sorted(self.params)}"
             )
         out = self.defaults
         for key, value in overrides.items():
             spec = self.params[key]
             try:
-                value = spec.kind(value)
-            except (TypeError, ValueError):
+                value = _coerce(spec.kind, value)
+            except (TypeError, ValueError, OverflowError):
                 raise ParameterError(
-                    f"problem {self.name!r}: parameter {key!r} must be a {spec.kind.__name__}; "
-                    f"got {value!r}"
+                    f"problem {self.name!r}: parameter {key!r} must be "
+                    f"{_KIND_NAMES.get(spec.kind, 'a')} ({getattr(spec.kind, '__name__', 'value')}); got {value!r}"
                 ) from None
             out[key] = value
         for key, value in out.items():

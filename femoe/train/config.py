@@ -13,6 +13,7 @@ n_train = 32
 n_test = 8
 seed = 0
 dir = "data/ds-small"                # generated here when missing
+test_params = {}                     # e.g. { grid = 64 }: also test on that mesh (super-resolution)
 
 [network]
 kind = "deeponet"                    # or "gnn"
@@ -30,12 +31,21 @@ seed = 0
 rho = 1e-4
 tol = 1e-8
 maxiter = 100
+row_weights = "mass"                 # basis-mode row weights: "mass" (1/M_ii) or "boundary"
+dirichlet_weight = 1.0               # weight of the Dirichlet rows u_i - g_i (PDE rows: see above)
 
 [train]
 epochs = 10
 batch_size = 4
 lr = 1e-3
-lr_final = 1e-4
+lr_final = 1e-4                      # the schedule's floor / end value
+schedule = "exponential"             # lr -> lr_final geometrically over the run; or "staircase"
+                                     # (the paper's code: lr held lr_hold steps, then times
+                                     # lr_decay every lr_hold steps, floor lr_final), "cosine"
+                                     # (half cosine lr -> lr_final), "constant"
+lr_hold = 800                        # staircase: steps per stair
+lr_decay = 0.5                       # staircase: factor per stair, in (0, 1]
+clip_grad = 0.0                      # > 0: clip the gradient norm (the paper: 1); 0: off
 seed = 0
 data_weight = 0.0                    # > 0: supervised term ||u - u_ref||^2 (the paper: 0)
 device = "cpu"                       # or "cuda"
@@ -46,6 +56,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +67,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from femoe.errors import ConfigError
+from femoe.errors import ConfigError, FemoeError
 
 METHODS = ("soft", "pihc", "moe", "patch")
 
@@ -73,6 +85,9 @@ class DataConfig:
     seed: int = 0
     dir: str = ""
     workers: int = 1
+    # problem parameters of a second test set on another mesh of the same domain (e.g.
+    # { grid = 64 } after training at grid = 32: the paper's super-resolution test); {}: none
+    test_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +114,12 @@ class SolverConfig:
     maxiter: int = 100
     hessian: str = "exact"
     patch_rtol: float = 1e-10
+    # basis-mode rows (PI-HC, MoE; also the loss of every method): "mass" divides row i by M_ii
+    # (pointwise residuals; a boundary-facet row then carries its boundary term times 1/M_ii ~ 1/h);
+    # "boundary" divides by M_ii + F_ii, F_ii = int_facets phi_i^2 ds the boundary measure of the
+    # row, so facet rows weigh their boundary condition like a Dirichlet row (O(1)), not O(1/h)
+    row_weights: str = "mass"
+    dirichlet_weight: float = 1.0  # weight of Dirichlet rows u_i - g_i
 
 
 @dataclass
@@ -107,6 +128,10 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-3
     lr_final: float = 1e-4
+    schedule: str = "exponential"  # "exponential", "staircase", "cosine", "constant"
+    lr_hold: int = 800
+    lr_decay: float = 0.5
+    clip_grad: float = 0.0
     seed: int = 0
     data_weight: float = 0.0
     max_steps_per_epoch: int = 0  # 0: all batches
@@ -141,32 +166,147 @@ class Config:
 _SECTIONS = {"problem": ProblemConfig, "data": DataConfig, "network": NetworkConfig, "experts": ExpertsConfig,
              "solver": SolverConfig, "train": TrainConfig}
 
+# ------------------------------------------------------------------------------ schema
+# Types come from the dataclass annotations; ranges and choices from _RULES. A rule is either
+# (check, "what the value must be") or a tuple of choices, or a callable returning the choices
+# (for registries imported lazily). Every key of the dataclasses must have a type in _TYPES.
 
-def _fill(cls, values: dict[str, Any], where: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+_TYPES: dict[str, tuple[Any, str]] = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "float | None": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string (in quotes)"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "dict[str, Any]": (lambda v: isinstance(v, dict), "a table, e.g. { key = value }"),
+}
+
+
+def _ge(lo):
+    return (lambda v: math.isfinite(v) and v >= lo), f">= {lo}"
+
+
+def _gt(lo):
+    return (lambda v: math.isfinite(v) and v > lo), f"> {lo}"
+
+
+def _partitioners() -> list[str]:
+    from femoe.partition import available_methods
+
+    return list(available_methods())
+
+
+def _problems() -> list[str]:
+    from problems import PROBLEMS
+
+    return list(PROBLEMS)
+
+
+def _device_ok(v: str) -> bool:
+    import torch
+
+    try:
+        dev = torch.device(v)
+    except (RuntimeError, ValueError):
+        return False
+    return dev.type in ("cpu", "cuda")
+
+
+_RULES: dict[str, Any] = {
+    "config.name": ((lambda v: bool(v.strip()) and not set(v) & set("/\\")),
+                    "a non-empty name without '/' (it names the results folder)"),
+    "config.results": ((lambda v: bool(v.strip())), "a non-empty folder name"),
+    "problem.name": _problems,
+    "data.n_train": _ge(1), "data.n_test": _ge(1), "data.seed": _ge(0), "data.workers": _ge(1),
+    "network.kind": ("deeponet", "gnn"),
+    "network.n_basis": _ge(1), "network.width": _ge(1), "network.depth": _ge(1), "network.sensors": _ge(1),
+    "network.fourier_scale": _ge(0),
+    "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
+    "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
+    "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary"), "solver.dirichlet_weight": _gt(0),
+    "train.epochs": _ge(1), "train.batch_size": _ge(1), "train.lr": _gt(0), "train.lr_final": _gt(0),
+    "train.schedule": ("exponential", "staircase", "cosine", "constant"), "train.lr_hold": _ge(1),
+    "train.lr_decay": ((lambda v: 0 < v <= 1), "in (0, 1]"), "train.clip_grad": _ge(0),
+    "train.seed": _ge(0), "train.data_weight": _ge(0), "train.max_steps_per_epoch": _ge(0),
+    "train.train_until": ((lambda v: v is None or (math.isfinite(v) and v > 0)), "> 0 (a time)"),
+    "train.device": (_device_ok, "'cpu', 'cuda' or 'cuda:<index>'"),
+}
+
+
+def _nearest(word: str, choices) -> str:
+    near = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _section_of(where: str) -> str:
+    return "the top level" if where == "config" else f"[{where}]"
+
+
+def _check_value(where: str, key: str, value: Any, type_name: str) -> Any:
+    """``value`` checked against its type and rule; returns it (ints given for floats as float)."""
+    full = f"{where}.{key}"
+    name = key if where == "config" else full
+    ok, what = _TYPES[type_name]
+    if not ok(value):
+        hint = " without quotes" if isinstance(value, str) and type_name in ("int", "float", "bool") else ""
+        raise ConfigError(f"{name} must be {what}; got {value!r} ({type(value).__name__}). Write it{hint} as "
+                          f"{what} in {_section_of(where)} of the config")
+    if type_name in ("float", "float | None") and value is not None:
+        value = float(value)
+    rule = _RULES.get(full)
+    if rule is None:
+        return value
+    if callable(rule) and not isinstance(rule, tuple):
+        rule = tuple(rule())
+    if isinstance(rule[0], str):  # choices
+        if value not in rule:
+            raise ConfigError(f"{name} must be one of {list(rule)}; got {value!r}{_nearest(value, rule)}")
+        return value
+    check, what = rule
+    try:
+        good = bool(check(value))
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise ConfigError(f"{name} must be {what}; got {value!r}. Change it in {_section_of(where)} of the config")
+    return value
+
+
+def _unknown_key(where: str, key: str, valid) -> ConfigError:
+    msg = f"unknown key {key!r} in {_section_of(where)}{_nearest(key, valid)}"
+    homes = [s for s, cls in _SECTIONS.items() if s != where and key in {f.name for f in dataclasses.fields(cls)}]
+    if where != "config" and key in {f.name for f in dataclasses.fields(Config)}:
+        homes.append("top level")
+    if homes:
+        msg += f"; {key!r} belongs in " + " or ".join(h if h == "top level" else f"[{h}]" for h in homes)
+    return ConfigError(f"{msg}; valid keys there: {sorted(valid)}")
+
+
+def _fill(cls, values: Any, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table of keys (a [{where}] section); got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if where != "config" or f.name not in _SECTIONS}
+    for k in values:
+        if k not in fields:
+            raise _unknown_key(where, k, fields)
     obj = cls()
     for k, v in values.items():
-        default = getattr(obj, k)
-        if isinstance(default, bool) or default is None or isinstance(default, (dict, list, str)):
-            setattr(obj, k, copy.deepcopy(v))
-        elif isinstance(default, int):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ConfigError(f"{where}.{k} must be an integer; got {v!r}")
-            setattr(obj, k, v)
-        elif isinstance(default, float):
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ConfigError(f"{where}.{k} must be a number; got {v!r}")
-            setattr(obj, k, float(v))
-        else:
-            setattr(obj, k, v)
+        setattr(obj, k, copy.deepcopy(_check_value(where, k, v, str(fields[k].type))))
     return obj
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a plain dict (as read from TOML)."""
+    """Build and validate a :class:`Config` from a plain dict (as read from TOML).
+
+    Raises
+    ------
+    femoe.errors.ConfigError
+        An unknown key (the message names the nearest valid one), a value of the wrong type or
+        outside its range, an unknown method, problem, partitioner or device, or problem
+        parameters the problem refuses.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"a run configuration must be a table of keys; got {type(d).__name__}")
     d = copy.deepcopy(d)
     top = {k: v for k, v in d.items() if k not in _SECTIONS}
     cfg = _fill(Config, top, "config")
@@ -177,31 +317,68 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a TOML run configuration (see the module docstring)."""
+    """Read a TOML run configuration (see the module docstring); errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
+                          + "; give the path of a .toml run configuration, e.g. problems/configs/default.toml")
     try:
         d = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    cfg = config_from_dict(d)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file ({exc}); give a .toml run configuration") from exc
+    try:
+        cfg = config_from_dict(d)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if "name" not in d:
         cfg.name = path.stem
     return cfg
 
 
 def validate(cfg: Config) -> None:
+    """Checks across keys (each key's type and range is checked by :func:`config_from_dict`)."""
+    for key, cls in (("config", Config), *_SECTIONS.items()):
+        obj = cfg if key == "config" else getattr(cfg, key)
+        for f in dataclasses.fields(cls):
+            if key == "config" and f.name in _SECTIONS:
+                continue
+            _check_value(key, f.name, getattr(obj, f.name), str(f.type))
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad or not cfg.methods:
-        raise ConfigError(f"methods must be a non-empty list drawn from {list(METHODS)}; got {cfg.methods}")
-    if cfg.network.kind not in ("deeponet", "gnn"):
-        raise ConfigError(f"network.kind must be 'deeponet' or 'gnn'; got {cfg.network.kind!r}")
-    for where, value in (("data.n_train", cfg.data.n_train), ("data.n_test", cfg.data.n_test),
-                         ("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                         ("network.n_basis", cfg.network.n_basis), ("experts.k", cfg.experts.k),
-                         ("network.width", cfg.network.width), ("network.sensors", cfg.network.sensors)):
-        if value < 1:
-            raise ConfigError(f"{where} must be >= 1; got {value}")
-    if not (cfg.train.lr > 0 and cfg.train.lr_final > 0):
-        raise ConfigError("train.lr and train.lr_final must be positive")
+        raise ConfigError(f"methods must be a non-empty list drawn from {list(METHODS)}; got {cfg.methods}"
+                          + (_nearest(bad[0], METHODS) if bad else ""))
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"methods lists a method twice: {cfg.methods}")
+    from problems import get_problem
+
+    spec = get_problem(cfg.problem.name)
+    for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):
+        try:
+            spec.parameters(**params)
+        except FemoeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+_ALWAYS_CHANGEABLE = {"name", "methods", "results", "data.dir", "data.workers", "train.device"}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``Config.to_dict()``), except
+    those a resumed run may change (the run's name, methods, results and data folders, data
+    workers, device). Keys missing from ``old`` (a checkpoint of an older femoe) count as
+    unchanged when ``new`` holds their default."""
+    defaults = Config().to_dict()
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if isinstance(a, dict) and isinstance(b, dict) and key in _SECTIONS:
+            for sub in sorted(set(a) | set(b)):
+                full = f"{key}.{sub}"
+                dflt = defaults[key].get(sub)
+                if full not in _ALWAYS_CHANGEABLE and a.get(sub, dflt) != b.get(sub, dflt):
+                    changed.append(full)
+        elif key not in _ALWAYS_CHANGEABLE and a != b:
+            changed.append(key)
+    return changed
