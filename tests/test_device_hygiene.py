@@ -73,3 +73,22 @@ def test_default_backend_never_puts_two_nccl_ranks_on_one_gpu(monkeypatch, gpus,
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
     assert distributed.default_backend() == expected
+
+
+def test_gpu_benchmark_script_runs_end_to_end_with_the_cpu_standing_in(tmp_path):
+    """benchmarks/gpu.py is run only on a lent GPU machine, with minutes of device time: a bug
+    in the script itself must show up here, not there."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = ROOT.parent
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu.py"), "--dry-run", "--budget-s", "120"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads((tmp_path / "gpu_dry_run.json").read_text())
+    assert out["device"] == "cpu (dry run)"
+    assert out["throughput"] and all(r[f"{m}_gpu_s"] > 0 for r in out["throughput"] for m in ("pihc", "moe4", "patch"))
+    assert out["patch_large"] and out["points"] and out["largest"]
