@@ -55,6 +55,10 @@ class DuplicateNodesError(MeshError):
     """Several nodes share the same coordinates."""
 
 
+class NonFiniteCoordinatesError(MeshError):
+    """Node coordinates that are NaN or infinite."""
+
+
 # --- problems, shapes, values -------------------------------------------------------------
 class ProblemError(FemoeError, ValueError):
     """A weak-form problem is ill-defined (unknown tag, bad parameter, bad integrand)."""

@@ -76,6 +76,7 @@ from femoe.errors import (
     MeshReadError,
     MeshRepairWarning,
     MixedCellTypesError,
+    NonFiniteCoordinatesError,
     ShapeError,
     UnsupportedCellError,
 )
@@ -372,6 +373,11 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
         As for :func:`read_mesh`.
     """
     src = source if source is not None else "<meshio.Mesh>"
+    bad = ~np.isfinite(np.asarray(m.points, dtype=float)).all(axis=-1)
+    if bad.any():
+        raise NonFiniteCoordinatesError(
+            f"{int(bad.sum())} node(s) have NaN or infinite coordinates (first: node "
+            f"{int(np.nonzero(bad)[0][0])}); fix or re-export the mesh", src)
     blocks = list(m.cells)
     if not blocks or all(len(b.data) == 0 for b in blocks):
         raise UnsupportedCellError(
