@@ -1,9 +1,12 @@
-"""Training one method: Adam with exponential decay, checkpoints, resume, logs, Ctrl-C."""
+"""Training one method: Adam with a learning-rate schedule (exponential, the paper's staircase,
+cosine or constant; see :func:`lr_factor`), optional gradient-norm clipping, checkpoints,
+resume, logs, Ctrl-C."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import signal
 import time
@@ -13,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from femoe.errors import CheckpointError, ConfigError
-from femoe.train.config import Config
+from femoe.errors import CheckpointError, ConfigError, NonFiniteError
+from femoe.train.config import Config, config_changes
 from femoe.train.methods import Method, build_method
 from femoe.train.task import Task, check_checkpoint_problem
 
@@ -25,6 +28,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+SCHEDULES = ("exponential", "staircase", "cosine", "constant")
+
+
+def lr_factor(tc, step: int, total: int) -> float:
+    """Learning rate after ``step`` optimiser steps, relative to ``tc.lr``.
+
+    ``exponential``: ``lr -> lr_final`` geometrically over the ``total`` steps of the run (the
+    landed default); ``staircase``: the paper's code, ``lr`` held for ``lr_hold`` steps, then
+    multiplied by ``lr_decay`` every ``lr_hold`` steps, never below ``lr_final``; ``cosine``:
+    half a cosine from ``lr`` to ``lr_final`` over the run; ``constant``: ``lr``.
+    """
+    lr, lo = tc.lr, tc.lr_final
+    if tc.schedule == "constant":
+        return 1.0
+    if tc.schedule == "staircase":
+        return max(lr * tc.lr_decay ** (step // tc.lr_hold), min(lo, lr)) / lr
+    frac = min(step / max(total, 1), 1.0)
+    if tc.schedule == "cosine":
+        return (lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * frac))) / lr
+    if tc.schedule == "exponential":
+        return (lo / lr) ** frac
+    raise ConfigError(f"train.schedule must be one of {list(SCHEDULES)}; got {tc.schedule!r}")
 
 
 def loss_of(task: Task, method: Method, inputs: torch.Tensor, solutions: torch.Tensor | None,
@@ -62,8 +89,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.method.parameters(), lr=cfg.train.lr)
         tc = cfg.train
         steps = tc.epochs * self.steps_per_epoch
-        gamma = (tc.lr_final / tc.lr) ** (1.0 / max(steps, 1))
-        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma)
+        lr_factor(tc, 0, steps)  # refuses an unknown schedule here, not at the first step
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda k: lr_factor(tc, k, steps))
         self.epoch = 0
         self.step = 0
         self.step_times: list[float] = []
@@ -116,15 +143,38 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path}: cannot read the checkpoint ({exc}); delete it to start "
                                   "afresh") from exc
         check_checkpoint_problem(st["meta"], self.task, self.checkpoint_path)
+        changed = config_changes(st["meta"].get("config", {}), self.cfg.to_dict())
+        if changed:
+            raise ConfigError(f"cannot resume from {self.checkpoint_path}: the config changed since it was written "
+                              f"({', '.join(changed)}); restore those keys, or train afresh")
         self.method.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
+        sched = dict(st["scheduler"])
+        sched.setdefault("lr_lambdas", [None])  # checkpoints of the former ExponentialLR
+        sched.pop("gamma", None)
+        self.sched.load_state_dict(sched)
         self.epoch, self.step, self.step_times = st["epoch"], st["step"], list(st["step_times"])
         torch.set_rng_state(st["rng"]["torch"])
         np.random.set_state(st["rng"]["numpy"])
         random.setstate(st["rng"]["python"])
         log.info("resumed %s at epoch %d (step %d)", self.method.name, self.epoch, self.step)
         return True
+
+    def _open_log(self):
+        """``log.jsonl`` for appending: a fresh run starts it anew; a resumed one keeps the records
+        up to its checkpoint's step (those after it were trained again)."""
+        path = self.dir / "log.jsonl"
+        if self.step == 0 or not path.is_file():
+            return open(path, "w")
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        path.write_text("".join(kept))
+        return open(path, "a")
 
     # ------------------------------------------------------------------ training
     def _order(self, epoch: int) -> np.ndarray:
@@ -142,7 +192,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc=self.method.name, disable=not progress, leave=True)
         interrupted = False
         previous = signal.getsignal(signal.SIGINT)
-        logf = open(self.dir / "log.jsonl", "a")
+        logf = self._open_log()
         try:
             self.method.train()
             while self.epoch < last:
@@ -155,13 +205,20 @@ class Trainer:
                     self.opt.zero_grad(set_to_none=True)
                     loss, res, info = loss_of(task, self.method, inputs, sols, self.levels)
                     loss.backward()
+                    if tc.clip_grad > 0:
+                        gnorm = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), tc.clip_grad))
+                    else:
+                        gnorm = float(torch.sqrt(sum(p.grad.detach().square().sum() for p in
+                                                     self.method.parameters() if p.grad is not None)))
+                    if not (math.isfinite(loss.item()) and math.isfinite(gnorm)):
+                        raise NonFiniteError(f"the loss ({loss.item()}) or its gradient (norm {gnorm}) is not finite")
                     self.opt.step()
                     self.sched.step()
                     dt = time.perf_counter() - t0
                     self.step += 1
                     self.step_times.append(dt)
                     rec = {"step": self.step, "epoch": self.epoch, "loss": loss.item(), "residual": res.item(),
-                           "lr": self.sched.get_last_lr()[0], "seconds": dt, **info}
+                           "lr": self.sched.get_last_lr()[0], "grad_norm": gnorm, "seconds": dt, **info}
                     logf.write(json.dumps(rec) + "\n")
                     bar.set_postfix(loss=f"{loss.item():.3e}", res=f"{float(res):.2e}",
                                     its=info.get("iterations", "-"), unconv=info.get("unconverged", 0))
@@ -174,6 +231,11 @@ class Trainer:
             path = self.save()
             log.warning("interrupted: checkpoint saved to %s (continue with --resume)", path)
             raise
+        except NonFiniteError as exc:  # the step was not taken: the checkpoint holds finite weights
+            path = self.save()
+            raise NonFiniteError(f"{self.method.name}, step {self.step + 1}: {exc}. Training stopped; {path} holds "
+                                 "the last finite state. Lower train.lr, set train.clip_grad, or check the inputs"
+                                 ) from exc
         finally:
             logf.close()
             bar.close()
