@@ -738,6 +738,16 @@ class Problem:
         R, _ = self._apply_dirichlet(R, None, u, p, t)
         return R[0] if squeeze else R
 
+    def weak_residual(self, u: torch.Tensor, params: Mapping[str, Any] | None = None, *,
+                      t: float | None = None) -> torch.Tensor:
+        """The weak-form residual in *every* row, Dirichlet rows included (not replaced by
+        ``u - g``): what those rows hold at a solution are the reactions, the forces the
+        boundary condition exerts (see :func:`femoe.boundary.reaction`). Shape of ``u``;
+        differentiable like :meth:`residual`."""
+        u, p, squeeze = self._prepare(u, params)
+        R, _ = self._spatial(u, p, t, jacobian=False, create_graph=False)
+        return R[0] if squeeze else R
+
     def residual_and_jacobian(self, u: torch.Tensor, params: Mapping[str, Any] | None = None, *,
                               t: float | None = None) -> tuple[torch.Tensor, BatchedCSR]:
         """Residual and its Jacobian ``dR/du`` as a :class:`~femoe.sparse.BatchedCSR` on

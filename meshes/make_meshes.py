@@ -14,6 +14,11 @@ Every file is written as Gmsh 4.1 ASCII next to this script, with named physical
 ``box_tet.msh``
     Unit cube, tetrahedra; faces "xmin", "xmax", "ymin", "ymax", "zmin", "zmax", volume
     "domain".
+``dfg_cylinder.msh``
+    The Schaefer-Turek DFG channel [0, 2.2] x [0, 0.41] minus the disk of radius 0.05 centred
+    at (0.2, 0.2), **second-order** triangles (``triangle6``: the mid nodes on the cylinder lie
+    on the circle), graded from ``h_cyl`` on the cylinder to ``h_far``; curves "inlet" (x=0),
+    "outlet" (x=2.2), "walls" (y=0 and y=0.41), "cylinder", surface "domain".
 
 The script needs the ``gmsh`` Python package (``pip install gmsh``). Meshes are generated
 with a fixed algorithm and a single thread, so that reruns give the same files.
@@ -140,8 +145,58 @@ def make_box_tet(h: float = 0.08) -> Path:
     return _finish("box_tet.msh")
 
 
+#: DFG 2D-1 geometry: channel length and height, cylinder centre and radius
+DFG = {"length": 2.2, "height": 0.41, "centre": (0.2, 0.2), "radius": 0.05}
+
+
+def make_dfg_cylinder(h_cyl: float = 0.01, h_far: float = 0.05, filename: str = "dfg_cylinder.msh",
+                      order: int = 2) -> Path:
+    _start("dfg_cylinder")
+    occ = gmsh.model.occ
+    L, H, (cx, cy), r = DFG["length"], DFG["height"], DFG["centre"], DFG["radius"]
+    channel = occ.addRectangle(0.0, 0.0, 0.0, L, H)
+    disk = occ.addDisk(cx, cy, 0.0, r, r)
+    occ.cut([(2, channel)], [(2, disk)])
+    occ.synchronize()
+    surfaces = gmsh.model.getEntities(2)
+    groups: dict[str, list[int]] = {"inlet": [], "outlet": [], "walls": [], "cylinder": []}
+    for _, tag in gmsh.model.getBoundary(surfaces, oriented=False):
+        x0, y0, _, x1, y1, _ = gmsh.model.getBoundingBox(1, tag)
+        if x1 < 1e-6:
+            groups["inlet"].append(tag)
+        elif x0 > L - 1e-6:
+            groups["outlet"].append(tag)
+        elif y1 < 1e-6 or y0 > H - 1e-6:
+            groups["walls"].append(tag)
+        else:
+            groups["cylinder"].append(tag)
+    for name, tags in groups.items():
+        gmsh.model.addPhysicalGroup(1, tags, name=name)
+    gmsh.model.addPhysicalGroup(2, [tag for _, tag in surfaces], name="domain")
+    # grade the size from the cylinder outwards, finer in the near wake
+    field = gmsh.model.mesh.field
+    dist = field.add("Distance")
+    field.setNumbers(dist, "CurvesList", groups["cylinder"])
+    field.setNumber(dist, "Sampling", 200)
+    thr = field.add("Threshold")
+    field.setNumber(thr, "InField", dist)
+    field.setNumber(thr, "SizeMin", h_cyl)
+    field.setNumber(thr, "SizeMax", h_far)
+    field.setNumber(thr, "DistMin", 0.01)
+    field.setNumber(thr, "DistMax", 0.5)
+    field.setAsBackgroundMesh(thr)
+    gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
+    gmsh.option.setNumber("Mesh.Algorithm", 6)
+    gmsh.model.mesh.generate(2)
+    if order > 1:
+        gmsh.model.mesh.setOrder(order)
+    return _finish(filename)
+
+
 def main() -> None:
-    for make in (make_interval, make_plate_with_holes, make_periodic_square, make_box_tet):
+    for make in (make_interval, make_plate_with_holes, make_periodic_square, make_box_tet, make_dfg_cylinder):
         path = make()
         print(f"wrote {path.name} ({path.stat().st_size / 1e6:.2f} MB)")
 

@@ -473,6 +473,16 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
     )
     _check_duplicates(points, old_ids, src)
     cells = _check_measures(points, cells, cell_type, kind, src)
+    ncorner = _DOMAIN_TYPES[cell_type][1]
+    if cells.shape[1] > ncorner:
+        # scikit-fem numbers the corner nodes of a second-order mesh first; number them so here
+        # too, or the facet cells (matched by their corner numbers) land on the wrong facets
+        corners = np.unique(cells[:, :ncorner])
+        order = np.concatenate([corners, np.setdiff1d(np.arange(len(points)), corners)])
+        new = np.empty_like(order)
+        new[order] = np.arange(len(order))
+        points, cells = points[order], new[cells]
+        facets = new[facets] if len(facets) else facets
 
     # scikit-fem's bridge does the facet matching and orientation from cell sets
     out_cells = [meshio.CellBlock(cell_type, cells)]
