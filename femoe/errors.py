@@ -149,3 +149,8 @@ class FieldError(ProblemError):
 class AmbiguousParameterError(ProblemError, ShapeError):
     """A parameter's shape fits more than one kind (per-sample constants, nodal or element
     field, Dirichlet values...) or none; declare it in ``Problem(coefficients={...})``."""
+
+
+class EmptyGroupWarning(FemoeWarning):
+    """A mesh file names a physical group (boundary or subdomain) that holds no elements; it
+    is kept as an empty tag so that ``femoe mesh info`` lists it with count 0."""

@@ -366,6 +366,12 @@ class Problem:
                 "Tags come from the mesh file's physical groups (femoe.mesh.read_mesh) or from "
                 "mesh.with_boundaries({...})"
             )
+        if len(bnd[tag]) == 0:
+            raise ProblemError(
+                f"boundary tag {tag!r} holds no facets: the mesh file names the group but no elements "
+                "carry it (read_mesh warned about it). Add the boundary curves/surfaces to the physical "
+                "group in Gmsh and save the mesh again"
+            )
         return bnd[tag]
 
     def _tensors(self, device, dtype) -> dict[str, torch.Tensor]:

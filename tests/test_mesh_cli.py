@@ -87,3 +87,17 @@ def test_format_option_reads_a_file_without_suffix(tmp_path, capsys):
     path.write_bytes((MESHES / "plate_with_holes.msh").read_bytes())
     assert main(["mesh", "info", str(path), "--format", "gmsh", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_vertices"] == 2477
+
+
+def test_info_lists_an_empty_named_group_with_count_zero(tmp_path, capsys):
+    import meshio
+
+    src = meshio.read(MESHES / "plate_with_holes.msh")
+    field_data = {**src.field_data, "ghost_wall": np.array([41, 1])}
+    path = tmp_path / "ghost.msh"
+    meshio.write(path, meshio.Mesh(src.points, src.cells, cell_data=src.cell_data, field_data=field_data),
+                 file_format="gmsh22", binary=False)
+    assert main(["mesh", "info", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ghost_wall (0 edges)" in out
+    assert "'ghost_wall'" in err and "hold no elements" in err

@@ -364,3 +364,47 @@ def test_mesh_info(plate):
     assert 0 < q["min_measure"] <= q["max_measure"]
     assert 1.0 <= q["mean_aspect_ratio"] <= q["max_aspect_ratio"] < 3.0
     assert mesh_info(MeshTet2())["cell_type"] == "tetra10"
+
+
+# --- issue 10: second-order tags, empty groups ----------------------------------------------
+def test_dfg_second_order_mesh_tags_lie_on_their_boundaries():
+    # the facets of a second-order file used to be matched against scikit-fem's renumbered
+    # nodes: inlet and outlet came back empty and "walls" held wrong facets
+    mesh = read_mesh(MESHES / "dfg_cylinder.msh")
+    assert isinstance(mesh, MeshTri2)
+    where = {"inlet": lambda x, y: np.isclose(x, 0.0), "outlet": lambda x, y: np.isclose(x, 2.2),
+             "walls": lambda x, y: np.isclose(y, 0.0) | np.isclose(y, 0.41),
+             "cylinder": lambda x, y: np.isclose(np.hypot(x - 0.2, y - 0.2), 0.05)}
+    for name, on in where.items():
+        facets = mesh.boundaries[name]
+        x = mesh.p[:, mesh.facets[:, facets]]
+        assert len(facets) > 0 and on(x[0], x[1]).all(), name
+    assert sum(facet_measures(mesh, mesh.boundaries[n]).sum() for n in ("inlet", "outlet")) == pytest.approx(0.82)
+    assert facet_measures(mesh, mesh.boundaries["walls"]).sum() == pytest.approx(4.4)
+    # the mid nodes on the cylinder lie on the circle (curved geometry)
+    from skfem import Basis, ElementTriP2
+    dofs = Basis(mesh, ElementTriP2()).get_dofs(mesh.boundaries["cylinder"]).all()
+    x = Basis(mesh, ElementTriP2()).doflocs[:, dofs]
+    np.testing.assert_allclose(np.hypot(x[0] - 0.2, x[1] - 0.2), 0.05, atol=1e-9)
+
+
+def test_empty_named_groups_warn_and_are_listed_with_count_zero(tmp_path):
+    from femoe.errors import EmptyGroupWarning, ProblemError
+
+    src = meshio.read(MESHES / "plate_with_holes.msh")
+    field_data = dict(src.field_data)
+    field_data["ghost_wall"] = np.array([41, 1])
+    field_data["ghost_zone"] = np.array([42, 2])
+    path = tmp_path / "empty_groups.msh"
+    meshio.write(path, meshio.Mesh(src.points, src.cells, cell_data=src.cell_data, field_data=field_data),
+                 file_format="gmsh22", binary=False)
+    with pytest.warns(EmptyGroupWarning, match=r"boundary group\(s\) \['ghost_wall'\].*subdomain group\(s\) "
+                                               r"\['ghost_zone'\]"):
+        mesh = read_mesh(path)
+    info = mesh_info(mesh)
+    assert info["boundaries"]["ghost_wall"] == 0 and info["subdomains"]["ghost_zone"] == 0
+    assert info["boundaries"]["outer"] > 0
+    import skfem as fe
+    from femoe import Problem
+    with pytest.raises(ProblemError, match="'ghost_wall' holds no facets"):
+        Problem(fe.Basis(mesh, fe.ElementTriP1()), lambda u, v, w: u * v, dirichlet={"ghost_wall": 0.0})

@@ -71,6 +71,7 @@ from skfem.io.meshio import HEX_MAPPING, from_meshio as _skfem_from_meshio
 from femoe.errors import (
     DegenerateElementError,
     DuplicateNodesError,
+    EmptyGroupWarning,
     MeshFileNotFoundError,
     MeshFormatError,
     MeshReadError,
@@ -503,7 +504,42 @@ def from_meshio(m: meshio.Mesh, source: str | os.PathLike | None = None) -> Mesh
         )
     clean = meshio.Mesh(points, out_cells, cell_sets=cell_sets, cell_data=cell_data)
     mesh = _skfem_from_meshio(clean, ignore_orientation=nfc not in (2, 3))
-    return _only_own_kind(mesh, set(sub_tags), set(bnd_tags), skfem_keys)
+    mesh = _only_own_kind(mesh, set(sub_tags), set(bnd_tags), skfem_keys)
+    return _keep_empty_groups(m, mesh, top, src)
+
+
+def _keep_empty_groups(m: meshio.Mesh, mesh: Mesh, top: int, src) -> Mesh:
+    """Named physical groups of the domain or facet dimension that hold no elements: warn, naming
+    them, and keep them as empty tags (a tag that silently vanished would leave a later
+    "unknown tag" error without its cause)."""
+    empty: dict[str, list[str]] = {"boundary": [], "subdomain": []}
+    for name, value in (m.field_data or {}).items():
+        value = np.asarray(value).ravel()
+        if value.size < 2:
+            continue
+        dim = int(value[1])
+        kind = "subdomain" if dim == top else "boundary" if dim == top - 1 else None
+        have = mesh.subdomains if kind == "subdomain" else mesh.boundaries
+        if kind is not None and str(name) not in (have or {}):
+            empty[kind].append(str(name))
+    if not (empty["boundary"] or empty["subdomain"]):
+        return mesh
+    listed = "; ".join(f"{k} group(s) {sorted(v)}" for k, v in empty.items() if v)
+    warnings.warn(
+        f"{src}: {listed} named in the file hold no elements. They are kept as empty tags (count "
+        "0). Check the physical groups in Gmsh: each must contain the curves/surfaces (or "
+        "volumes) that carry the elements, and the mesh must be saved after meshing them.",
+        EmptyGroupWarning, stacklevel=4,
+    )
+    bnd = dict(mesh._boundaries or {})
+    sub = dict(mesh._subdomains or {})
+    for name in empty["boundary"]:
+        bnd[name] = np.zeros(0, dtype=np.int64)
+    for name in empty["subdomain"]:
+        sub[name] = np.zeros(0, dtype=np.int64)
+    mesh._boundaries = bnd or None
+    mesh._subdomains = sub or None
+    return mesh
 
 
 def _only_own_kind(
