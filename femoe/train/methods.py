@@ -71,7 +71,8 @@ class PIHC(Method):
     def __init__(self, task: Task):
         super().__init__(task)
         s = task.cfg.solver
-        kw = dict(rho=s.rho, tol=s.tol, maxiter=s.maxiter, hessian=s.hessian)
+        kw = dict(rho=s.rho, tol=s.tol, maxiter=s.maxiter, hessian=s.hessian,
+                  row_scale=task.row_scale.numpy())
         if task.time_dependent:
             kw["dt"] = task.dt
         self.layer = self._make_layer(task, kw)

@@ -67,7 +67,11 @@ class Task:
         self.fingerprint = mesh_fingerprint(self.problem)
         basis = self.problem.basis
         self.mass = sp.csr_matrix(_first_field_mass(basis, len(self.problem._tb.layouts)))
-        self.row_scale = torch.as_tensor(self.problem.row_scale())  # the layers' row weights
+        from femoe.train.rows import row_weights
+
+        # the layers' row weights, also used by every method's loss (solver.row_weights)
+        self.row_scale = torch.as_tensor(row_weights(self.problem, cfg.solver.row_weights,
+                                                     cfg.solver.dirichlet_weight))
         self.train = self.test = None
         self.times = None
         self.sensor_matrix = None  # test-mesh tasks: (n_sensors, m) interpolation of the inputs
