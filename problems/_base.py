@@ -84,6 +84,8 @@ class ProblemSpec(ABC):
     description: str = ""
     #: steady problems: the parameter the per-sample input is passed to the constraint layers as
     input_param: str = "kappa"
+    #: valid input values: ``(check of one value, "what it must be")``, or None for any finite value
+    input_range: tuple[Callable[[float], bool], str] | None = None
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -157,6 +159,21 @@ class ProblemSpec(ABC):
         steady problems."""
 
     # ------------------------------------------------------------------ helpers
+    def check_inputs(self, inputs: np.ndarray) -> None:
+        """Refuse inputs ``(samples, m)`` outside :attr:`input_range` (e.g. a permeability <= 0),
+        naming the first bad value."""
+        if self.input_range is None:
+            return
+        check, what = self.input_range
+        x = np.asarray(inputs, dtype=float)
+        ok = np.vectorize(lambda v: bool(check(float(v))), otypes=[bool])(x) if x.size else np.ones(0, bool)
+        if not ok.all():
+            where = tuple(int(i) for i in np.argwhere(~ok)[0])
+            raise ParameterError(
+                f"problem {self.name!r}: {int((~ok).sum())} input value(s) outside the valid range "
+                f"({self.input_param} {what}); first: {float(x[where]):g} at index {where}. Give inputs in "
+                "that range (as the training data were)")
+
     def layer_params(self, problem: Problem, inputs):
         """Steady problems: the ``params`` of the constraint layers for a batch of inputs
         ``(batch, m)`` (a torch tensor): ``{input_param: inputs}``. A one-value input is a

@@ -64,6 +64,7 @@ class Darcy2D(ProblemSpec):
     element = "ElementTriP1"
     mesh_file = "meshes/plate_with_holes.msh"
     description = "-div(kappa grad u) = f, random kappa, u = 0 on the outer boundary, no flux on holes"
+    input_range = (positive, "> 0 (a permeability)")
     params = {
         "f": Param(1.0, lambda x: np.isfinite(x), "finite", "source term"),
         "field": Param("lognormal", lambda s: s in _FIELDS, f"one of {_FIELDS}", "", str),

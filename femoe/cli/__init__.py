@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module of this package and exposes
 ``register(subparsers)``; :data:`_COMMANDS` lists them in the order ``femoe --help`` shows.
-Library errors (:class:`femoe.errors.FemoeError`) end the program with their message and a
-non-zero exit status, without a traceback; ``--debug`` shows the traceback.
+User errors (:class:`femoe.errors.FemoeError`, and files that cannot be read or written) end
+the program with one line, ``femoe: error: ...``, and exit status 2; anything else is a bug and
+ends with one line and status 1. ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"femoe: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the user named cannot be read or written
+        if args.debug:
+            raise
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+        print(f"femoe: error: {what}; check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("femoe: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"femoe: internal error: {type(exc).__name__}: {first} (a bug: rerun with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1

@@ -29,3 +29,21 @@ def parse_params(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """Seeds are non-negative (numpy's generators refuse others); say so before any work."""
+    if seed < 0:
+        raise ConfigError(f"{option} must be a non-negative integer; got {seed}")
+    return seed
+
+
+def check_output_folder(path, option: str):
+    """The folder an output file goes into must exist (a typo should not create folders)."""
+    from pathlib import Path
+
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: the folder {parent} does not exist; create it first or pick "
+                          "another path")
+    return Path(path)

@@ -58,9 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import skfem
 
+    from femoe.cli._params import check_output_folder, check_seed
     from femoe.mesh import read_mesh
     from femoe.partition import partition_experts, plot_partition
 
+    check_seed(args.seed)
+    if args.k < 1:
+        raise ConfigError(f"-k/--experts must be at least 1; got {args.k}")
+    if args.png:
+        check_output_folder(args.png, "--png")
     mesh = read_mesh(args.mesh)
     basis = skfem.Basis(mesh, _element_for(mesh, args.element))
     dirichlet = basis.get_dofs().all() if args.dirichlet_boundary else None

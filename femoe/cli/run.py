@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "problems" / "configs" / "default.toml"
@@ -17,7 +18,11 @@ def register(sub) -> None:
                     "predictions, checkpoints and logs).")
     p.add_argument("config", nargs="?", default=None,
                    help=f"TOML run configuration (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
-    p.add_argument("--resume", action="store_true", help="continue each method from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each method from its last checkpoint (refused if the config changed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints and logs of an earlier run in the same results folder and start "
+                        "afresh (without it a fresh run there is refused)")
     p.add_argument("--methods", nargs="+", help="override the config's list of methods")
     p.add_argument("--results", help="override the results folder (default: results/)")
     p.add_argument("--in-process", action="store_true", help="train all methods in this process (no peak-memory "
@@ -41,9 +46,15 @@ def main(args: argparse.Namespace) -> int:
         name = cfg.name
         cfg = config_from_dict(d)
         cfg.name = name
-    summary = run(cfg, resume=args.resume, progress=not args.no_progress, isolate=not args.in_process)
+    try:
+        summary = run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                      isolate=not args.in_process)
+    except KeyboardInterrupt:
+        print(f"femoe: interrupted: checkpoints are in {cfg.run_dir}/<method>/; continue with --resume",
+              file=sys.stderr)
+        return 130
     print(summary["table"])
     for method, error in summary["errors"].items():
-        print(f"femoe: method {method} failed: {error.splitlines()[0]}")
+        print(f"femoe: method {method} failed: {error.splitlines()[0]}", file=sys.stderr)
     print(f"results in {cfg.run_dir}/ (metrics.json, comparison.png, training.png, sample.png)")
     return 1 if summary["errors"] else 0

@@ -49,6 +49,9 @@ def _run(args: argparse.Namespace) -> int:
     from femoe.mesh import write_fields
     from problems import get_problem
 
+    from femoe.cli._params import check_seed
+
+    check_seed(args.seed)
     spec = get_problem(args.problem)
     params = parse_params(args.params)
     spec.parameters(**params)  # validate before touching the output folder

@@ -45,30 +45,52 @@ def load_inputs(path: str | Path) -> np.ndarray:
     """Inputs ``(samples, m)`` from a ``.npy`` file or the ``inputs`` of an HDF5 data file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such input file")
-    if path.suffix == ".npy":
-        a = np.load(path)
-    elif path.suffix in (".h5", ".hdf5"):
+        raise DataError(f"{path}: no such input file" + (" (it is a folder)" if path.is_dir() else ""))
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc}); write the inputs with numpy.save") from None
+    elif suffix in (".h5", ".hdf5"):
         import h5py
 
-        with h5py.File(path, "r") as f:
-            if "inputs" not in f:
-                raise DataError(f"{path}: no 'inputs' dataset")
-            a = f["inputs"][()]
+        try:
+            with h5py.File(path, "r") as f:
+                if "inputs" not in f:
+                    raise DataError(f"{path}: no 'inputs' dataset (it holds {sorted(f)}); give a data file written "
+                                    "by femoe generate, or a .npy array")
+                a = f["inputs"][()]
+        except OSError as exc:
+            raise DataError(f"{path}: not a readable HDF5 file ({exc}); give a data file written by femoe "
+                            "generate, or a .npy array") from None
     else:
-        raise DataError(f"{path}: inputs must be a .npy or .h5 file")
-    return np.atleast_2d(np.asarray(a, dtype=float))
+        raise DataError(f"{path}: inputs must be a .npy or .h5 file; got suffix {path.suffix!r}")
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+        raise DataError(f"{path}: inputs must be numbers; the array holds {getattr(a, 'dtype', type(a))} values")
+    if a.size == 0:
+        raise DataError(f"{path}: the array is empty (shape {a.shape}); give at least one sample")
+    if a.ndim > 2:
+        raise ShapeError(f"{path}: inputs must have shape (samples, m) or (m,); got {a.shape}")
+    return np.atleast_2d(a.astype(float))
 
 
 @torch.no_grad()
 def predict(checkpoint: str | Path, inputs: np.ndarray):
     """``(task, u)``: fields predicted (network + constraint layer) for ``inputs`` ``(samples, m)``."""
+    try:
+        x = np.atleast_2d(np.asarray(inputs, dtype=float))
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"inputs must be an array of numbers ({exc})") from None
+    if x.size == 0 or x.ndim != 2:
+        raise ShapeError(f"inputs must have shape (samples, m) with at least one sample; got {x.shape}")
+    if not np.isfinite(x).all():
+        raise NonFiniteError(f"inputs contain NaN or Inf (sample {int(np.nonzero(~np.isfinite(x))[0][0])}); "
+                             "give finite values")
     task, method = load_model(checkpoint)
-    x = np.atleast_2d(np.asarray(inputs, dtype=float))
     if x.shape[1] != task.input_length:
         raise ShapeError(f"inputs must have {task.input_length} values per sample (as in training); got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise NonFiniteError("inputs contain NaN or Inf")
+    task.spec.check_inputs(x)
     u, _ = method(torch.as_tensor(x))
     return task, u.numpy()
 
@@ -77,8 +99,11 @@ def predict_file(checkpoint, inputs: np.ndarray, out: str | Path) -> list[Path]:
     """Predict and write one VTU (steady) or XDMF (time-dependent) file per sample, plus ``.npy``."""
     from femoe.mesh import write_fields
 
-    task, u = predict(checkpoint, inputs)
     out = Path(out)
+    if out.suffix.lower() not in (".vtu", ".xdmf"):
+        raise DataError(f"{out}: the output must be a .vtu (steady) or .xdmf (time series) file; got suffix "
+                        f"{out.suffix!r}")
+    task, u = predict(checkpoint, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), u)
     paths = [out.with_suffix(".npy")]
