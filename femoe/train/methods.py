@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -92,6 +93,32 @@ class PIHC(Method):
 
     def _extra(self, info) -> dict[str, Any]:
         return {}
+
+    @torch.no_grad()
+    def best_in_span(self, inputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Per sample, the relative error of the best member of span(B) against ``reference``:
+        ``min_w ||B w - ref||_M / ||ref||_M`` (least squares in the mass norm, over all levels).
+
+        What the constraint rows could reach with this basis at best: a test error far above it
+        means the rows pick a poor member; close to it, the basis is the limit. (One ``w`` for the
+        whole field, also for the MoE, whose experts could each pick their own.)
+        """
+        t = self.task
+        B = self.network_output(inputs).double().cpu().numpy()  # (b, [L,] n, N)
+        ref = reference.double().cpu().numpy()
+        b, n, N = B.shape[0], t.n, B.shape[-1]
+        Bf = B.reshape(b, -1, n, N)
+        rf = ref.reshape(b, -1, n)
+        out = []
+        for s in range(b):
+            X = Bf[s].transpose(1, 0, 2).reshape(n, -1)  # (n, L N)
+            MX = (t.mass @ X).reshape(n, -1, N).transpose(1, 0, 2)  # (L, n, N)
+            G = np.einsum("lin,lim->nm", Bf[s], MX)
+            rhs = np.einsum("lin,li->n", MX, rf[s])
+            w = np.linalg.lstsq(G, rhs, rcond=1e-13)[0]
+            out.append(np.einsum("lin,n->li", Bf[s], w))
+        best = torch.as_tensor(np.stack(out).reshape(ref.shape))
+        return t.relative_l2(best, torch.as_tensor(ref))
 
 
 class MoE(PIHC):
