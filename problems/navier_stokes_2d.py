@@ -78,6 +78,7 @@ import skfem as fe
 from scipy.spatial import cKDTree
 from scipy.special import ive
 
+from femoe.assembly.fields import Field
 from femoe.errors import MeshError, NonFiniteError
 from femoe.helpers import dot, grad
 from femoe.mesh import read_mesh
@@ -87,6 +88,7 @@ from problems._base import MESH_DIR, Param, ProblemSpec, nonnegative, positive, 
 log = logging.getLogger(__name__)
 
 MAX_MODE = 16
+_LIFTS = ("none", "increment", "paper")
 
 
 def periodic_mesh(mesh: fe.MeshTri1, tol: float = 1e-8) -> tuple[fe.MeshTri1DG, np.ndarray]:
@@ -118,6 +120,16 @@ def periodic_mesh(mesh: fe.MeshTri1, tol: float = 1e-8) -> tuple[fe.MeshTri1DG, 
     orig2dof = np.empty(mesh.nvertices, dtype=np.int64)
     orig2dof[mesh.t] = basis.element_dofs
     return pm, orig2dof
+
+
+def structured_square(n: int) -> fe.MeshTri1:
+    """The unit square split into ``n x n`` squares, each cut into two triangles (scikit-fem's
+    ``MeshTri.init_tensor``); opposite sides have matching nodes, as :func:`periodic_mesh`
+    requires. ``n = 32`` gives 1024 periodic nodes (2048 DOFs of ``(omega, psi)``)."""
+    if n < 2:
+        raise MeshError(f"a periodic structured mesh needs grid >= 2; got {n}")
+    x = np.linspace(0.0, 1.0, n + 1)
+    return fe.MeshTri.init_tensor(x, x)
 
 
 def grf_modes(length: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,11 +176,20 @@ class NavierStokes2D(ProblemSpec):
         "cfl": Param(0.25, lambda c: 0 < c <= 0.5, "in (0, 0.5]", "SSP-RK3 Courant number"),
         "theta": Param(0.5, lambda t: 0 <= t <= 1, "in [0, 1]", "theta of the returned Problem"),
         "mesh": Param("", None, "", "mesh file (default: the bundled periodic square)", str),
+        "grid": Param(0, lambda g: int(g) == g and g >= 0, "an integer >= 0", "> 0: a structured grid x grid "
+                      "periodic triangle mesh instead of the mesh file (CPU-sized runs, super-resolution tests)",
+                      int),
+        "lift": Param("none", lambda s: s in _LIFTS, f"one of {_LIFTS}", "the unknown of the returned Problem: "
+                      "'none' the state u; 'increment' z = u - u0; 'paper' z with u = u0 + (t / T) z, the "
+                      "paper's construction (initial condition exact by construction); u0 is the parameter "
+                      "'initial_state'", str),
     }
 
     def _build(self, params: dict[str, Any]) -> Problem:
-        path = params["mesh"] or str(MESH_DIR / "periodic_square.msh")
-        mesh = read_mesh(path)
+        if params["grid"] > 0:
+            mesh = structured_square(params["grid"])
+        else:
+            mesh = read_mesh(params["mesh"] or str(MESH_DIR / "periodic_square.msh"))
         pm, orig2dof = periodic_mesh(mesh)
         basis = fe.Basis(pm, fe.ElementTriP1() * fe.ElementTriP1())
         nu, alpha = params["nu"], params["alpha"]
@@ -181,10 +202,49 @@ class NavierStokes2D(ProblemSpec):
         def storage(om, ps, v, q, w):
             return om * v
 
-        problem = Problem(basis, vorticity, storage=storage, theta=params["theta"], name=self.name)
+        lift, T = params["lift"], params["T"]
+        if lift == "none":
+            problem = Problem(basis, vorticity, storage=storage, theta=params["theta"], name=self.name)
+        else:
+            # the same scheme for u = u0 + s(t) z, s = 1 ('increment') or t / T ('paper'): the rows of
+            # the state u written in the unknown z; at t = 0 (s = 0) u = u0 whatever z is
+            def scale(w):
+                return 1.0 if lift == "increment" else w.t / T
+
+            def shifted(f0, f, s):  # the field f0 + s f (value and gradient)
+                return Field(f0.value + s * f.value, f0.grad + s * f.grad)
+
+            def vorticity_lifted(om, ps, v, q, w):
+                om0, ps0 = w.initial_state
+                s = scale(w)
+                return vorticity(shifted(om0, om, s), shifted(ps0, ps, s), v, q, w)
+
+            def storage_lifted(om, ps, v, q, w):
+                return scale(w) * om * v
+
+            problem = Problem(basis, vorticity_lifted, storage=storage_lifted, theta=params["theta"],
+                              coefficients={"initial_state": "nodal"}, name=self.name)
         problem.orig_mesh = mesh
         problem.orig2dof = orig2dof
         return problem
+
+    # ------------------------------------------------------------------ lifted unknowns
+    def lifted(self, problem: Problem) -> bool:
+        """Whether ``problem``'s unknown is ``z`` of ``u = u0 + s(t) z`` (parameter ``lift``)."""
+        return problem.config.get("lift", "none") != "none"
+
+    def lift_scale(self, problem: Problem, times) -> np.ndarray:
+        """``s(t)`` of ``u = u0 + s(t) z`` at ``times``."""
+        t = np.asarray(times, dtype=float)
+        return np.ones_like(t) if problem.config["lift"] == "increment" else t / problem.config["T"]
+
+    def state_from_lifted(self, problem: Problem, z, u0, times):
+        """The state ``u = u0 + s(t) z`` of a lifted trajectory ``z`` ``(batch, levels, n)`` at
+        ``times`` (levels); ``u0`` ``(batch, n)``. Torch or numpy."""
+        s = self.lift_scale(problem, times)
+        if hasattr(z, "new_tensor"):
+            s = z.new_tensor(s)
+        return u0[:, None, :] + s[None, :, None] * z
 
     # ------------------------------------------------------------------ inputs
     def sample_coefficients(self, rng: np.random.Generator, n: int, problem: Problem | None = None) -> np.ndarray:

@@ -116,3 +116,53 @@ def test_fem_agrees_with_pseudo_spectral_256():
     print(json.dumps({k: v for k, v in r.items() if not isinstance(v, list)}, indent=1))
     assert r["rel_l2_final"] < 0.03
     assert r["rel_l2_space_time"] < 0.02
+
+
+# ---------------------------------------------------------------- structured grid and lifted unknowns
+def test_structured_grid_is_periodic():
+    p = SPEC.build(grid=8, n_steps=2)
+    iw, ip = p.basis.split_indices()
+    assert iw.size == ip.size == 64  # 9 x 9 vertices, opposite sides identified
+    f = np.sin(2 * np.pi * p.doflocs[0, iw]) * np.cos(2 * np.pi * p.doflocs[1, iw])
+    g = np.sin(2 * np.pi * p.orig_mesh.p[0]) * np.cos(2 * np.pi * p.orig_mesh.p[1])
+    np.testing.assert_allclose(f[p.orig2dof], g, atol=1e-12)
+
+
+@pytest.mark.parametrize("lift", ["increment", "paper"])
+def test_lifted_rows_are_the_rows_of_the_state(lift):
+    """u = u0 + s(t) z: the lifted Problem's rows at z equal the plain Problem's rows at u, for
+    any z(0) when s(0) = 0 ('paper': the initial state holds by construction)."""
+    plain = SPEC.build(grid=6, n_steps=4, T=1.0)
+    lifted = SPEC.build(grid=6, n_steps=4, T=1.0, lift=lift)
+    rng = np.random.default_rng(1)
+    u0 = torch.tensor(SPEC.initial_state(plain, SPEC.sample_inputs(rng, 2, plain)))
+    times = np.linspace(0.0, 1.0, 5)
+    s = torch.tensor(SPEC.lift_scale(lifted, times))
+    z = torch.tensor(rng.standard_normal((2, 5, plain.n)))
+    if lift == "increment":
+        z[:, 0] = 0.0
+    else:
+        assert s[0] == 0.0
+    U = SPEC.state_from_lifted(lifted, z, u0, times)
+    torch.testing.assert_close(U[:, 0], u0, rtol=0, atol=0)  # exact initial state
+    R_plain = plain.trajectory_residual(U[:, 1:], U[:, 0], 0.25)
+    R_lift = lifted.trajectory_residual(z[:, 1:], z[:, 0], 0.25, {"initial_state": u0})
+    torch.testing.assert_close(R_lift, R_plain, rtol=0, atol=1e-12 * float(R_plain.abs().max()))
+
+
+def test_lifted_hard_constraint_keeps_the_initial_state_exactly():
+    """PI-HC on the 'paper' lift: whatever the basis, level 0 of the state is u0 to the last bit,
+    and the solve drives the rows of the state down."""
+    from femoe.layers import HardConstraint
+
+    lifted = SPEC.build(grid=6, n_steps=2, T=0.5, lift="paper")
+    rng = np.random.default_rng(2)
+    u0 = torch.tensor(SPEC.initial_state(lifted, SPEC.sample_inputs(rng, 1, lifted)))
+    B = torch.tensor(rng.standard_normal((1, 3, lifted.n, 8)))
+    layer = HardConstraint(lifted, dt=0.25, tol=1e-10)
+    z, info = layer(B, {"initial_state": u0}, torch.zeros_like(u0))
+    U = SPEC.state_from_lifted(lifted, z, u0, [0.0, 0.25, 0.5])
+    assert torch.equal(U[:, 0], u0)
+    r0 = layer.model.residual(torch.zeros_like(z), {"initial_state": u0, "__initial__": torch.zeros_like(u0)})
+    r = layer.model.residual(z.detach(), {"initial_state": u0, "__initial__": torch.zeros_like(u0)})
+    assert float(r.norm()) < float(r0.norm())

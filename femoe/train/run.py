@@ -101,7 +101,20 @@ def train_and_evaluate(cfg_dict: dict, method_name: str, resume: bool = False, p
         "peak_rss_over_start_mb": _rss_mb() - rss0,
         "parameters": sum(p.numel() for p in trainer.method.net.parameters()),
     })
+    if cfg.data.test_params:
+        metrics["test_mesh"] = evaluate_on_test_mesh(task, trainer.method, cfg.train.batch_size)
     return metrics
+
+
+def evaluate_on_test_mesh(task, method, batch_size: int = 4) -> dict[str, Any]:
+    """The trained network on the mesh of ``data.test_params`` (super-resolution): its own test
+    data, constraint layer and experts rebuilt there (:meth:`Task.test_mesh_task`)."""
+    from femoe.train.task import transfer_method
+
+    fine = task.test_mesh_task()
+    m = evaluate(fine, transfer_method(method, fine), batch_size)
+    m.pop("_predictions")
+    return {"params": dict(task.cfg.data.test_params), "n_dofs": fine.n, **m}
 
 
 def _child(q, cfg_dict, method, resume, progress):

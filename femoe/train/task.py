@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import skfem as fe
 import torch
 from scipy.spatial import cKDTree
+from skfem.mesh.mesh_dg import MeshDG
 
 from femoe.errors import CheckpointError, ConfigError, DataError
 from femoe.train.config import Config
@@ -75,6 +76,10 @@ class Task:
         self.train = self.test = None
         self.times = None
         self.sensor_matrix = None  # test-mesh tasks: (n_sensors, m) interpolation of the inputs
+        self.lifted = bool(getattr(self.spec, "lifted", lambda p: False)(self.problem))
+        if self.lifted and (cfg.train.data_weight > 0 or cfg.train.train_until is not None):
+            raise ConfigError("a lifted problem (u = u0 + s(t) z, problem parameter 'lift') supports neither "
+                              "train.data_weight nor train.train_until: both compare the network's z with states")
         if load_data:
             self.load()
 
@@ -176,7 +181,7 @@ class Task:
         cfg.data.n_train = 1  # the generator wants a training split; one sample is enough
         fine = Task(cfg, load_data=False)
         fine.load()
-        if self.time_dependent and not np.allclose(fine.times, self.times):
+        if self.time_dependent and (fine.times.shape != self.times.shape or not np.allclose(fine.times, self.times)):
             raise ConfigError("data.test_params changed the saved time levels; the test mesh must keep them")
         pts = self.input_points()[self.sensors]  # (n_sensors, dim): where the network reads its input
         fine.sensors = self.sensors
@@ -190,12 +195,24 @@ class Task:
             if x.shape[1] == self.n:
                 return {}, x
             u0 = self.spec.initial_state(self.problem, x.detach().cpu().numpy())
-            return {}, torch.as_tensor(u0, dtype=x.dtype, device=x.device)
+            u0 = torch.as_tensor(u0, dtype=x.dtype, device=x.device)
+            if self.lifted:  # the unknown is z of u = u0 + s(t) z: u0 is a parameter, z(0) is free
+                return {"initial_state": u0}, torch.zeros_like(u0)
+            return {}, u0
         return self.spec.layer_params(self.problem, x), None
 
     # ------------------------------------------------------------------ metrics
+    def state(self, u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The state of a method's output: ``u`` itself, or for lifted problems (the unknown is
+        ``z`` of ``u = u0 + s(t) z``, see the spec's ``state_from_lifted``) ``u0 + s(t) z`` with
+        ``u0`` the reference's level 0 (the initial state: every level from 0, as everywhere)."""
+        if not self.lifted:
+            return u
+        return self.spec.state_from_lifted(self.problem, u, ref[:, 0].to(u), self.times[:u.shape[1]])
+
     def relative_l2(self, u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Per sample ``||u - ref||_M / ||ref||_M`` (summed over levels for trajectories)."""
+        u = self.state(u, ref)
         B = u.shape[0]
         e = (u - ref.to(u)).detach().double().cpu().numpy().reshape(-1, self.n)
         r = ref.detach().double().cpu().numpy().reshape(-1, self.n)
@@ -220,15 +237,26 @@ def interpolation_matrix(task: Task, points: np.ndarray) -> sp.csr_matrix:
     xin = task.input_points()
     m = xin.shape[0]
     pts = np.asarray(points, dtype=float)
-    tree = cKDTree(xin)
+    mesh = task.problem.mesh
+    periodic = isinstance(mesh, MeshDG)  # MeshTri1DG.periodic: DOF coordinates in (lo, hi]
+    if periodic:
+        lo = mesh.p.min(axis=1)
+        box = mesh.p.max(axis=1) - lo
+        xin, pts = np.mod(xin - lo, box), np.mod(pts - lo, box)
+        xin[np.isclose(xin, box)] = 0.0
+        pts[np.isclose(pts, box)] = 0.0
+    tree = cKDTree(xin, boxsize=box if periodic else None)
     dist, idx = tree.query(pts)
-    h = float(np.min(np.linalg.norm(xin[tree.query(xin, k=2)[1][:, 1]] - xin, axis=1)))
+    h = float(np.min(tree.query(xin, k=2)[0][:, 1]))
     exact = dist < 1e-9 * max(1.0, h)
     rows = [np.nonzero(exact)[0]]
     cols = [idx[exact]]
     vals = [np.ones(int(exact.sum()))]
     rest = np.nonzero(~exact)[0]
     if rest.size:
+        if periodic:
+            raise ConfigError(f"{rest.size} sensor point(s) are not nodes of the periodic test mesh (e.g. "
+                              f"{pts[rest[0]].tolist()}); use a test mesh whose nodes include the training mesh's")
         b1 = fe.Basis(task.problem.mesh, fe.ElementTriP1())
         if b1.N != m:
             raise DataError(f"cannot interpolate inputs of {m} values on a P1 space of {b1.N} DOFs")
