@@ -154,3 +154,8 @@ class AmbiguousParameterError(ProblemError, ShapeError):
 class EmptyGroupWarning(FemoeWarning):
     """A mesh file names a physical group (boundary or subdomain) that holds no elements; it
     is kept as an empty tag so that ``femoe mesh info`` lists it with count 0."""
+
+
+class UnusedParameterWarning(FemoeWarning):
+    """A parameter was passed to a problem but no form or boundary condition reads it (a
+    misspelt name, or an input meant for another parameter): the result does not depend on it."""

@@ -21,6 +21,7 @@ has unit rows there and the system stays square; :attr:`Problem.free_dofs` are t
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,7 +33,7 @@ from femoe.assembly.fields import Field, FormParams
 from femoe.assembly.form import check_linear_in_test, local_residual, local_residual_and_jacobian
 from femoe.assembly.spaces import FieldInfo, field_table
 from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
-from femoe.errors import AmbiguousParameterError, FieldError, ProblemError, ShapeError
+from femoe.errors import AmbiguousParameterError, FieldError, ProblemError, ShapeError, UnusedParameterWarning
 from femoe.sparse import BatchedCSR, CSRPattern
 
 log = logging.getLogger(__name__)
@@ -526,6 +527,26 @@ class Problem:
             return kinds[name]
         return self.parameter_kind(name, value)
 
+    def _note_reads(self, w: FormParams) -> None:
+        self.__dict__.setdefault("_read_names", set()).update(w.read)
+
+    def _warn_unused(self, p) -> None:
+        """Warn (once per name) about parameters given in a call that nothing has read."""
+        read = self.__dict__.get("_read_names", set())
+        warned = self.__dict__.setdefault("_warned_unused", set())
+        dirichlet_names = set(getattr(self, "_dirichlet_params", {}) or {})
+        if isinstance(self, PatchUnion):
+            dirichlet_names |= set(self.parent._dirichlet_params)
+        unused = [k for k in p if k not in read and k not in dirichlet_names and k not in self.defaults
+                  and k not in warned]
+        if unused and (self.residual_integrand is not None or self._facets):
+            warned.update(unused)
+            warnings.warn(
+                f"problem {self.name!r}: parameter(s) {unused} were given but no form or Dirichlet value "
+                f"reads them (forms read {sorted(n for n in read if n not in ('x', 'h', 'n', 't'))}), so the "
+                "result does not depend on them; check the name (w.<name> in the form, or the parameter "
+                "named in dirichlet=...)", UnusedParameterWarning, stacklevel=3)
+
     def _form_params(self, tb: TorchBasis, params: dict, B: int, device, dtype, t) -> FormParams:
         tt = tb.tensors(device, dtype)
         # geometry broadcasts like a field value: (components, test jet, batch, elements, points)
@@ -665,6 +686,7 @@ class Problem:
             else:
                 r = local_residual(self.residual_integrand, self._tb, jets, w)
             R = R + self._tb.scatter(r, self.n)
+            self._note_reads(w)
         for i, ft in enumerate(self._facets):
             w = self._form_params(ft.tb, params, B, device, dtype, t)
             jets = ft.tb.jets(u)
@@ -675,6 +697,7 @@ class Problem:
             else:
                 r = local_residual(ft.integrand, ft.tb, jets, w)
             R = R + ft.tb.scatter(r, self.n)
+            self._note_reads(w)
         if self._A is not None:
             A = BatchedCSR(self.pattern, tc["A_values"].unsqueeze(0))
             R = R + A.matvec(u)
@@ -694,6 +717,7 @@ class Problem:
             vals = u.new_zeros(u.shape[0], self.pattern.nnz).index_add(1, tc["cell_index"], K.reshape(u.shape[0], -1))
         else:
             r, vals = local_residual(self.storage_integrand, self._tb, jets, w), None
+        self._note_reads(w)
         return self._tb.scatter(r, self.n), vals
 
     def _apply_dirichlet(self, R, vals, u, params, t):
@@ -742,6 +766,7 @@ class Problem:
         u, p, squeeze = self._prepare(u, params)
         R, _ = self._spatial(u, p, t, jacobian=False, create_graph=False)
         R, _ = self._apply_dirichlet(R, None, u, p, t)
+        self._warn_unused(p)
         return R[0] if squeeze else R
 
     def weak_residual(self, u: torch.Tensor, params: Mapping[str, Any] | None = None, *,
@@ -752,6 +777,7 @@ class Problem:
         differentiable like :meth:`residual`."""
         u, p, squeeze = self._prepare(u, params)
         R, _ = self._spatial(u, p, t, jacobian=False, create_graph=False)
+        self._warn_unused(p)
         return R[0] if squeeze else R
 
     def residual_and_jacobian(self, u: torch.Tensor, params: Mapping[str, Any] | None = None, *,
@@ -762,6 +788,7 @@ class Problem:
         u, p, squeeze = self._prepare(u, params)
         R, vals = self._spatial(u, p, t, jacobian=True, create_graph=self._create_graph(u, p))
         R, vals = self._apply_dirichlet(R, vals, u, p, t)
+        self._warn_unused(p)
         return (R[0] if squeeze else R), BatchedCSR(self.pattern, vals)
 
     def jacobian(self, u, params=None, *, t=None) -> BatchedCSR:
@@ -800,6 +827,7 @@ class Problem:
             A0, _ = self._spatial(u_old, p, t_new - dt, False, cg)
             R = R + (1 - self.theta) * A0
         R, vals = self._apply_dirichlet(R, vals, u_new, p, t_new)
+        self._warn_unused(p)
         R = R[0] if squeeze else R
         return (R, BatchedCSR(self.pattern, vals)) if jacobian else R
 
@@ -832,6 +860,7 @@ class Problem:
             g = torch.stack([self.dirichlet_values(p, t=t0 + dt * (k + 1), batch=B, device=U.device, dtype=U.dtype)
                              for k in range(T)], dim=1)
             R = R.index_copy(2, d, U[:, :, d] - g)
+        self._warn_unused(p)
         return R
 
     def level_jacobians(self, U: torch.Tensor, dt: float, params=None, *, t0: float = 0.0,

@@ -166,3 +166,18 @@ def test_parameter_kinds_never_silently_become_a_batch():
     np.testing.assert_allclose(R.numpy()[pb.free_dofs], -b[pb.free_dofs], atol=1e-13)
     with pytest.raises(ShapeError, match="batch sizes disagree"):
         pb.residual(torch.zeros(2, pb.n, dtype=F64), {"f": torch.ones(3, pb.n, dtype=F64)})
+
+
+def test_a_parameter_no_form_reads_warns_once():
+    from femoe.errors import UnusedParameterWarning
+
+    mesh = fe.MeshTri().refined(2).with_defaults()
+    pb = _poisson(mesh, dirichlet={"left": "g"})
+    u = torch.zeros(pb.n, dtype=F64)
+    with pytest.warns(UnusedParameterWarning, match=r"\['kappa'\]"):
+        pb.residual(u, {"f": 1.0, "g": 0.0, "kappa": torch.tensor([[2.0]], dtype=F64)})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pb.residual(u, {"f": 1.0, "g": 0.0})  # every parameter read: silent
+        pb.residual(u, {"f": 1.0, "g": 0.0, "kappa": 1.0})  # warned once already

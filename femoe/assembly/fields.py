@@ -91,7 +91,19 @@ class FormParams(dict):
     of the problem (fields as :class:`Field`, constants as tensors broadcast over elements).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: names a form read (``w.name`` or ``w["name"]``); Problem warns about parameters
+        #: given but never read
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        self.read.add(name)
+        return super().__getitem__(name)
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
