@@ -181,3 +181,24 @@ def test_a_parameter_no_form_reads_warns_once():
         warnings.simplefilter("error")
         pb.residual(u, {"f": 1.0, "g": 0.0})  # every parameter read: silent
         pb.residual(u, {"f": 1.0, "g": 0.0, "kappa": 1.0})  # warned once already
+
+
+def test_patch_experts_on_a_mixed_space_keep_per_field_dirichlet_sets():
+    # experts read problem.dirichlet_dofs: with per-field data the pressure stays free in every
+    # patch, and interiors solved with exact interface values give the global solution
+    from femoe.experts import PatchConstraint
+
+    mesh = _channel(2)
+    b = _taylor_hood(mesh)
+    bc = {"inlet": {"u": lambda x: np.stack([4 * x[1] * (1 - x[1]), 0 * x[1]])}, "top": {"u": 0.0},
+          "bottom": {"u_y": 0.0}}
+    pb = Problem(b, stokes, fields=("u", "p"), dirichlet=bc)
+    ref, _ = femoe.solve(pb)
+    layer = PatchConstraint(pb, 3, partition="rcb")
+    assert not np.isin(pb.field_dofs("p"), layer.partition.dirichlet).any()
+    u, info = layer(torch.tensor(ref).unsqueeze(0))
+    np.testing.assert_allclose(u[0].numpy(), ref, atol=1e-9)
+    # a perturbed interface changes the field but never the Dirichlet values
+    noisy = torch.tensor(ref).unsqueeze(0) + 0.01 * torch.randn(1, pb.n, dtype=F64)
+    u2, _ = layer(noisy)
+    np.testing.assert_allclose(u2[0, pb.dirichlet_dofs].numpy(), ref[pb.dirichlet_dofs], atol=1e-12)
