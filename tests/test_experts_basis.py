@@ -47,24 +47,33 @@ def test_one_expert_equals_the_single_hard_constraint_time_dependent():
     torch.testing.assert_close(u2, u1, rtol=0, atol=1e-12)
 
 
-def test_each_expert_enforces_its_own_rows():
+@pytest.mark.parametrize("global_rows", ["none", "boundary+initial"])
+def test_each_expert_enforces_its_own_rows(global_rows):
     problem = nonlinear_problem()
     g = torch.Generator().manual_seed(2)
     B = torch.randn(1, problem.n, 8, dtype=F64, generator=g)
-    layer = HardConstraintMoE(problem, 4, partition="rcb")
+    layer = HardConstraintMoE(problem, 4, partition="rcb", global_rows=global_rows)
     u, info = layer(B)
     assert info.converged.shape == (1, 4) and info.all_converged
-    # expert k's weights minimise its own rows: rerunning PI-HC restricted to those rows and the
-    # expert's DOFs gives the same values on the owned DOFs
+    # expert k's weights minimise its own rows (and, by default, every Dirichlet row): rerunning
+    # PI-HC restricted to those rows and the expert's DOFs gives the same values on the owned DOFs
     part = layer.partition
     group = layer.groups[0]
     for k in range(4):
-        rows = np.nonzero(part.owner == k)[0]
+        own = np.nonzero(part.owner == k)[0]
+        enforced = own if global_rows == "none" else np.union1d(own, problem.dirichlet_dofs)
         local = group.union.local_dofs[k]
-        ref, _ = HardConstraint(problem, rows=rows, dofs=local)(B[:, local])
-        own = np.searchsorted(local, rows)
-        torch.testing.assert_close(u[0, rows], ref[0, own], rtol=0, atol=1e-10)
+        ref, _ = HardConstraint(problem, rows=enforced, dofs=local)(B[:, local])
+        own_pos = np.searchsorted(local, own)
+        torch.testing.assert_close(u[0, own], ref[0, own_pos], rtol=0, atol=1e-10)
+        if global_rows == "none":
+            continue
+        # and it differs from the answer of its own rows only: the global rows are really there
+        alone, _ = HardConstraint(problem, rows=own, dofs=local)(B[:, local])
+        if not np.isin(problem.dirichlet_dofs, own).all():  # (small: weight-1 rows beside 1/M_ii rows)
+            assert float((alone[0, own_pos] - ref[0, own_pos]).abs().max()) > 1e-9
     assert float(info.interface_jump) > 0  # the stitched field is discontinuous
+
 
 
 def test_exact_solution_in_the_span_is_recovered_without_jump():
