@@ -202,3 +202,29 @@ def test_patch_experts_on_a_mixed_space_keep_per_field_dirichlet_sets():
     noisy = torch.tensor(ref).unsqueeze(0) + 0.01 * torch.randn(1, pb.n, dtype=F64)
     u2, _ = layer(noisy)
     np.testing.assert_allclose(u2[0, pb.dirichlet_dofs].numpy(), ref[pb.dirichlet_dofs], atol=1e-12)
+
+
+def test_gradcheck_quadrature_parameter_and_mixed_dirichlet_parameter_through_the_solve():
+    from femoe.layers import nonlinear_solve
+
+    mesh = fe.MeshTri().refined(1).with_defaults()
+    pb = _poisson(mesh, dirichlet={"left": 0.0})
+    nqp = np.asarray(pb.basis.dx).shape[1]
+    u = torch.rand(2, pb.n, dtype=F64, requires_grad=True)
+    fq = torch.rand(2, mesh.nelements, nqp, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u, f: pb.residual(u, {"f": f}), (u, fq))
+
+    # Stokes on a small channel, inflow as a (B, m) Dirichlet parameter, through the adjoint
+    ch = _channel(1)
+    st = Problem(_taylor_hood(ch), stokes, fields=("u", "p"),
+                 dirichlet={"inlet": {"u_x": "g"}, "top": {"u": 0.0}, "bottom": {"u": 0.0}})
+    m = st.dirichlet_dofs_of("inlet").size
+    y = torch.as_tensor(st.doflocs[1, st.dirichlet_dofs_of("inlet")])
+    g = (y * (1 - y)).expand(2, -1).clone().requires_grad_(True)
+
+    def outflow(g):
+        u = nonlinear_solve(st, {"g": g}, atol=1e-13, rtol=0.0)
+        return u[:, st.field_dofs("u_x")].sum(-1)
+
+    assert g.shape == (2, m)
+    assert torch.autograd.gradcheck(outflow, (g,), atol=1e-7)
