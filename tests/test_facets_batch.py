@@ -104,3 +104,33 @@ def test_facet_gradcheck_in_u_and_parameter():
     u = torch.randn(2, basis.N, dtype=F64, requires_grad=True)
     alpha = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda u, a: problem.residual(u, {"alpha": a}), (u, alpha))
+
+
+def test_facet_term_and_boundary_integral_on_a_mixed_space():
+    from femoe import boundary_integral
+
+    mesh = _mesh(2)
+    elem = fe.ElementComposite(fe.ElementVector(fe.ElementTriP2()), fe.ElementTriP1())
+    basis = fe.Basis(mesh, elem)
+
+    def stokes(u, p, v, q, w):
+        return (grad(u) * grad(v)).sum((0, 1)) - (grad(v)[0, 0] + grad(v)[1, 1]) * p - q * (grad(u)[0, 0] + grad(u)[1, 1])
+
+    def outflow(u, p, v, q, w):  # the traction sigma n = grad(u) n - p n tested with v
+        return -dot(mul(grad(u), w.n), v) + p * dot(v, w.n) + 0.5 * dot(u, w.n) * q * w.x[1]
+
+    fb = fe.FacetBasis(mesh, elem, facets=mesh.boundaries["right"])
+    A = (fe.asm(fe.BilinearForm(stokes), basis) + fe.asm(fe.BilinearForm(outflow), fb)).toarray()
+    problem = Problem(basis, stokes, facets={"right": outflow}, fields=("u", "p"))
+    rng = np.random.default_rng(3)
+    for B in (1, 2, 3):
+        U = rng.standard_normal((B, basis.N))
+        R, J = problem.residual_and_jacobian(torch.tensor(U))
+        np.testing.assert_allclose(R.numpy(), U @ A.T, atol=1e-10)
+        np.testing.assert_allclose(J.to_scipy(B - 1).toarray(), A, atol=1e-10)
+        # the pressure force on the side, int p n_x ds, against scikit-fem's Functional
+        got = boundary_integral(problem, torch.tensor(U), "right", lambda u, p, w: p * w.n[0] + dot(u, w.n))
+        for b in range(B):
+            zu, zp = fb.interpolate(U[b])  # the composite facet basis: same quadrature as femoe's
+            ref = fe.asm(fe.Functional(lambda w: w.p * w.n[0] + dot(w.u, w.n)), fb, p=zp, u=zu)
+            assert abs(float(got[b]) - ref) < 1e-12
