@@ -70,3 +70,22 @@ def test_darcy_holes_are_zero_flux():
     outer = problem.basis.get_dofs(problem.mesh.boundaries["outer"]).all()
     area = 2.0 - 2 * np.pi * 0.2**2
     assert r[outer].sum() == pytest.approx(-area, rel=2e-3)  # polygonal holes: area to O(h^2)
+
+
+def test_mms_accepts_the_inputs_femoe_run_passes_and_data_record_the_fields(tmp_path):
+    # femoe run hands steady inputs over as (B, 1) tensors; this used to raise "cannot tell what
+    # parameter 'amplitude' of shape (1, 1)"
+    import h5py
+    import json
+
+    from femoe.data import generate
+
+    spec = get_problem("poisson_mms")
+    problem = spec.build(refine=2)
+    u = torch.zeros(problem.n, dtype=torch.float64)
+    R = problem.residual(u, {"amplitude": torch.tensor([[1.5]], dtype=torch.float64)})
+    torch.testing.assert_close(R, problem.residual(u, {"amplitude": 1.5}))
+    out = generate("poisson_mms", tmp_path / "d", 1, 1, seed=0, params={"refine": 2})
+    with h5py.File(out["train"]) as f:
+        assert json.loads(f.attrs["fields"]) == {"u": {"n_dofs": problem.n, "components": []}}
+        assert int(f.attrs["n_dirichlet"]) == problem.dirichlet_dofs.size

@@ -144,7 +144,12 @@ def generate(
 
     t0 = time.perf_counter()
     prob = spec.build(**dict(params or {}))
-    meta = spec.metadata(prob)
+    meta = dict(spec.metadata(prob))
+    # how to read a solution vector of a vector or mixed space: the fields, their DOF counts and
+    # components (split with Problem.split / field_dofs), and how many DOFs are Dirichlet
+    meta.setdefault("fields", json.dumps({f: {"n_dofs": int(prob.field_dofs(f).size),
+                                               "components": list(prob.components[f])} for f in prob.fields}))
+    meta.setdefault("n_dirichlet", int(prob.dirichlet_dofs.size))
     points = spec.points(prob)
     _WORKER.update(spec=spec, problem=prob)
     log.info("%s: %d DOFs, building took %.2f s", problem, prob.n, time.perf_counter() - t0)
