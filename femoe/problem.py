@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 Integrand = Callable[..., torch.Tensor]
 DirichletValue = float | str | Callable[..., np.ndarray]
 
-_COEFF_KINDS = ("constant", "nodal", "element", "quadrature", "dirichlet")
+_COEFF_KINDS = ("constant", "vector", "nodal", "element", "quadrature", "dirichlet")
 
 
 class _Params(dict):
@@ -105,6 +105,8 @@ class Problem:
         Theta of the time scheme (1: implicit Euler, 0.5: Crank-Nicolson).
     coefficients
         Kind of each parameter: ``"constant"`` (per sample: ``()``, ``(B,)``, ``(B, 1)``),
+        ``"vector"`` (a constant vector such as a body force, ``(ncomp,)`` or ``(B, ncomp)``;
+        ``w.name`` then has the component axis first, like a vector field: ``dot(w.g, v)``),
         ``"nodal"`` (DOF vector on ``basis``: ``(n,)``, ``(B, n)``), ``"element"`` (one value per
         element), ``"quadrature"`` (``(nelements, nqp)`` or ``(B, nelements, nqp)``, values at
         the quadrature points of ``basis``), ``"dirichlet"`` (values on the DOFs of the one
@@ -505,6 +507,7 @@ class Problem:
             return  # a basis: checked when the field is built
         ok = {
             "constant": len(shape) <= 1 or (len(shape) == 2 and shape[1] == 1),
+            "vector": len(shape) in (1, 2),
             "nodal": len(shape) in (1, 2) and shape[-1] == n,
             "element": len(shape) in (1, 2) and shape[-1] == nel,
             "quadrature": len(shape) in (2, 3) and shape[-2:] == (nel, nqp),
@@ -513,6 +516,7 @@ class Problem:
         if not ok:
             expect = {
                 "constant": "(), (B,) or (B, 1)",
+                "vector": "(ncomp,) or (B, ncomp)",
                 "nodal": f"({n},) or (B, {n})",
                 "element": f"({nel},) or (B, {nel})",
                 "quadrature": f"({nel}, {nqp}) or (B, {nel}, {nqp})",
@@ -566,6 +570,10 @@ class Problem:
             kind = self._kind(params, name, value)
             if kind == "constant":
                 w[name] = value.reshape(-1, 1, 1) if value.dim() >= 1 else value
+            elif kind == "vector":
+                # components first, then the test-jet, batch, element and point axes of a field
+                v = value if value.dim() == 2 else value.unsqueeze(0)
+                w[name] = v.T.reshape(v.shape[1], 1, v.shape[0], 1, 1)
             elif kind == "dirichlet":
                 w[name] = value
             elif kind == "element":

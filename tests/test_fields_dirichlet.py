@@ -228,3 +228,26 @@ def test_gradcheck_quadrature_parameter_and_mixed_dirichlet_parameter_through_th
 
     assert g.shape == (2, m)
     assert torch.autograd.gradcheck(outflow, (g,), atol=1e-7)
+
+
+def test_declared_vector_constant_is_not_a_batch():
+    # undeclared, (2,) would be two samples of a constant; declared "vector" it is one body force
+    mesh = fe.MeshTri().refined(2).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementVector(fe.ElementTriP1()))
+
+    def form(u, v, w):
+        return ddot(grad(u), grad(v)) - dot(w.g, v)
+
+    pb = Problem(basis, form, dirichlet={"left": 0.0}, coefficients={"g": "vector"})
+    g = torch.tensor([0.5, -2.0], dtype=F64)
+    u = torch.rand(pb.n, dtype=F64)
+    R = pb.residual(u, {"g": g})
+    assert R.shape == (pb.n,)
+    A = fe.asm(fe.BilinearForm(lambda u, v, w: ddot(grad(u), grad(v))), basis)
+    b = fe.asm(fe.LinearForm(lambda v, w: 0.5 * v[0] - 2.0 * v[1]), basis)
+    np.testing.assert_allclose(R.numpy()[pb.free_dofs], (A @ u.numpy() - b)[pb.free_dofs], atol=1e-12)
+    Rb = pb.residual(u, {"g": torch.stack([g, 2 * g])})  # (B, ncomp)
+    assert Rb.shape == (2, pb.n)
+    torch.testing.assert_close(Rb[0], R)
+    gg = torch.stack([g, 2 * g]).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda g: pb.residual(u, {"g": g}), (gg,))
