@@ -23,6 +23,10 @@ c_D = 5.57953523384, c_L = 0.010618948146, dp = 0.11752016697:
   the same run, for a time ratio and a cross-check of the solution;
 * a VTU file with the velocity and the pressure.
 
+On the bundled mesh: c_D 0.015 %, c_L 0.50 %, dp 0.10 % off, 5 Newton iterations. Use a curved
+(second-order) mesh: first-order triangles of the same size make the cylinder a polygon and
+put c_L 2.4 % off (h = 0.004 on the cylinder brings it to 0.3 %).
+
     python examples/ex04_dfg_cylinder.py
 """
 
