@@ -16,6 +16,13 @@ dtype of ``u``, for a leading batch of ``u`` and of the parameters.
 
 Dirichlet rows: ``R_i = u_i - g_i`` for ``i`` in :attr:`Problem.dirichlet_dofs`, so the Jacobian
 has unit rows there and the system stays square; :attr:`Problem.free_dofs` are the others.
+:meth:`Problem.weak_residual` keeps the weak form in those rows too (reactions, see
+:mod:`femoe.boundary`).
+
+Vector and mixed spaces have named fields (``fields=("u", "p")``) and components (``"u_x"``);
+Dirichlet data name the fields they fix, and a bare value on a space with several fields is an
+error rather than a silent "fix everything" (docs/mixed-spaces.md). Parameter kinds are declared
+or read from a shape that fits one kind only (:meth:`Problem.parameter_kind`).
 """
 
 from __future__ import annotations
