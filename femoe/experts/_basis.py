@@ -32,6 +32,7 @@ residual that remains on interface rows.
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -40,9 +41,10 @@ import torch
 from torch import nn
 
 from femoe.errors import ConfigError, ProblemError, ShapeError
-from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
+from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field, jac_times
-from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, report_unconverged
+from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
+                                    exclude_unconverged, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition, partition_experts
 from femoe.problem import PatchUnion, Problem
 
@@ -56,13 +58,20 @@ class MoEInfo:
     Attributes
     ----------
     converged, iterations, residual_norms : torch.Tensor
-        ``(batch, K)`` per sample and expert (from Levenberg-Marquardt).
+        ``(batch, K)`` per sample and expert (from Levenberg-Marquardt): each (sample, expert)
+        stops on its own and is frozen, so ``iterations`` is that expert's count.
     interface_jump : torch.Tensor
         ``(batch,)`` largest difference, over interface DOFs, between the owner's value and the
         value any other expert's field takes there (0 for ``K = 1``).
     residual_interior, residual_interface : torch.Tensor
         ``(batch,)`` 2-norms of the stitched field's residual on interior and on interface rows
         (Dirichlet rows excluded; all steps for trajectories).
+    stalled, relative_gradient, weight_error : torch.Tensor, optional
+        ``(batch, K)``: stopped without converging; ``||grad_w f|| / ||grad_w f(0)||``; the
+        estimated relative error of the expert's weights (how far its gradient can be trusted;
+        see :class:`~femoe.layers.LeastSquaresInfo`).
+    lm : tuple of LeastSquaresInfo
+        The records of the batched solves, one per expert group (batch element ``b K_g + k``).
     """
 
     converged: torch.Tensor
@@ -71,11 +80,22 @@ class MoEInfo:
     interface_jump: torch.Tensor
     residual_interior: torch.Tensor
     residual_interface: torch.Tensor
-    lm: LeastSquaresInfo | None = None
+    stalled: torch.Tensor | None = None
+    relative_gradient: torch.Tensor | None = None
+    weight_error: torch.Tensor | None = None
+    lm: tuple = ()
 
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())
+
+    @property
+    def adjoint_residual(self) -> torch.Tensor:
+        """``(batch, K)`` relative residual of each expert's adjoint solve in the last backward
+        pass (NaN before one has run)."""
+        batch = self.converged.shape[0]
+        parts = [i.adjoint_residual.reshape(batch, -1) for i in self.lm]
+        return torch.cat(parts, 1) if parts else self.converged.new_zeros(batch, 0, dtype=torch.float64)
 
 
 GLOBAL_ROWS = ("none", "boundary", "initial", "boundary+initial")
@@ -360,8 +380,12 @@ class HardConstraintMoE(nn.Module):
     distributed : bool
         Under ``torch.distributed``: this rank solves only its share of the experts and the
         stitched field is summed over ranks (see :mod:`femoe.experts.distributed`).
-    dt, t0, ic_weight, rho, tol, atol, maxiter, damping, hessian, backward, strict, row_scale
-        As for :class:`~femoe.layers.HardConstraint` (same defaults).
+    dt, t0, ic_weight, rho, tol, atol, maxiter, damping, hessian, hvp_chunk, backward, row_scale, patience
+        As for :class:`~femoe.layers.HardConstraint` (same defaults; the stopping test is applied
+        to every (sample, expert) on its own scale, and a stopped one is frozen).
+    unconverged, strict
+        As for :class:`~femoe.layers.HardConstraint`; with ``"exclude"`` a sample gives no
+        gradient when any of its experts did not converge.
     global_rows : ``"boundary+initial"``, ``"boundary"``, ``"initial"`` or ``"none"``
         Rows every expert enforces in addition to its own (see the module docstring):
         ``"boundary"`` the Dirichlet rows and the rows of DOFs on boundary facets with a facet
@@ -377,8 +401,9 @@ class HardConstraintMoE(nn.Module):
                  seed: int = 0, devices: Sequence[Any] | None = None, distributed: bool = False,
                  dt: float | None = None, t0: float = 0.0, ic_weight: Any = "paper", rho: float = 1e-4,
                  tol: float | None = None, atol: float = 0.0, maxiter: int = 100, damping: float = 1e-6,
-                 hessian: str = "exact", backward: str = "implicit", strict: bool = False, report: bool = True,
-                 row_scale: Any = "mass", global_rows: str = "boundary+initial"):
+                 hessian: str = "exact", hvp_chunk: int | None = None, backward: str = "implicit",
+                 strict: bool = False, report: bool = True, row_scale: Any = "mass",
+                 global_rows: str = "boundary+initial", unconverged: str = "flag", patience: int = 10):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
@@ -394,9 +419,12 @@ class HardConstraintMoE(nn.Module):
         K = self.partition.k
         self.K = K
         self.dt, self.t0 = dt, t0
-        self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian)
+        self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian,
+                                 hvp_chunk=hvp_chunk, patience=patience)
         self.backward_mode = Backward.parse(backward, "backward")
-        self.strict, self.report = bool(strict), bool(report)
+        self.unconverged = parse_unconverged(unconverged, strict)
+        self.strict = self.unconverged is Unconverged.RAISE
+        self.report = bool(report)
         self._warned = False
         self.last_info: MoEInfo | None = None
         self.distributed = bool(distributed)
@@ -456,15 +484,13 @@ class HardConstraintMoE(nn.Module):
         if td:
             if u0 is None:
                 raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
-            check_float_tensor("u0", u0)
-            check_finite("u0", u0)
-            params[INITIAL] = u0.reshape(-1, n)
+            params[INITIAL] = check_initial(u0, n, B.shape[0], B.dtype)
         elif u0 is not None:
             raise ProblemError(f"problem {self.problem.name!r} is steady: u0 does not apply")
         batch = B.shape[0]
         home = B.device
         u_out = B.new_zeros(B.shape[:-1])
-        conv, its, rn = [], [], []
+        conv, its, rn, extra, lms = [], [], [], [], []
         folded_fields = []
         for group, model, device in zip(self.groups, self._models, self.devices):
             dev = home if device is None else torch.device(device)
@@ -478,13 +504,27 @@ class HardConstraintMoE(nn.Module):
             conv.append(info.converged.reshape(batch, -1).to(home))
             its.append(info.iterations.reshape(batch, -1).to(home))
             rn.append(info.residual_norms.reshape(batch, -1).to(home))
+            extra.append([x.reshape(batch, -1).to(home) for x in (info.stalled, info.relative_gradient,
+                                                                   info.weight_error)])
+            lms.append(info)
         if self.distributed:
             from femoe.experts.distributed import all_reduce_sum
 
             u_out = all_reduce_sum(u_out)
-        info = self._info(u_out, folded_fields, params, torch.cat(conv, 1), torch.cat(its, 1), torch.cat(rn, 1))
+        conv = torch.cat(conv, 1)
+        info = self._info(u_out, folded_fields, params, conv, torch.cat(its, 1), torch.cat(rn, 1))
+        info = dataclasses.replace(info, stalled=torch.cat([e[0] for e in extra], 1),
+                                   relative_gradient=torch.cat([e[1] for e in extra], 1),
+                                   weight_error=torch.cat([e[2] for e in extra], 1), lm=tuple(lms))
         self.last_info = info
         self._report(info)
+        if self.unconverged is Unconverged.EXCLUDE:
+            ok = conv.all(1, keepdim=True)
+            if self.distributed:  # a sample is excluded on every rank when one rank's expert failed
+                from femoe.experts.distributed import all_reduce_max
+
+                ok = all_reduce_max((~ok).to(u_out.dtype)) == 0
+            u_out = exclude_unconverged(u_out, ok)
         return u_out, info
 
     @torch.no_grad()
@@ -519,8 +559,13 @@ class HardConstraintMoE(nn.Module):
     def _report(self, info: MoEInfo) -> None:
         if info.all_converged:
             return
-        bad = (~info.converged).nonzero().tolist()
+        mask = ~info.converged
+        bad = mask.nonzero().tolist()
+        stalled = int(info.stalled[mask].sum()) if info.stalled is not None else 0
         msg = (f"HardConstraintMoE on {self.problem.name!r}: Levenberg-Marquardt did not converge for "
-               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} in {self.options.maxiter} "
-               "iterations; raise maxiter, loosen tol, or check the basis")
+               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} ({stalled} of {len(bad)} stalled, "
+               f"the others reached maxiter={self.options.maxiter}; largest estimated relative weight error "
+               f"{float(info.weight_error[mask].max()) if info.weight_error is not None else float('nan'):.2e}); "
+               f"policy unconverged={self.unconverged.value!r}. Raise maxiter, loosen tol, or check the basis "
+               "and the residual's smoothness (a stall is often a kink such as max(u, 0))")
         report_unconverged(self, msg, info)

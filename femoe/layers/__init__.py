@@ -11,7 +11,7 @@
 """
 
 from femoe.layers._hard import HardConstraint
-from femoe.layers._lm import Backward, Hessian, LeastSquaresInfo, LMOptions, least_squares_solve
+from femoe.layers._lm import Backward, Hessian, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._newton import NewtonSolveInfo, nonlinear_solve, nonlinear_step, solve_trajectory
 from femoe.layers._residuals import SteadyResidual, TrajectoryResidual
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss
@@ -25,6 +25,7 @@ __all__ = [
     "NewtonSolveInfo",
     "SteadyResidual",
     "TrajectoryResidual",
+    "Unconverged",
     "least_squares_solve",
     "nonlinear_solve",
     "nonlinear_step",

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from femoe.errors import ProblemError, ShapeError
-from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, least_squares_solve
+from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field
-from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, report_unconverged
+from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
+                                    exclude_unconverged, parse_unconverged, report_unconverged)
 from femoe.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,17 @@ class HardConstraint(nn.Module):
     rho : float
         Ridge weight (1e-4 as in the paper).
     tol, atol : float
-        Converged when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||)``. The paper used
-        1e-4; the default (``None``) is 1e-10 in float64, which makes the implicit gradient
-        accurate, and 1e-5 in float32.
+        Converged when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||, floor)``, ``floor`` the
+        round-off level of the gradient at the sample's own scale (see
+        :class:`~femoe.layers.LeastSquaresInfo`), so the test is the optimality condition the
+        implicit backward needs and is reachable in any precision. The paper used 1e-4; the
+        default (``None``) is 1e-10 in float64, which makes the implicit gradient accurate, and
+        1e-5 in float32.
     maxiter : int
         Most LM iterations (100 as in the paper).
+    patience : int
+        A sample that improves neither ``f`` nor ``||grad_w f||`` for this many iterations
+        stops as stalled (not converged), so it does not hold the batch to ``maxiter``.
     damping : float
         Initial LM damping relative to ``max diag(J_w^T J_w)``.
     hessian : ``"exact"`` or ``"gauss_newton"``
@@ -68,17 +75,22 @@ class HardConstraint(nn.Module):
         Weights of the PDE rows in the objective. ``"mass"`` (default) divides row ``i`` by the
         mass-matrix diagonal ``M_ii``, making rows pointwise residuals: without it weak-form rows
         scale like ``h^d`` and the ridge ``rho`` would outweigh them on fine meshes.
+    unconverged : ``"flag"``, ``"exclude"`` or ``"raise"``
+        Policy for samples that did not converge (see :class:`~femoe.layers.Unconverged`):
+        ``"flag"`` (default) uses them, flags them in ``info.converged`` and issues a
+        :class:`~femoe.errors.ConvergenceWarning` (once per layer); ``"exclude"`` uses their value
+        but gives them no gradient (and warns); ``"raise"`` raises
+        :class:`~femoe.errors.ConvergenceError`.
     strict : bool
-        Raise :class:`~femoe.errors.ConvergenceError` when a sample does not converge; by default
-        it is flagged in the info record and a :class:`~femoe.errors.ConvergenceWarning` is
-        issued (once per layer).
+        Same as ``unconverged="raise"``.
     """
 
     def __init__(self, problem: Problem, *, rows: Any = None, dofs: Any = None, dt: float | None = None,
                  t0: float = 0.0, ic_rows: Any = None, ic_weight: str | float | torch.Tensor = "paper",
                  t: float | None = None, rho: float = 1e-4, tol: float | None = None, atol: float = 0.0,
                  maxiter: int = 100, damping: float = 1e-6, hessian: str = "exact", hvp_chunk: int | None = None,
-                 backward: str = "implicit", strict: bool = False, row_scale: Any = "mass"):
+                 backward: str = "implicit", strict: bool = False, row_scale: Any = "mass",
+                 unconverged: str = "flag", patience: int = 10):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
@@ -94,11 +106,12 @@ class HardConstraint(nn.Module):
                 raise ProblemError(f"problem {problem.name!r} is steady: dt and ic_rows do not apply")
             self.model = SteadyResidual(problem, rows=rows, dofs=dofs, t=t, row_scale=row_scale)
         self.options = LMOptions(rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping, hessian=hessian,
-                                 hvp_chunk=hvp_chunk)
+                                 hvp_chunk=hvp_chunk, patience=patience)
         self.backward_mode = Backward.parse(backward, "backward")
         if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
             self.model.prepare_curvature()
-        self.strict = bool(strict)
+        self.unconverged = parse_unconverged(unconverged, strict)
+        self.strict = self.unconverged is Unconverged.RAISE
         self._warned = False
         self.last_info: LeastSquaresInfo | None = None
 
@@ -157,7 +170,7 @@ class HardConstraint(nn.Module):
         NonFiniteError
             NaN or Inf in ``B``, ``u0`` or a parameter tensor (checked before any solve).
         ConvergenceError
-            With ``strict=True`` when a sample does not converge.
+            With ``unconverged="raise"`` (or ``strict=True``) when a sample does not converge.
         """
         B3, squeeze = self._check_basis(B)
         params = dict(params or {})
@@ -165,17 +178,10 @@ class HardConstraint(nn.Module):
         if self.time_dependent:
             if u0 is None:
                 raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
-            check_float_tensor("u0", u0)
-            n = self.problem.n
-            if u0.shape[-1] != n or u0.dim() not in (1, 2) or (u0.dim() == 2 and u0.shape[0] not in (1, B3.shape[0])):
-                raise ShapeError(f"u0 must have shape ({B3.shape[0]}, {n}), (1, {n}) or ({n},); "
-                                 f"received {tuple(u0.shape)}")
-            check_finite("u0", u0)
-            if u0.dtype != B3.dtype:
-                raise ShapeError(f"u0 must have the dtype of B ({B3.dtype}); received {u0.dtype}")
+            u0 = check_initial(u0, self.problem.n, B3.shape[0], B3.dtype)
             if INITIAL in params:
                 raise ProblemError(f"parameter name {INITIAL!r} is reserved")
-            params[INITIAL] = u0.reshape(-1, n)
+            params[INITIAL] = u0
             self.model.check_levels(B3.shape[1] - 1)
         elif u0 is not None:
             raise ProblemError(f"problem {self.problem.name!r} is steady: u0 does not apply")
@@ -183,14 +189,20 @@ class HardConstraint(nn.Module):
         self.last_info = info
         self._report(info)
         u = basis_field(B3, w)
+        if self.unconverged is Unconverged.EXCLUDE:
+            u = exclude_unconverged(u, info.converged)
         return (u[0] if squeeze else u), info
 
     def _report(self, info: LeastSquaresInfo) -> None:
         if info.all_converged:
             return
-        failed = (~info.converged).nonzero().flatten().tolist()
+        bad = ~info.converged
+        failed = bad.nonzero().flatten().tolist()
+        stalled = info.stalled[bad].tolist() if info.stalled is not None else [False] * len(failed)
         msg = (f"HardConstraint on {self.problem.name!r}: Levenberg-Marquardt did not converge for samples "
-               f"{failed} in {self.options.maxiter} iterations (relative gradient norms "
-               f"{(info.gradient_norms / info.initial_gradient_norms.clamp_min(1e-300))[~info.converged].tolist()}); "
-               "raise maxiter, loosen tol, or check the basis (rank, scaling)")
+               f"{failed} (stalled: {stalled}; iterations {info.iterations[bad].tolist()} of {self.options.maxiter}; "
+               f"relative gradient norms {info.relative_gradient[bad].tolist()}; estimated relative weight "
+               f"error {info.weight_error[bad].tolist() if info.weight_error is not None else '?'}); "
+               f"policy unconverged={self.unconverged.value!r}. Raise maxiter, loosen tol, or check the basis "
+               "(rank, scaling) and the residual's smoothness (a stall is often a kink such as max(u, 0))")
         report_unconverged(self, msg, info)

@@ -60,22 +60,47 @@ class Backward(_Choice):
 class LeastSquaresInfo:
     """What one batched Levenberg-Marquardt solve did, per batch element.
 
+    A batch element is a sample (PI-HC) or a (sample, expert) pair (PI-HC-MoE). An element stops
+    when it converges or stalls; it is then frozen, and the batch stops when every element has
+    stopped (or at ``maxiter``).
+
     Attributes
     ----------
     converged : torch.Tensor
-        ``(B,)`` bool: ``||grad_w f(w*)|| <= tol * ||grad_w f(0)||`` (or ``<= atol``).
+        ``(B,)`` bool: ``||grad_w f(w*)|| <= target`` -- the optimality condition the implicit
+        backward assumes.
     iterations : torch.Tensor
-        ``(B,)`` int64 LM iterations (accepted and rejected steps).
+        ``(B,)`` int64 LM iterations (accepted and rejected steps) until the element stopped.
     residual_norms : torch.Tensor
         ``(B,)`` ``||r(B w*)||_2`` of the enforced rows (IC rows included, weighted).
     gradient_norms : torch.Tensor
-        ``(B,)`` ``||grad_w f(w*)||_2``.
+        ``(B,)`` ``||grad_w f(w*)||_2``, ``grad_w f = J_w^T r + rho w``.
     initial_gradient_norms : torch.Tensor
         ``(B,)`` ``||grad_w f(0)||_2``, the scale of the relative tolerance.
     objective : torch.Tensor
         ``(B,)`` ``f(w*)``.
     damping : torch.Tensor
         ``(B,)`` final LM damping ``mu``.
+    target : torch.Tensor
+        ``(B,)`` the threshold the element met or missed: ``max(atol, tol ||grad_w f(0)||)``, or
+        the round-off floor ``eps ||J_w||_F (||J_w||_F ||w|| + ||r(0)|| + ||r||)`` of the
+        computed gradient at this element's own scale (``eps`` of the dtype) where the element
+        converged on it: below the floor and no longer improving for 2 iterations.
+    stalled : torch.Tensor
+        ``(B,)`` bool: stopped without converging because neither ``f`` (relative decrease
+        ``1e-8``) nor ``||grad_w f||`` (halving) improved in ``patience`` iterations, or the
+        damping overflowed -- typically a kink of the residual (e.g. ``max(u, 0)``) or a floor
+        underestimated by the round-off estimate.
+    weight_error : torch.Tensor
+        ``(B,)`` ``||(J_w^T J_w + rho I)^{-1} grad_w f(w*)|| / ||w*||``: first-order estimate of
+        the relative distance of ``w*`` from the exact optimum. The implicit backward linearises
+        at ``w*``, so gradients carry relative errors of about this size (times the conditioning
+        of the map from the basis to ``w``); ``<~ 1e-8`` in float64 means the gradient can be
+        trusted.
+    adjoint_residual : torch.Tensor
+        ``(B,)`` relative residual ``||H v - gbar|| / ||gbar||`` of the adjoint solve ``H v = gbar``
+        of the implicit backward (``H`` the Hessian used). NaN until a backward pass has run;
+        filled in place by it (the last backward through this solve).
     """
 
     converged: torch.Tensor
@@ -85,17 +110,48 @@ class LeastSquaresInfo:
     initial_gradient_norms: torch.Tensor
     objective: torch.Tensor
     damping: torch.Tensor
+    target: torch.Tensor | None = None
+    stalled: torch.Tensor | None = None
+    weight_error: torch.Tensor | None = None
+    adjoint_residual: torch.Tensor | None = None
 
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())
+
+    @property
+    def relative_gradient(self) -> torch.Tensor:
+        """``||grad_w f(w*)|| / ||grad_w f(0)||`` (0 where the initial gradient vanishes)."""
+        g0 = self.initial_gradient_norms
+        return torch.where(g0 > 0, self.gradient_norms / g0.clamp_min(torch.finfo(g0.dtype).tiny),
+                           torch.zeros_like(g0))
+
+
+class Unconverged(_Choice):
+    """What the constraint layers do with batch elements that did not converge.
+
+    ``flag`` (default): use the result, flag it in ``info.converged`` and warn once per layer
+    (the gradient is the implicit one at the point reached; ``info.weight_error`` says how far
+    to trust it). ``exclude``: use the result in the forward value but give those samples no
+    gradient (their output is detached; in the mixture of experts a sample is excluded when any
+    of its experts did not converge). ``raise``: raise :class:`~femoe.errors.ConvergenceError`
+    (what ``strict=True`` selects).
+    """
+
+    FLAG = "flag"
+    EXCLUDE = "exclude"
+    RAISE = "raise"
 
 
 @dataclass(frozen=True)
 class LMOptions:
     """Levenberg-Marquardt settings (see :func:`least_squares_solve`).
 
-    ``tol=None`` means 1e-10 in float64 and 1e-5 in float32 (relative gradient norm).
+    Stopping: an element converges when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||)``, or
+    when it is below the round-off floor of the gradient at its own scale and no longer
+    improving (see :class:`LeastSquaresInfo`); it stalls (not converged) when it makes no
+    progress for ``patience`` iterations. ``tol=None`` means 1e-10 in float64 and 1e-5 in
+    float32.
     """
 
     def relative_tolerance(self, dtype: torch.dtype) -> float:
@@ -110,6 +166,7 @@ class LMOptions:
     damping: float = 1e-6
     hessian: Hessian = Hessian.EXACT
     hvp_chunk: int | None = None
+    patience: int = 10
 
     def __post_init__(self):
         if not self.rho >= 0:
@@ -122,6 +179,8 @@ class LMOptions:
             raise ConfigError(f"damping must be positive; got {self.damping}")
         if self.hvp_chunk is not None and int(self.hvp_chunk) < 1:
             raise ConfigError(f"hvp_chunk must be a positive integer or None; got {self.hvp_chunk}")
+        if int(self.patience) < 1:
+            raise ConfigError(f"patience must be a positive integer; got {self.patience}")
         object.__setattr__(self, "hessian", Hessian.parse(self.hessian, "hessian"))
 
 
@@ -133,6 +192,20 @@ def _normal_solve(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(A, g)
 
 
+def _roundoff_floor(J: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor, rho: float) -> torch.Tensor:
+    """Round-off level of ``g = J^T r + rho w`` for each element's own scale.
+
+    The rows are sums of terms of about the size of the field's contribution ``|J w|`` and of
+    the data ``|r(0)|``, so the computed ``r`` carries an error of about
+    ``eps (||J|| ||w|| + ||r(0)|| + ||r||)`` and ``g`` that error times ``||J||``.
+    """
+    eps = torch.finfo(J.dtype).eps
+    jn = torch.linalg.matrix_norm(J.detach())
+    wn = torch.linalg.vector_norm(w.detach(), dim=1)
+    rn = torch.linalg.vector_norm(r.detach(), dim=1)
+    return eps * (jn * (jn * wn + r0norm + rn) + rho * wn)
+
+
 def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     """The LM iterations; differentiable when run with grad enabled (unrolled backward).
 
@@ -140,6 +213,9 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     ``(f(w) - f(w + d)) / (1/2 d^T (mu d - g))``; accept if positive and then
     ``mu *= max(1/3, 1 - (2 gain - 1)^3)``, else ``mu *= nu, nu *= 2``. Where the predicted
     reduction is below the round-off of ``f``, a step is accepted if it reduces ``||grad_w f||``.
+
+    Every element stops on its own (converged, or stalled: see :class:`LeastSquaresInfo`) and is
+    then frozen; the loop ends when none is active.
     """
     batch, N = B.shape[0], B.shape[-1]
     eye = torch.eye(N, dtype=B.dtype, device=B.device)
@@ -155,12 +231,20 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     r, J, f, g, A = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
     g0 = gnorm.detach().clone()
+    r0 = torch.linalg.vector_norm(r.detach(), dim=1)
     target = torch.clamp(o.relative_tolerance(B.dtype) * g0, min=o.atol)
+    floor = _roundoff_floor(J, w, r, r0, o.rho)
     mu = o.damping * torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
+    mu_max = 1e16 * torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
     nu = torch.full_like(mu, 2.0)
     iterations = torch.zeros(batch, dtype=torch.int64, device=B.device)
+    stalled = torch.zeros(batch, dtype=torch.bool, device=B.device)
+    # progress anchors of the stall test: the objective and gradient norm when progress was last made
+    anchor_f, anchor_g = f.detach().clone(), g0.clone()
+    since = torch.zeros(batch, dtype=torch.int64, device=B.device)
+    converged = gnorm.detach() <= target
     for _ in range(o.maxiter):
-        active = (gnorm.detach() > target) & (mu < 1e30)
+        active = ~converged & ~stalled
         if not bool(active.any()):
             break
         d = -_normal_solve(A + (o.rho + mu)[:, None, None] * eye, g)
@@ -185,14 +269,37 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         mu = torch.where(accept, mu * shrink, torch.where(active, mu * nu, mu))
         nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
         iterations += active.to(torch.int64)
+        floor = torch.where(accept, _roundoff_floor(J, w, r, r0, o.rho), floor)
+        # progress: a relative decrease of f by 1e-8 or a halving of ||g|| since the last progress
+        fd, gd = f.detach(), gnorm.detach()
+        progress = (fd < anchor_f - 1e-8 * anchor_f.abs()) | (gd < 0.5 * anchor_g)
+        anchor_f = torch.where(progress, fd, anchor_f)
+        anchor_g = torch.where(progress, gd, anchor_g)
+        since = torch.where(progress | ~active, torch.zeros_like(since), since + 1)
+        # converged: below the relative target, or at the round-off floor and no longer improving
+        # (the LM goes as far as it can before the floor is invoked: it may overestimate the noise)
+        converged = converged | (active & ((gd <= target) | ((gd <= floor) & (since >= 2))))
+        stalled = stalled | (active & ~converged & ((since >= o.patience) | (mu > mu_max)))
+    with torch.no_grad():
+        # first-order distance of w from the optimum, relative to |w| (Gauss-Newton Hessian)
+        Ad = A.detach()
+        tiny = torch.finfo(w.dtype).eps * torch.diagonal(Ad, dim1=1, dim2=2).amax(1).clamp_min(1e-300)
+        step = _normal_solve(Ad + (o.rho + tiny)[:, None, None] * eye, g.detach().clone())
+        wn = torch.linalg.vector_norm(w.detach(), dim=1)
+        werr = torch.linalg.vector_norm(step, dim=1) / wn.clamp_min(torch.finfo(w.dtype).tiny)
+        werr = torch.where(torch.isfinite(werr), werr, torch.full_like(werr, float("inf")))
     info = LeastSquaresInfo(
-        converged=(gnorm.detach() <= target),
+        converged=converged,
         iterations=iterations,
         residual_norms=torch.linalg.vector_norm(r.detach(), dim=1),
         gradient_norms=gnorm.detach(),
         initial_gradient_norms=g0,
         objective=f.detach(),
         damping=mu,
+        target=torch.where(converged & (gnorm.detach() > target), floor, target),
+        stalled=stalled & ~converged,
+        weight_error=werr,
+        adjoint_residual=torch.full_like(g0, float("nan")),
     )
     return w, A, r, info
 
@@ -219,6 +326,7 @@ class _LeastSquares(torch.autograd.Function):
         w, A_gn, r, info = _lm(model, B.detach(), p, opts)
         info_out.append(info)
         ctx.model, ctx.opts, ctx.names, ctx.static = model, opts, names, static
+        ctx.adjoint_residual = info.adjoint_residual
         ctx.save_for_backward(w, A_gn, r, B, *tensors)
         return w
 
@@ -234,7 +342,9 @@ class _LeastSquares(torch.autograd.Function):
     # the second term is B^T [d2/du2 (r* . r)] B, whose n x n middle factor has the Jacobian's
     # sparsity and is recovered by a few coloured Hessian-vector products (model.curvature;
     # models without it fall back to N Hessian-vector products in w). It vanishes for linear
-    # problems, where hessian="gauss_newton" skips it.
+    # problems, where hessian="gauss_newton" skips it. The relative residual ||H v - gbar|| /
+    # ||gbar|| of the adjoint solve is written into info.adjoint_residual (a measure of the
+    # backward's own accuracy; the distance of w* from the optimum is info.weight_error).
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_w):
@@ -258,6 +368,10 @@ class _LeastSquares(torch.autograd.Function):
             elif o.hessian is Hessian.EXACT:
                 H = _hessian(G, wl, o.hvp_chunk)
             v = torch.linalg.solve(H, grad_w)
+            with torch.no_grad():
+                gn = torch.linalg.vector_norm(grad_w, dim=1)
+                res = torch.linalg.vector_norm((H @ v.unsqueeze(-1)).squeeze(-1) - grad_w, dim=1)
+                ctx.adjoint_residual.copy_(torch.where(gn > 0, res / gn.clamp_min(1e-300), torch.zeros_like(gn)))
             wrt = [leaf for leaf, nd in zip(leaves, needs) if nd]
             grads = iter(torch.autograd.grad(G, wrt, grad_outputs=-v, allow_unused=True))
         out = [next(grads) if nd else None for nd in needs]

@@ -40,6 +40,26 @@ def check_float_tensor(name: str, x: Any) -> torch.Tensor:
     return x
 
 
+def check_initial(u0: Any, n: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """Validate an initial condition for a basis of batch ``batch``: ``(n,)``, ``(1, n)`` or
+    ``(batch, n)`` values in the basis' dtype, finite. Returns it as ``(1 or batch, n)``.
+
+    A flat vector of another length (e.g. ``(2 n,)`` for two samples) is refused rather than
+    reshaped, which would silently reinterpret it as a batch."""
+    check_float_tensor("u0", u0)
+    ok = (u0.dim() == 1 and u0.shape[0] == n) or (u0.dim() == 2 and u0.shape[1] == n and u0.shape[0] in (1, batch))
+    if not ok:
+        hint = ""
+        if u0.dim() == 1 and u0.numel() % n == 0 and u0.numel() > n:
+            hint = f"; to pass {u0.numel() // n} samples, reshape it to ({u0.numel() // n}, {n})"
+        raise ShapeError(f"u0 must have shape ({batch}, {n}), (1, {n}) or ({n},) (the basis has batch {batch} and the "
+                         f"problem {n} DOFs); received {tuple(u0.shape)}{hint}")
+    check_finite("u0", u0)
+    if u0.dtype != dtype:
+        raise ShapeError(f"u0 must have the dtype of the basis ({dtype}); received {u0.dtype}")
+    return u0.reshape(-1, n)
+
+
 def split_params(params: Mapping[str, Any] | None) -> tuple[list[str], list[torch.Tensor], dict[str, Any]]:
     """Split a parameter dict into tensor names, tensors, and the other (static) entries.
 
@@ -82,15 +102,39 @@ def as_index(name: str, idx: Any, size: int, device: torch.device | str = "cpu")
 
 def report_unconverged(layer: Any, message: str, info: Any) -> None:
     """The convergence policy of the constraint layers: raise :class:`ConvergenceError` when
-    ``layer.strict``, else log every time and warn once per layer (``layer._warned``)."""
+    ``layer.strict`` (or ``layer.unconverged == "raise"``), else log every time and warn once per
+    layer (``layer._warned``)."""
     import logging
     import warnings
 
     from femoe.errors import ConvergenceError, ConvergenceWarning
 
-    if layer.strict:
+    if layer.strict or getattr(getattr(layer, "unconverged", None), "value", None) == "raise":
         raise ConvergenceError(message, info=info)
     logging.getLogger(type(layer).__module__).info(message)
     if not layer._warned:
         layer._warned = True
         warnings.warn(message + " (warned once per layer; see info.converged)", ConvergenceWarning, stacklevel=4)
+
+
+def parse_unconverged(unconverged: Any, strict: bool):
+    """The unconverged policy of a layer (:class:`~femoe.layers.Unconverged`); ``strict=True``
+    means ``"raise"`` and cannot be combined with another explicit choice."""
+    from femoe.errors import ConfigError
+    from femoe.layers._lm import Unconverged
+
+    policy = Unconverged.parse(unconverged, "unconverged")
+    if strict and policy is Unconverged.EXCLUDE:
+        raise ConfigError("strict=True raises on unconverged solves; it cannot be combined with "
+                          "unconverged='exclude' (pick one)")
+    return Unconverged.RAISE if strict else policy
+
+
+def exclude_unconverged(u: torch.Tensor, converged: torch.Tensor) -> torch.Tensor:
+    """``u`` with the samples whose ``converged`` row (``(batch,)`` or ``(batch, K)``) is not all
+    true detached: they keep their value and give no gradient (``unconverged="exclude"``)."""
+    ok = converged.reshape(converged.shape[0], -1).all(1)
+    if bool(ok.all()) or not u.requires_grad:
+        return u
+    mask = ok.reshape(-1, *([1] * (u.dim() - 1))).to(u.device)
+    return torch.where(mask, u, u.detach())
