@@ -166,3 +166,32 @@ def test_lifted_hard_constraint_keeps_the_initial_state_exactly():
     r0 = layer.model.residual(torch.zeros_like(z), {"initial_state": u0, "__initial__": torch.zeros_like(u0)})
     r = layer.model.residual(z.detach(), {"initial_state": u0, "__initial__": torch.zeros_like(u0)})
     assert float(r.norm()) < float(r0.norm())
+
+
+def test_paper_lift_level_zero_of_the_basis_does_not_matter():
+    """With u = u0 + (t/T) z the basis' level 0 enters no row: the Task's layer arguments make
+    its initial-condition rows inert, so the constrained state does not depend on it, and the
+    training loss has no initial-condition rows."""
+    from femoe.layers import HardConstraint
+    from femoe.train.config import config_from_dict
+    from femoe.train.task import Task
+
+    cfg = config_from_dict({"problem": {"name": "navier_stokes_2d",
+                                        "params": {"grid": 6, "n_steps": 2, "T": 0.5, "lift": "paper"}},
+                            "data": {"dir": "/nonexistent"}})
+    task = Task(cfg, load_data=False)
+    assert task.lifted and task.ic_by_construction
+    rng = np.random.default_rng(3)
+    omega0 = torch.tensor(SPEC.sample_inputs(rng, 1, task.problem))
+    params, u0_layer = task.layer_args(omega0)
+    layer = HardConstraint(task.problem, dt=0.25, tol=1e-12)
+    B = torch.tensor(rng.standard_normal((1, 3, task.problem.n, 6)))
+    B2 = B.clone()
+    B2[:, 0] = torch.tensor(rng.standard_normal((task.problem.n, 6))) * 10
+    z1, _ = layer(B, params, u0_layer)
+    z2, _ = layer(B2, params, u0_layer)
+    # inert to 1e-4 of the field (rows weighted 1e-6); with u0 = 0 as the layer rows the change is O(1)
+    torch.testing.assert_close(z2[:, 1:], z1[:, 1:], rtol=0, atol=1e-4 * float(z1[:, 1:].abs().max()))
+    task.dt = 0.25  # set by load() from the data's times
+    r = task.residual(z1, params, u0_layer)
+    assert r.shape == (1, 2 * task.problem.n)  # the rows of levels 1, 2 only

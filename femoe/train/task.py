@@ -77,6 +77,8 @@ class Task:
         self.times = None
         self.sensor_matrix = None  # test-mesh tasks: (n_sensors, m) interpolation of the inputs
         self.lifted = bool(getattr(self.spec, "lifted", lambda p: False)(self.problem))
+        # u = u0 + s(t) z with s(0) = 0: the initial state holds by construction
+        self.ic_by_construction = self.lifted and float(self.spec.lift_scale(self.problem, [0.0])[0]) == 0.0
         if self.lifted and (cfg.train.data_weight > 0 or cfg.train.train_until is not None):
             raise ConfigError("a lifted problem (u = u0 + s(t) z, problem parameter 'lift') supports neither "
                               "train.data_weight nor train.train_until: both compare the network's z with states")
@@ -196,8 +198,14 @@ class Task:
                 return {}, x
             u0 = self.spec.initial_state(self.problem, x.detach().cpu().numpy())
             u0 = torch.as_tensor(u0, dtype=x.dtype, device=x.device)
-            if self.lifted:  # the unknown is z of u = u0 + s(t) z: u0 is a parameter, z(0) is free
-                return {"initial_state": u0}, torch.zeros_like(u0)
+            if self.lifted:  # the unknown is z of u = u0 + s(t) z: u0 is a parameter
+                if self.ic_by_construction:
+                    # s(0) = 0: z(0) enters no row of the state, so its initial-condition rows must
+                    # not constrain w. The layers weigh them c (z(0) - u0) with c = 1 / |u0|: a
+                    # constant u0 = INERT_IC makes them 1e-6 z(0) - 1, negligible against the ridge
+                    # (the -1 does not depend on w). z(0) is then whatever the basis gives.
+                    return {"initial_state": u0}, torch.full_like(u0, INERT_IC)
+                return {"initial_state": u0}, torch.zeros_like(u0)  # z(0) = 0: rows as usual
             return {}, u0
         return self.spec.layer_params(self.problem, x), None
 
@@ -225,9 +233,16 @@ class Task:
         scale = self.row_scale.to(u.device, u.dtype)
         if self.time_dependent:
             R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params) * scale
+            if self.ic_by_construction:  # the state's level 0 is u0 whatever u[:, 0] is
+                return R.reshape(u.shape[0], -1)
             ic = u[:, 0] - u0
             return torch.cat([R.reshape(u.shape[0], -1), ic], dim=1)
         return self.problem.residual(u, params) * scale
+
+
+#: the layers' initial condition for a lifted unknown whose level 0 enters no row (see
+#: :meth:`Task.layer_args`): its rows weigh 1 / INERT_IC
+INERT_IC = 1e6
 
 
 def interpolation_matrix(task: Task, points: np.ndarray) -> sp.csr_matrix:
