@@ -43,8 +43,9 @@ from torch import nn
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field, jac_times
-from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
-                                    exclude_unconverged, parse_unconverged, report_unconverged)
+from femoe.layers._validate import (check_experts, check_finite, check_float_tensor, check_initial,
+                                    check_params_finite, check_partition, exclude_unconverged, parse_unconverged,
+                                    report_unconverged)
 from femoe.partition import ExpertPartition, partition_experts
 from femoe.problem import PatchUnion, Problem
 
@@ -412,9 +413,9 @@ class HardConstraintMoE(nn.Module):
         self.problem = problem
         self.global_rows = parse_global_rows(global_rows)
         if isinstance(experts, ExpertPartition):
-            self.partition = experts
+            self.partition = check_partition(experts, problem)
         else:
-            self.partition = partition_experts(problem.basis, int(experts), partition,
+            self.partition = partition_experts(problem.basis, check_experts(experts), partition,
                                                dirichlet=problem.dirichlet_dofs, seed=seed)
         K = self.partition.k
         self.K = K

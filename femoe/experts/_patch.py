@@ -27,7 +27,8 @@ from torch import nn
 
 from femoe.errors import ProblemError, ShapeError
 from femoe.layers._newton import NewtonSolveInfo, _NewtonSolve, _options, _report, _System
-from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, split_params
+from femoe.layers._validate import (check_experts, check_finite, check_float_tensor, check_initial,
+                                    check_params_finite, check_partition, split_params)
 from femoe.partition import ExpertPartition, partition_experts
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
@@ -80,8 +81,11 @@ class PatchConstraint(nn.Module):
         if problem.is_time_dependent and dt is None:
             raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
         self.problem, self.dt, self.t0, self.strict = problem, dt, t0, bool(strict)
-        self.partition = experts if isinstance(experts, ExpertPartition) else partition_experts(
-            problem.basis, int(experts), partition, dirichlet=problem.dirichlet_dofs, seed=seed)
+        if isinstance(experts, ExpertPartition):
+            self.partition = check_partition(experts, problem)
+        else:
+            self.partition = partition_experts(problem.basis, check_experts(experts), partition,
+                                               dirichlet=problem.dirichlet_dofs, seed=seed)
         self.K = self.partition.k
         interior = np.sort(np.concatenate(self.partition.interior)) if self.K else np.zeros(0, np.int64)
         if interior.size == 0:
@@ -179,9 +183,8 @@ class PatchConstraint(nn.Module):
         else:
             if u0 is None:
                 raise ProblemError(f"problem {pb.name!r} is time-dependent: give the initial condition u0")
-            check_float_tensor("u0", u0)
-            check_finite("u0", u0)
-            levels = [u0.reshape(-1, pb.n).expand(U_hat.shape[0], -1)]
+            u0 = check_initial(u0, pb.n, U_hat.shape[0], U_hat.dtype)
+            levels = [u0.expand(U_hat.shape[0], -1)]
             for step in range(1, U_hat.shape[1]):
                 u_t, info = self._solve(U_hat[:, step], params, self.t0 + step * self.dt, levels[-1])
                 levels.append(u_t)

@@ -192,7 +192,8 @@ def _normal_solve(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(A, g)
 
 
-def _roundoff_floor(J: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor, rho: float) -> torch.Tensor:
+def _roundoff_floor(J: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor,
+                    rho: float) -> torch.Tensor:
     """Round-off level of ``g = J^T r + rho w`` for each element's own scale.
 
     The rows are sums of terms of about the size of the field's contribution ``|J w|`` and of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from femoe.errors import NonFiniteError, ShapeError
@@ -58,6 +59,49 @@ def check_initial(u0: Any, n: int, batch: int, dtype: torch.dtype) -> torch.Tens
     if u0.dtype != dtype:
         raise ShapeError(f"u0 must have the dtype of the basis ({dtype}); received {u0.dtype}")
     return u0.reshape(-1, n)
+
+
+def check_experts(experts: Any) -> int:
+    """A number of experts: a positive integer (not a bool, not a float with a fraction)."""
+    from femoe.errors import ConfigError
+
+    ok = isinstance(experts, (int, np.integer)) and not isinstance(experts, bool) and int(experts) >= 1
+    if not ok:
+        raise ConfigError(f"experts must be a positive integer or a femoe ExpertPartition; got {experts!r}")
+    return int(experts)
+
+
+def check_partition(part: Any, problem: Any):
+    """An :class:`~femoe.partition.ExpertPartition` given to a layer must belong to the layer's
+    problem: same DOF and element counts and the DOF ownership its element partition gives on
+    this problem's basis. Returns it rebuilt with the problem's Dirichlet DOFs (same elements and
+    owners), so the Dirichlet set the partition was built with does not matter.
+
+    Raises
+    ------
+    PartitionError
+        The partition was built for another mesh or basis (the message names both sizes).
+    """
+    from femoe.errors import PartitionError
+    from femoe.partition import ExpertPartition
+
+    if not isinstance(part, ExpertPartition):
+        raise PartitionError(f"experts must be a number of experts or a femoe ExpertPartition; "
+                             f"got {type(part).__name__}")
+    n, ne = int(problem.n), int(problem.mesh.nelements)
+    fix = ("build it for this problem with femoe.partition.partition_experts(problem.basis, K, method, "
+           "dirichlet=problem.dirichlet_dofs) or ExpertPartition.from_basis(problem.basis, element_part)")
+    if part.owner.shape != (n,) or part.element_part.shape != (ne,):
+        raise PartitionError(f"the partition covers {part.owner.size} DOFs and {part.element_part.size} elements but "
+                             f"problem {problem.name!r} has {n} DOFs and {ne} elements: it was built for another "
+                             f"mesh or basis; {fix}")
+    rebuilt = ExpertPartition.from_basis(problem.basis, part.element_part, problem.dirichlet_dofs)
+    if not np.array_equal(rebuilt.owner, part.owner):
+        bad = int((rebuilt.owner != part.owner).sum())
+        raise PartitionError(f"the partition has the sizes of problem {problem.name!r} but {bad} of its {n} DOF owners "
+                             f"differ from what its element partition gives on this problem's basis: it was built for "
+                             f"another mesh or basis of the same size; {fix}")
+    return rebuilt
 
 
 def split_params(params: Mapping[str, Any] | None) -> tuple[list[str], list[torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,124 @@
+"""Bad inputs to the constraint layers are named errors, never a silent reinterpretation.
+
+Table-driven over the three layers that take an initial condition (PI-HC, PI-HC-MoE, patch
+mode): a flat ``u0`` of ``2 n`` values is not two samples, a batch that matches neither 1 nor the
+basis is refused, and a partition of another mesh (or of a mesh with the same counts) is
+refused instead of returning "converged, residual 0".
+"""
+
+import numpy as np
+import pytest
+import skfem as fe
+import torch
+
+from femoe.errors import ConfigError, NonFiniteError, PartitionError, ShapeError
+from femoe.experts import HardConstraintMoE, PatchConstraint
+from femoe.helpers import dot, grad
+from femoe.layers import HardConstraint
+from femoe.partition import ExpertPartition, partition_experts
+from femoe.problem import Problem
+
+F64 = torch.float64
+
+
+def heat(refine=4):
+    mesh = fe.MeshLine().refined(refine).with_boundaries({"left": lambda x: x[0] == 0})
+    basis = fe.Basis(mesh, fe.ElementLineP1())
+    return Problem(basis, lambda u, v, w: 0.05 * dot(grad(u), grad(v)), storage="mass", theta=1.0,
+                   dirichlet={"left": 1.0})
+
+
+def poisson(refine=2):
+    mesh = fe.MeshTri().refined(refine).with_defaults()
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    return Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - v, dirichlet={"left": 0.0, "right": 0.0})
+
+
+LAYERS = {
+    "pihc": lambda pb: HardConstraint(pb, dt=0.1),
+    "moe": lambda pb: HardConstraintMoE(pb, 2, partition="slab", dt=0.1),
+    "patch": lambda pb: PatchConstraint(pb, 2, partition="slab", dt=0.1),
+}
+
+
+def _input(kind, pb, batch):
+    g = torch.Generator().manual_seed(0)
+    if kind == "patch":
+        return torch.rand(batch, 3, pb.n, dtype=F64, generator=g)
+    return torch.randn(batch, 3, pb.n, 2, dtype=F64, generator=g)
+
+
+# (description, batch of the basis, u0 factory from n, error, message fragment)
+BAD_U0 = [
+    ("two samples flattened", 2, lambda n: torch.rand(2 * n, dtype=F64), ShapeError, r"reshape it to \(2, "),
+    ("one sample flattened twice, basis batch 1", 1, lambda n: torch.rand(2 * n, dtype=F64), ShapeError,
+     r"received \("),
+    ("batch 3 for a basis of batch 2", 2, lambda n: torch.rand(3, n, dtype=F64), ShapeError, r"\(2, \d+\), \(1, "),
+    ("one value too many", 1, lambda n: torch.rand(1, n + 1, dtype=F64), ShapeError, r"DOFs\); received \(1, "),
+    ("three axes", 1, lambda n: torch.rand(1, 1, n, dtype=F64), ShapeError, "u0 must have shape"),
+    ("float32 beside a float64 basis", 1, lambda n: torch.rand(n), ShapeError, "dtype"),
+    ("integers", 1, lambda n: torch.ones(n, dtype=torch.int64), ShapeError, "float32 or float64"),
+    ("a list", 1, lambda n: [0.0] * n, ShapeError, "torch.Tensor"),
+    ("NaN", 1, lambda n: torch.full((n,), float("nan"), dtype=F64), NonFiniteError, "u0"),
+]
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("case", BAD_U0, ids=[c[0] for c in BAD_U0])
+def test_bad_initial_conditions(kind, case):
+    _, batch, make, error, match = case
+    pb = heat()
+    layer = LAYERS[kind](pb)
+    with pytest.raises(error, match=match):
+        layer(_input(kind, pb, batch), u0=make(pb.n))
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("shape", ["n", "1n", "bn"])
+def test_good_initial_conditions_broadcast(kind, shape):
+    pb = heat()
+    layer = LAYERS[kind](pb)
+    u0 = torch.rand(2, pb.n, dtype=F64, generator=torch.Generator().manual_seed(1))
+    ref = {"n": u0[0], "1n": u0[:1], "bn": u0}[shape]
+    u, _ = layer(_input(kind, pb, 2), u0=ref)
+    assert u.shape[:2] == (2, 3)
+    if kind == "patch":  # level 0 is the initial condition itself
+        torch.testing.assert_close(u[:, 0], ref.expand(2, -1))
+
+
+def _foreign_partitions(pb):
+    other = poisson(refine=3)  # another mesh: other sizes
+    yield "another mesh", partition_experts(other.basis, 2, "rcb"), "built for another mesh"
+    # same mesh, another element order: same sizes, other ownership
+    mesh = pb.mesh
+    perm = np.random.default_rng(0).permutation(mesh.nelements)
+    shuffled = fe.MeshTri(mesh.p, mesh.t[:, perm])
+    part = partition_experts(fe.Basis(shuffled, fe.ElementTriP1()), 2, "rcb")
+    yield "same sizes, other ownership", part, "owners"
+
+
+@pytest.mark.parametrize("layer_cls", [HardConstraintMoE, PatchConstraint])
+def test_partition_of_another_mesh_is_refused(layer_cls):
+    pb = poisson()
+    for _, part, match in _foreign_partitions(pb):
+        with pytest.raises(PartitionError, match=match):
+            layer_cls(pb, part)
+
+
+@pytest.mark.parametrize("layer_cls", [HardConstraintMoE, PatchConstraint])
+def test_own_partition_without_dirichlet_is_accepted(layer_cls):
+    """A partition of the same basis built without the Dirichlet DOFs is the same ownership:
+    accepted, and rebuilt with the problem's Dirichlet DOFs."""
+    pb = poisson()
+    part = partition_experts(pb.basis, 2, "rcb")
+    layer = layer_cls(pb, part)
+    assert isinstance(layer.partition, ExpertPartition)
+    np.testing.assert_array_equal(layer.partition.owner, part.owner)
+    np.testing.assert_array_equal(layer.partition.dirichlet, pb.dirichlet_dofs)
+
+
+@pytest.mark.parametrize("layer_cls", [HardConstraintMoE, PatchConstraint])
+@pytest.mark.parametrize("experts", ["two", 2.5, 0, -1, True, None])
+def test_bad_number_of_experts(layer_cls, experts):
+    with pytest.raises(ConfigError, match="experts must be a positive integer"):
+        layer_cls(poisson(), experts)
