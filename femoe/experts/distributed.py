@@ -105,11 +105,20 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return _all_reduce(x.clone(), dist.ReduceOp.MAX) if _active() else x
 
 
-def sync_gradients(module: torch.nn.Module) -> None:
-    """Sum every parameter gradient over ranks (call after ``backward``, before the step)."""
+def sync_gradients(params) -> None:
+    """Sum gradients over ranks (call after ``backward``, before the step).
+
+    ``params`` is a module (its ``parameters()``) or an iterable of tensors: leaf tensors that
+    are not module parameters (a learnable coefficient passed in ``params``, a learnable ``u0``,
+    a basis ``B`` held as a leaf) get only their rank's share of the gradient too, and are
+    summed only when listed here. List each tensor once (a module's parameters and the module
+    would be summed twice), and let every rank list the same tensors in the same order with the
+    same gradients present (one flat all-reduce matches them by position).
+    """
     if not _active():
         return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    tensors = params.parameters() if isinstance(params, torch.nn.Module) else params
+    grads = [p.grad for p in tensors if p.grad is not None]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
