@@ -351,6 +351,12 @@ def validate(cfg: Config) -> None:
                           + (_nearest(bad[0], METHODS) if bad else ""))
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods lists a method twice: {cfg.methods}")
+    if cfg.experts.partition == "metis" and {"moe", "patch"} & set(cfg.methods):
+        import importlib.util
+
+        if importlib.util.find_spec("pymetis") is None:
+            raise ConfigError("experts.partition = 'metis' needs pymetis, which is not installed: pip install "
+                              "pymetis, or use partition = 'auto' (rcb without pymetis) or 'rcb'")
     from problems import get_problem
 
     spec = get_problem(cfg.problem.name)
