@@ -114,11 +114,10 @@ class ProblemSpec(ABC):
             spec = self.params[key]
             try:
                 value = _coerce(spec.kind, value)
-            except (TypeError, ValueError, OverflowError):
-                raise ParameterError(
-                    f"problem {self.name!r}: parameter {key!r} must be "
-                    f"{_KIND_NAMES.get(spec.kind, 'a')} ({getattr(spec.kind, '__name__', 'value')}); got {value!r}"
-                ) from None
+            except (TypeError, ValueError, OverflowError) as exc:
+                what = (f"must be {_KIND_NAMES[spec.kind]} ({spec.kind.__name__})" if spec.kind in _KIND_NAMES
+                        else f"is not valid ({exc})")
+                raise ParameterError(f"problem {self.name!r}: parameter {key!r} {what}; got {value!r}") from None
             out[key] = value
         for key, value in out.items():
             spec = self.params[key]
@@ -157,6 +156,19 @@ class ProblemSpec(ABC):
         """Reference solution for one input: ``(times, U)`` with ``U`` of shape ``(T, n)``
         (``times`` of shape ``(T,)``), or ``(None, u)`` with ``u`` of shape ``(n,)`` for
         steady problems."""
+
+    def reference_batch(self, problem: Problem, samples: np.ndarray,
+                        sample_ids=None) -> tuple[np.ndarray | None, np.ndarray]:
+        """Reference solutions of several inputs ``samples`` ``(b, m)``: ``(times, U)`` with ``U``
+        of shape ``(b, T, n)`` (``(b, n)`` for steady problems). ``sample_ids`` name the samples
+        in errors. This default solves them one at a time with :meth:`reference`; problems with a
+        batched solver override it. Either way a sample's result must not depend on which other
+        samples share the batch (``femoe generate`` relies on it)."""
+        times, out = None, []
+        for x in np.asarray(samples):
+            times, u = self.reference(problem, x)
+            out.append(np.asarray(u, dtype=np.float64))
+        return times, np.stack(out)
 
     # ------------------------------------------------------------------ helpers
     def check_inputs(self, inputs: np.ndarray) -> None:

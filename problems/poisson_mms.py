@@ -41,6 +41,19 @@ def exact(x: np.ndarray, amplitude: float) -> np.ndarray:
     return amplitude * np.sin(_PI * x[0]) * np.sin(_PI * x[1])
 
 
+def _flag(v: Any) -> bool:
+    """A boolean parameter: true/false (also 1/0, yes/no as given on the command line); anything
+    else is refused rather than read as false."""
+    if isinstance(v, bool):
+        return v
+    word = str(v).strip().lower()
+    if word in ("1", "true", "yes"):
+        return True
+    if word in ("0", "false", "no"):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
 class PoissonMMS(ProblemSpec):
     """Manufactured-solution Poisson problem (see the module docstring)."""
 
@@ -53,8 +66,7 @@ class PoissonMMS(ProblemSpec):
     params = {
         "refine": Param(4, lambda n: int(n) == n and 0 <= n <= 9, "an integer in [0, 9]", "", int),
         "order": Param(1, lambda n: n in (1, 2), "1 or 2", "polynomial degree", int),
-        "nonlinear": Param(False, None, "", "use k(u) = 1 + u^2",
-                           lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")),
+        "nonlinear": Param(False, None, "", "use k(u) = 1 + u^2", _flag),
     }
 
     def _build(self, params: dict[str, Any]) -> Problem:

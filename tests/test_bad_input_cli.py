@@ -68,6 +68,7 @@ CASES = [
     ("mesh-info-not-a-mesh", "mesh info {d}/fake.h5", 2, ""),
     ("solve-negative-seed", "solve poisson_mms --seed -1 --out {d}/s", 2, "--seed must be a non-negative"),
     ("solve-fractional-refine", "solve poisson_mms --param refine=2.5 --out {d}/s", 2, "must be an integer"),
+    ("solve-non-boolean-flag", "solve poisson_mms --param nonlinear=maybe --out {d}/s", 2, "not a boolean"),
     ("solve-unknown-param", "solve poisson_mms --param refin=2 --out {d}/s", 2, "did you mean 'refine'"),
     ("solve-param-syntax", "solve poisson_mms --param refine --out {d}/s", 2, "KEY=VALUE"),
     ("solve-unknown-problem", "solve poison --out {d}/s", 2, "Pick one of"),
