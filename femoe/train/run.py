@@ -8,16 +8,23 @@ method's failure does not take the others with it. Writes ``results/<name>/``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
+import os
+import queue
 import resource
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from femoe.errors import CheckpointError, ConfigError
 from femoe.train.config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -117,7 +124,38 @@ def evaluate_on_test_mesh(task, method, batch_size: int = 4) -> dict[str, Any]:
     return {"params": dict(task.cfg.data.test_params), "n_dofs": fine.n, **m}
 
 
+class _StopOnce:
+    """SIGTERM handler raising KeyboardInterrupt once (so ``kill`` stops a run as Ctrl-C does:
+    checkpoint written, children stopped); later signals are ignored while that happens."""
+
+    def __init__(self):
+        self.fired = False
+
+    def __call__(self, signum, frame):
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt once (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _StopOnce())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _child(q, cfg_dict, method, resume, progress):
+    # Ctrl-C reaches parent and child, and the parent then also sends SIGTERM: one handler for
+    # both, so that the second signal cannot interrupt the checkpoint the first one started
+    stop = _StopOnce()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("skfem").setLevel(logging.WARNING)
     try:
@@ -130,48 +168,171 @@ def _child(q, cfg_dict, method, resume, progress):
         q.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def run(cfg: Config, *, resume: bool = False, progress: bool = True, isolate: bool = True) -> dict[str, Any]:
-    """Train and evaluate every method of ``cfg``; returns the metrics (also written to disk)."""
+def _stop_child(p, grace_s: float = 120.0) -> None:
+    """Ask a method process to stop (it checkpoints and exits), kill it after ``grace_s``."""
+    if p.is_alive():
+        os.kill(p.pid, signal.SIGTERM)
+    p.join(grace_s)
+    if p.is_alive():
+        log.error("method process %d did not stop within %.0f s; killed (its last epoch checkpoint stays)",
+                  p.pid, grace_s)
+        p.kill()
+        p.join()
+
+
+def _run_isolated(cfg: Config, method: str, resume: bool, progress: bool) -> tuple[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, cfg.to_dict(), method, resume, progress))
+    p.start()
+    try:
+        while True:
+            try:
+                status, payload = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not p.is_alive():  # died without a word: killed, out of memory, crashed
+                    try:
+                        status, payload = q.get(timeout=1.0)
+                        break
+                    except queue.Empty:
+                        return "error", (f"ProcessDied: the method process exited with code {p.exitcode} before "
+                                         "reporting (killed, out of memory or crashed); its last epoch checkpoint "
+                                         "stays")
+    except KeyboardInterrupt:
+        _stop_child(p)
+        raise
+    p.join()
+    return status, payload
+
+
+def _method_files(cfg: Config, methods) -> list[Path]:
+    out = cfg.run_dir
+    files = [out / m / name for m in methods for name in ("checkpoint.pt", "log.jsonl")]
+    return [f for f in files if f.exists()]
+
+
+def check_run_folder(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse what would mix two runs in one results folder, before any work is done.
+
+    A fresh run (no ``resume``) over a folder that holds checkpoints or logs of the same methods
+    is refused unless ``overwrite`` (which deletes them); a resumed run is refused when the config
+    differs from the one a checkpoint was trained with (the message names the keys).
+    """
+    from femoe.train.config import config_changes
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: resume continues the run in "
+                          f"{cfg.run_dir}, overwrite deletes it; choose one")
+    old = _method_files(cfg, cfg.methods)
+    if not resume:
+        if old and not overwrite:
+            shown = ", ".join(str(f) for f in old[:3]) + (", ..." if len(old) > 3 else "")
+            raise ConfigError(f"{cfg.run_dir} already holds a run ({shown}); continue it with --resume, replace it "
+                              "with --overwrite, or give the run another name (name = ... in the config, or "
+                              "--results DIR)")
+        for f in old:
+            f.unlink()
+        return
+    for m in cfg.methods:
+        ck = cfg.run_dir / m / "checkpoint.pt"
+        if not ck.is_file():
+            continue
+        try:
+            meta = torch.load(ck, weights_only=False, map_location="cpu")["meta"]
+            before = meta["config"]
+        except Exception as exc:
+            raise CheckpointError(f"{ck}: cannot read the checkpoint ({type(exc).__name__}: {exc}); delete it or "
+                                  "start afresh with --overwrite") from None
+        changed = config_changes(before, cfg.to_dict())
+        if changed:
+            now = cfg.to_dict()
+
+            def value(d, key):
+                sec, _, sub = key.partition(".")
+                return d.get(sec, {}).get(sub) if sub else d.get(sec)
+
+            diffs = "; ".join(f"{k}: {value(before, k)!r} -> {value(now, k)!r}" for k in changed)
+            raise ConfigError(f"cannot resume {m} from {ck}: the config changed since it was written ({diffs}). "
+                              "Restore those keys to resume, or start afresh with --overwrite")
+
+
+def check_device(cfg: Config) -> None:
+    """``train.device`` exists on this machine (checked before data generation)."""
+    dev = torch.device(cfg.train.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {cfg.train.device!r} but CUDA is not available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device = {cfg.train.device!r} but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
+
+
+def _write_metrics(path: Path, summary: dict, cfg: Config) -> None:
+    """metrics.json, keeping the methods of an earlier run of the same config that this run did
+    not redo; never replaced by a file without any method."""
+    from femoe.train.config import config_changes
+
+    methods = dict(summary["methods"])
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if not config_changes(old.get("config", {}), cfg.to_dict()):
+                methods = {**{m: r for m, r in old.get("methods", {}).items() if m not in summary["errors"]},
+                           **methods}
+        except (ValueError, AttributeError):
+            pass
+    if not methods:
+        log.error("no method finished: %s left as it was", path)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**summary, "methods": methods}, indent=2))
+    tmp.replace(path)
+
+
+def run(cfg: Config, *, resume: bool = False, progress: bool = True, isolate: bool = True,
+        overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate every method of ``cfg``; returns the metrics (also written to disk).
+
+    ``resume`` continues each method from its checkpoint (refused if the config changed);
+    ``overwrite`` deletes the checkpoints and logs of an earlier run in the same folder (without
+    it, a fresh run there is refused). SIGTERM stops the run as Ctrl-C does.
+    """
     from femoe.train.task import Task
 
-    out = cfg.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    task = Task(cfg)  # generates the data once, before the children start
-    results: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for m in cfg.methods:
-        log.info("== %s ==", m)
-        if isolate:
-            ctx = mp.get_context("spawn")
-            q = ctx.Queue()
-            p = ctx.Process(target=_child, args=(q, cfg.to_dict(), m, resume, progress))
-            p.start()
-            try:
-                status, payload = q.get()
-            except KeyboardInterrupt:
-                p.join()
-                raise
-            p.join()
-            if status == "ok":
-                results[m] = payload
-            elif status == "interrupted":
-                raise KeyboardInterrupt
+    check_device(cfg)
+    check_run_folder(cfg, resume=resume, overwrite=overwrite)
+    with sigterm_as_interrupt():
+        out = cfg.run_dir
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        task = Task(cfg)  # generates the data once, before the children start
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for m in cfg.methods:
+            log.info("== %s ==", m)
+            if isolate:
+                status, payload = _run_isolated(cfg, m, resume, progress)
+                if status == "ok":
+                    results[m] = payload
+                elif status == "interrupted":
+                    raise KeyboardInterrupt
+                else:
+                    errors[m] = payload
+                    log.error("method %s failed: %s", m, payload.splitlines()[0])
             else:
-                errors[m] = payload
-                log.error("method %s failed: %s", m, payload.splitlines()[0])
-        else:
-            results[m] = train_and_evaluate(cfg.to_dict(), m, resume, progress)
+                results[m] = train_and_evaluate(cfg.to_dict(), m, resume, progress)
     preds = {m: r.pop("_predictions") for m, r in results.items()}
     summary = {"config": cfg.to_dict(), "problem": task.spec.name, "n_dofs": task.n,
                "levels": getattr(task, "n_levels", None), "methods": results, "errors": errors}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    _write_metrics(out / "metrics.json", summary, cfg)
     from femoe.train.report import plots, table, write_predictions
 
     summary["table"] = table(results)
-    try:
-        plots(task, cfg, results, preds)
-        write_predictions(task, cfg, preds)
-    except Exception as exc:  # plots must not lose the metrics
-        log.error("writing plots/predictions failed: %s", exc)
+    if results:
+        try:
+            plots(task, cfg, results, preds)
+            write_predictions(task, cfg, preds)
+        except Exception as exc:  # plots must not lose the metrics
+            log.error("writing plots/predictions failed: %s", exc)
     return summary
