@@ -404,7 +404,7 @@ class HardConstraintMoE(nn.Module):
                  tol: float | None = None, atol: float = 0.0, maxiter: int = 100, damping: float = 1e-6,
                  hessian: str = "exact", hvp_chunk: int | None = None, backward: str = "implicit",
                  strict: bool = False, report: bool = True, row_scale: Any = "mass",
-                 global_rows: str = "boundary+initial", unconverged: str = "flag", patience: int = 10):
+                 global_rows: str = "boundary+initial", unconverged: str = "flag", patience: int = 20):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")

@@ -90,7 +90,7 @@ class HardConstraint(nn.Module):
                  t: float | None = None, rho: float = 1e-4, tol: float | None = None, atol: float = 0.0,
                  maxiter: int = 100, damping: float = 1e-6, hessian: str = "exact", hvp_chunk: int | None = None,
                  backward: str = "implicit", strict: bool = False, row_scale: Any = "mass",
-                 unconverged: str = "flag", patience: int = 10):
+                 unconverged: str = "flag", patience: int = 20):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
