@@ -50,6 +50,12 @@ seed = 0
 data_weight = 0.0                    # > 0: supervised term ||u - u_ref||^2 (the paper: 0)
 device = "cpu"                       # or "cuda"
 ```
+
+Every key is checked when the file is read, before any data are generated: its type (from the
+dataclasses below) and its range or choices (``_RULES``); an unknown key is answered with the
+nearest valid one (or the section it belongs in), and ``problem.params`` with what the problem
+accepts. :func:`config_changes` lists the keys two configs differ in (``femoe run --resume``
+refuses a changed config with them).
 """
 
 from __future__ import annotations
