@@ -218,3 +218,41 @@ def test_fresh_run_resume_and_overwrite(tmp_path, capsys):
     assert len(log.read_text().splitlines()) == n_lines
     assert main(["run", str(cfg), "--overwrite", "--resume"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_metrics_json_is_never_replaced_by_one_without_methods(tmp_path):
+    from femoe.train.config import Config
+    from femoe.train.run import _write_metrics
+
+    cfg = Config()
+    path = tmp_path / "metrics.json"
+    old = {"config": cfg.to_dict(), "methods": {"soft": {"rel_l2_mean": 0.5}}, "errors": {}}
+    path.write_text(json.dumps(old))
+    _write_metrics(path, {"config": cfg.to_dict(), "methods": {}, "errors": {"pihc": "boom"}}, cfg)
+    assert json.loads(path.read_text())["methods"] == old["methods"]  # kept, the failure recorded
+    assert json.loads(path.read_text())["errors"] == {"pihc": "boom"}
+    other = cfg.to_dict()
+    other["train"]["lr"] = 0.5  # an earlier run of another config is not merged, nor emptied
+    _write_metrics(path, {"config": other, "methods": {}, "errors": {"pihc": "boom"}}, Config(**{
+        **cfg.__dict__, "train": type(cfg.train)(**{**cfg.train.__dict__, "lr": 0.5})}))
+    assert json.loads(path.read_text())["methods"] == old["methods"]
+    _write_metrics(tmp_path / "none.json", {"config": other, "methods": {}, "errors": {"pihc": "x"}}, cfg)
+    assert not (tmp_path / "none.json").exists()
+    # a later method of the same config is added beside the earlier one
+    _write_metrics(path, {"config": cfg.to_dict(), "methods": {"pihc": {"rel_l2_mean": 0.1}}, "errors": {}}, cfg)
+    assert sorted(json.loads(path.read_text())["methods"]) == ["pihc", "soft"]
+
+
+def test_config_changes_names_keys_but_not_the_ones_a_resume_may_change():
+    from femoe.train.config import Config, config_changes
+
+    a = Config().to_dict()
+    b = Config().to_dict()
+    b.update(name="other", methods=["soft"], results="elsewhere")
+    b["train"]["device"] = "cuda"
+    assert config_changes(a, b) == []
+    b["train"]["lr"] = 0.5
+    b["network"]["width"] = 3
+    assert config_changes(a, b) == ["network.width", "train.lr"]
+    del a["train"]["schedule"]  # a checkpoint of a femoe without this key: its default is no change
+    assert config_changes(a, b) == ["network.width", "train.lr"]
