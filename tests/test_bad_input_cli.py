@@ -256,3 +256,13 @@ def test_config_changes_names_keys_but_not_the_ones_a_resume_may_change():
     assert config_changes(a, b) == ["network.width", "train.lr"]
     del a["train"]["schedule"]  # a checkpoint of a femoe without this key: its default is no change
     assert config_changes(a, b) == ["network.width", "train.lr"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused_before_data_generation(tmp_path, capsys):
+    cfg = tmp_path / "cuda.toml"
+    cfg.write_text(f'[problem]\nname = "poisson_mms"\n[data]\ndir = "{tmp_path}/data"\n[train]\ndevice = "cuda"\n')
+    assert main(["run", str(cfg), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "r").exists()
