@@ -1,6 +1,7 @@
 """Data-generation benchmarks for issue #3.
 
-``python benchmarks/bench_generate.py [--workers W] [--skip-generate] [--skip-refinement] [--skip-spectral]``
+``python benchmarks/bench_generate.py [--workers W] [--skip-generate] [--skip-refinement] [--skip-spectral]
+[--skip-batched] [--only-batched]``
 
 Measures, and writes to ``benchmarks/results/bench_generate.json``:
 
@@ -11,7 +12,18 @@ Measures, and writes to ``benchmarks/results/bench_generate.json``:
    constant initial values 0.02, 0.1 and 0.2;
 3. the Navier-Stokes FEM reference against a 256 x 256 pseudo-spectral solution of the same
    initial condition (relative L2 per saved level, space-time), with the energy/enstrophy curves
-   in ``benchmarks/results/ns_energy_enstrophy.png``.
+   in ``benchmarks/results/ns_energy_enstrophy.png``;
+4. (issue 11, key ``batched``) diffusion-sorption samples per second of the batched generator
+   (all samples of a shard advanced by one batched Newton, ``march_batch``) against the
+   one-at-a-time Newton of the previous generator (``march``, one sample after the other), in
+   the same process, at the ``ds_cpu`` size (128 cells x 51 levels) and at the paper's size
+   (1,024 cells x 101 levels); the largest difference between the two paths; and the time of
+   ``femoe generate`` for 1,000 trajectories at 1,024 x 101 on 2 worker processes, extrapolated
+   from a measured smaller count (said so in the JSON). The machine load (``os.getloadavg``) is
+   recorded before and after each measurement: on a shared machine the absolute times are
+   pessimistic, the ratios from the same run are what to compare.
+
+   ``OMP_NUM_THREADS=1 python benchmarks/bench_generate.py --only-batched``
 """
 
 from __future__ import annotations
@@ -46,6 +58,76 @@ def bench_generate(workers: int) -> dict:
                      "seconds_per_trajectory": round(seconds / (n_train + n_test), 3),
                      "megabytes": round(size / 1e6, 1)}
         print(name, out[name], flush=True)
+    return out
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def bench_batched(workers: int, n_seq_small: int = 8, n_batch_small: int = 127, n_seq_paper: int = 3,
+                  n_batch_paper: int = 30, n_generate: int = 32) -> dict:
+    """Batched vs one-at-a-time diffusion-sorption reference (see the module documentation)."""
+    from femoe.data import generate
+    from femoe.data.generate import sample_rng, shard_size
+    from problems import get_problem
+    from problems.diffusion_sorption_1d import march, march_batch
+
+    spec = get_problem("diffusion_sorption_1d")
+    sizes = {
+        "ds_cpu_128x51": ({"n_cells": 128, "n_saved": 51, "substeps": 32, "theta": 1.0}, n_seq_small, n_batch_small),
+        "paper_1024x101": ({}, n_seq_paper, n_batch_paper),
+    }
+    out: dict = {"note": "solver only, one process, OMP_NUM_THREADS=1; 'one_at_a_time' is march() per sample "
+                         "(the previous generator's path), 'batched' is march_batch() on shards of the default "
+                         "size (femoe.data.generate.shard_size); samples are the generator's own (seed 0, train)"}
+    for key, (params, n_seq, n_bat) in sizes.items():
+        problem = spec.build(**params)
+        X = np.stack([spec.sample_inputs(sample_rng(0, "train", i), 1, problem)[0] for i in range(max(n_seq, n_bat))])
+        size = shard_size(spec, problem)
+        row = {"params": spec.parameters(**params), "n_dofs": problem.n, "shard_size": size,
+               "load_before": _load()}
+        t0 = time.perf_counter()
+        seq = [march(problem, x)[1] for x in X[:n_seq]]
+        t_seq = time.perf_counter() - t0
+        row["load_mid"] = _load()
+        t0 = time.perf_counter()
+        for x in X[:n_seq]:  # the batched code on shards of one sample (what spec.reference runs)
+            march_batch(problem, x[None])
+        t_one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bat = [march_batch(problem, X[k:k + size])[1] for k in range(0, n_bat, size)]
+        t_bat = time.perf_counter() - t0
+        row["load_after"] = _load()
+        bat = np.concatenate(bat)
+        row["one_at_a_time"] = {"samples": n_seq, "seconds": round(t_seq, 2),
+                                "samples_per_second": round(n_seq / t_seq, 3)}
+        row["batched_code_one_sample_per_shard"] = {"samples": n_seq, "seconds": round(t_one, 2),
+                                                     "samples_per_second": round(n_seq / t_one, 3)}
+        row["batched"] = {"samples": n_bat, "seconds": round(t_bat, 2), "samples_per_second": round(n_bat / t_bat, 3),
+                          "newton_max_per_step_last_shard": max(problem.last_reference_info["newton_max_per_step"])}
+        row["speedup_batched_vs_one_at_a_time"] = round((n_bat / t_bat) / (n_seq / t_seq), 2)
+        row["max_abs_diff_batched_vs_one_at_a_time"] = float(max(np.abs(bat[k] - seq[k]).max() for k in range(n_seq)))
+        row["speedup_batched_vs_batched_code_one_sample"] = round((n_bat / t_bat) / (n_seq / t_one), 2)
+        out[key] = row
+        print(key, row, flush=True)
+
+    # femoe generate at the paper's size on `workers` processes, extrapolated to 1,000 trajectories
+    n_test = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        load0 = _load()
+        t0 = time.perf_counter()
+        paths = generate("diffusion_sorption_1d", tmp, n_generate - n_test, n_test, seed=0, workers=workers,
+                         progress=False)
+        seconds = time.perf_counter() - t0
+        size = sum(p.stat().st_size for p in paths.values())
+    out["generate_paper_size"] = {
+        "trajectories_measured": n_generate, "workers": workers, "seconds_measured": round(seconds, 1),
+        "seconds_per_trajectory": round(seconds / n_generate, 3), "megabytes": round(size / 1e6, 1),
+        "estimate_1000_trajectories_hours": round(1000 * seconds / n_generate / 3600, 2),
+        "estimate_is": f"extrapolated linearly from the {n_generate} trajectories measured (not a 1,000-trajectory run)",
+        "load_before": load0, "load_after": _load()}
+    print("generate", out["generate_paper_size"], flush=True)
     return out
 
 
@@ -118,11 +200,19 @@ def main() -> None:
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--skip-refinement", action="store_true")
     parser.add_argument("--skip-spectral", action="store_true")
+    parser.add_argument("--skip-batched", action="store_true")
+    parser.add_argument("--only-batched", action="store_true", help="only the batched-generation benchmark")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "bench_generate.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    if args.only_batched:
+        args.skip_refinement = args.skip_spectral = args.skip_generate = True
+    if not args.skip_batched:
+        result["batched"] = bench_batched(args.workers)
+        result["batched"]["command"] = "OMP_NUM_THREADS=1 python benchmarks/bench_generate.py --only-batched"
+        path.write_text(json.dumps(result, indent=1))
     if not args.skip_refinement:
         result["ds_refinement"] = bench_refinement()
     if not args.skip_spectral:

@@ -65,6 +65,14 @@ value at ``x = 0``. The first saved interval is graded dyadically (``grading`` s
 boundary layer at ``x = 0`` evolves on a time scale of milliseconds at first. Newton with a
 tridiagonal (banded) solve runs every step. 101 levels are saved, ``t = 0, 5, ..., 500``.
 
+Samples in batches (:func:`march_batch`, used by :meth:`DiffusionSorption1D.reference` and
+``femoe generate``): all samples of a batch advance together, one Newton per step on the
+block-diagonal system (one LAPACK ``ptsv`` call for all of them), each sample frozen once it
+passes the update test of the one-at-a-time Newton (:func:`march`) and an error naming any
+sample that does not. Each sample gets exactly the arithmetic it would get alone, so its
+trajectory does not depend, to the last bit, on the other samples of its batch; it equals
+:func:`march`'s to round-off (``tests/test_generate_batched.py``).
+
 Time-step refinement study (``benchmarks/bench_generate.py``; constant initial values 0.02 / 0.1 /
 0.2; largest relative L2 change of any saved level when ``substeps`` doubles; it is always the
 level t = 10 s):
@@ -200,7 +208,15 @@ class DiffusionSorption1D(ProblemSpec):
         return p["ic_max"] / (1.0 + np.exp(-g))
 
     def reference(self, problem: Problem, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return march(problem, np.asarray(sample, dtype=float))
+        # the batched solver with one sample: bit for bit what ``femoe generate`` stores for it
+        times, U = march_batch(problem, np.asarray(sample, dtype=float).reshape(1, -1))
+        return times, U[0]
+
+    def reference_batch(self, problem: Problem, samples: np.ndarray,
+                        sample_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """All ``samples`` ``(b, n)`` marched together (:func:`march_batch`): ``(times, U)``,
+        ``U`` of shape ``(b, n_saved, n)``."""
+        return march_batch(problem, np.asarray(samples, dtype=float), sample_ids=sample_ids)
 
 
 def random_fourier_field(rng: np.random.Generator, n: int, x: np.ndarray, length: float,
@@ -279,6 +295,166 @@ class _Operator:
         raise ConvergenceError(f"diffusion_sorption_1d: Newton did not converge at t = {t_new:g} "
                                f"(last update {np.max(np.abs(du)):.2e}); increase substeps")
 
+    # ------------------------------------------------------------------ many samples at once
+    # The batched path (march_batch) does for each sample exactly the arithmetic it does for the
+    # others, element by element (no reduction across samples; the block-diagonal tridiagonal
+    # solve has exact zeros between blocks), so a sample's trajectory is bit for bit the same
+    # whichever samples share its batch. It equals the one-at-a-time path (step) to round-off:
+    # the linear part of m(u) is applied as the consistent mass matrix and (u + eps)^n_f as
+    # (u + eps)^(n_f - 1) (u + eps), which changes the last bits, not the equations.
+    def _batch_setup(self) -> None:
+        if getattr(self, "_mass", None) is not None:
+            return
+        e0, e1 = self.ed
+        if np.unique(e0).size != e0.size:
+            raise ParameterError("the diffusion-sorption reference needs a mesh numbered along x")
+        # a mesh whose elements run left to right: neighbours are slices, not gathers
+        self._sliced = bool(np.array_equal(e0, np.arange(self.n - 1)))
+        phi0, phi1 = self.phi
+        dx = self.dx
+        # quadrature weights (nel, nqp) of int m phi_a and of int R phi_a phi_b
+        self._w = {"0": phi0 * dx, "1": phi1 * dx, "00": phi0 * phi0 * dx, "01": phi0 * phi1 * dx,
+                   "11": phi1 * phi1 * dx}
+        # the consistent mass matrix (the linear part u of m(u)) as diag (n,) and off-diagonal (n - 1,)
+        mass_diag = np.zeros(self.n)
+        mass_diag[e0] += self._w["00"].sum(1)
+        mass_diag[e1] += self._w["11"].sum(1)
+        mass_off = np.zeros(self.n - 1)
+        mass_off[e0] = self._w["01"].sum(1)
+        self._mass = (mass_diag, mass_off)
+        self._c = sorption_constant(self.p)
+        c, cj = self._c, self._c * self.p["n_f"]
+        # (nqp, nel) copies for the batched sums; the sorption constant (and n_f) folded in
+        self._phiT = (np.ascontiguousarray(phi0.T), np.ascontiguousarray(phi1.T))
+        self._wT = {"0": c * self._w["0"].T, "1": c * self._w["1"].T, "00": cj * self._w["00"].T,
+                    "01": cj * self._w["01"].T, "11": cj * self._w["11"].T}
+
+    def _ends(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The values at the left and right node of every element, ``(b, nel)`` each."""
+        if self._sliced:
+            return U[:, :-1], U[:, 1:]
+        return U[:, self.ed[0]], U[:, self.ed[1]]
+
+    def _scatter(self, out: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+        """``out[:, e0] += left``, ``out[:, e1] += right`` (each node once per side)."""
+        if self._sliced:
+            out[:, :-1] += left
+            out[:, 1:] += right
+        else:
+            out[:, self.ed[0]] += left
+            out[:, self.ed[1]] += right
+
+    @staticmethod
+    def _tri_apply(diag: np.ndarray, off: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """``T u`` for each row of ``U`` ``(b, n)``, ``T`` symmetric tridiagonal."""
+        out = diag * U
+        out[:, :-1] += off * U[:, 1:]
+        out[:, 1:] += off * U[:, :-1]
+        return out
+
+    def sorption_batch(self, U: np.ndarray, scale: float, jacobian: bool):
+        """The sorption part ``c (max(u, 0) + eps)^n_f`` of the storage of ``b`` states ``U``
+        ``(b, n)``, integrated against the test functions and times ``scale``: ``r`` ``(b, n)``
+        and, with ``jacobian``, its Jacobian as ``(diag (b, n), off (b, n - 1))`` with
+        ``off[:, i] = dr_i / du_{i+1} = dr_{i+1} / du_i``."""
+        self._batch_setup()
+        b = U.shape[0]
+        n_f, eps = self.p["n_f"], self.p["eps"]
+        w = self._wT
+        UL, UR = self._ends(U)
+        # all quadrature points at once, (b, nqp, nel); sums over the points run in a fixed order
+        uq = UL[:, None, :] * self._phiT[0]
+        uq += UR[:, None, :] * self._phiT[1]
+        base = np.maximum(uq, 0.0)
+        base += eps
+        pw = np.power(base, n_f - 1.0)  # one power for m(u) and for R(u) = m'(u)
+        base *= pw  # (u + eps)^n_f
+        r = np.zeros((b, self.n))
+        self._scatter(r, (base * (scale * w["0"])).sum(axis=1), (base * (scale * w["1"])).sum(axis=1))
+        if not jacobian:
+            return r, None
+        np.copyto(pw, 0.0, where=uq < 0)  # m is linear below 0
+        diag = np.zeros((b, self.n))
+        self._scatter(diag, (pw * (scale * w["00"])).sum(axis=1), (pw * (scale * w["11"])).sum(axis=1))
+        off = (pw * (scale * w["01"])).sum(axis=1)
+        return r, (diag, off)
+
+    def step_batch(self, U_old: np.ndarray, dt: float, theta: float, t_new: float,
+                   sample_ids=None, guess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` for ``b`` states ``U_old`` ``(b, n)`` at once: one Newton on the
+        block-diagonal system, each sample frozen once its own update test (the one of
+        :meth:`step`) passes. Returns ``(U, iterations)`` (``iterations`` per sample).
+
+        Raises :class:`~femoe.errors.ConvergenceError` naming the samples (``sample_ids``, or
+        their rows in ``U_old``) that did not converge in 30 iterations; nothing unconverged is
+        returned."""
+        self._batch_setup()
+        b, n = U_old.shape
+        ids = np.arange(b) if sample_ids is None else np.asarray(sample_ids)
+        M_d, M_o = self._mass
+        A_d, A_o = self.A_band[1], self.A_band[0, 1:]  # A is symmetric
+        # the rows (m(u) - m(u_old)) / dt + theta A u + (1 - theta) A u_old; linear part K u
+        K_d, K_o = M_d / dt + theta * A_d, M_o / dt + theta * A_o
+        s_old, _ = self.sorption_batch(U_old, 1.0 / dt, False)
+        rhs_old = s_old + self._tri_apply(M_d / dt - (1.0 - theta) * A_d, M_o / dt - (1.0 - theta) * A_o, U_old)
+        U = (U_old if guess is None else guess).copy()  # Newton's start (default: the old state)
+        U[:, self.dirichlet] = self.g
+        iterations = np.zeros(b, dtype=np.int64)
+        active = np.arange(b)
+        rows = self.dirichlet
+        for it in range(1, 31):
+            every = active.size == b
+            Ua = U if every else U[active]
+            s, (diag, off) = self.sorption_batch(Ua, 1.0 / dt, True)
+            R = s + self._tri_apply(K_d, K_o, Ua) - (rhs_old if every else rhs_old[active])
+            # the Jacobian is symmetric positive definite (R(u) > 0 times a mass matrix, plus theta
+            # A); the Dirichlet rows become identity rows and, as their update is 0, their columns
+            # are dropped too, which keeps it symmetric
+            D = diag + K_d
+            E = np.zeros(diag.shape)  # J[i, i + 1] = J[i + 1, i] in E[:, i]; the last column stays 0
+            np.add(off, K_o, out=E[:, :-1])
+            R[:, rows] = 0.0
+            D[:, rows] = 1.0
+            E[:, rows] = 0.0
+            E[:, rows[rows >= 1] - 1] = 0.0
+            finite = np.isfinite(R).all(axis=1) & np.isfinite(D).all(axis=1) & np.isfinite(E).all(axis=1)
+            if not finite.all():  # one block's NaN would reach its neighbours through 0 * NaN
+                bad = [int(i) for i in ids[active[~finite]]]
+                raise ConvergenceError(f"diffusion_sorption_1d: non-finite Newton system at t = {t_new:g} for "
+                                       f"sample(s) {bad}; check the initial values", info={"samples": bad, "t": t_new})
+            du = _solve_spd_tridiagonal_blocks(D, E, -R, ids[active])
+            Ua += du
+            if not every:
+                U[active] = Ua
+            done = np.abs(du).max(axis=1) <= 1e-9 * np.maximum(1.0, np.abs(Ua).max(axis=1))
+            iterations[active[done]] = it
+            active = active[~done]
+            if active.size == 0:
+                return U, iterations
+        bad = [int(i) for i in ids[active]]
+        raise ConvergenceError(f"diffusion_sorption_1d: Newton did not converge at t = {t_new:g} for sample(s) "
+                               f"{bad} (last update {np.abs(du[~done]).max():.2e}); increase substeps",
+                               info={"samples": bad, "t": t_new})
+
+
+def _solve_spd_tridiagonal_blocks(diag: np.ndarray, off: np.ndarray, rhs: np.ndarray, ids) -> np.ndarray:
+    """Solve ``b`` symmetric positive definite tridiagonal systems as one block-diagonal system
+    with LAPACK ``ptsv`` (L D L^T). ``diag`` ``(b, n)``; ``off[:, i] = J[i, i + 1]`` ``(b, n)``
+    with the last column 0: the entries coupling the blocks are exact zeros, so each block's
+    factors and solution are the ones it gets alone. The arrays are overwritten."""
+    from scipy.linalg.lapack import dptsv
+
+    b, n = diag.shape
+    _, _, x, info = dptsv(diag.reshape(-1), off.reshape(-1)[:-1], rhs.reshape(-1),
+                          overwrite_d=True, overwrite_e=True, overwrite_b=True)
+    if info > 0:
+        bad = int(ids[(info - 1) // n])
+        raise ConvergenceError(f"diffusion_sorption_1d: Newton matrix not positive definite for sample {bad}",
+                               info={"samples": [bad]})
+    if info < 0:
+        raise ValueError(f"illegal value in argument {-info} of ptsv")
+    return x.reshape(b, n)
+
 
 def _to_band(A) -> np.ndarray:
     A = A.tocoo()
@@ -326,6 +502,62 @@ def march(problem: Problem, u0: np.ndarray, substeps: int | None = None,
     log.debug("diffusion_sorption_1d: %d steps, %d Newton iterations", steps, newton)
     problem.last_reference_info = {"steps": steps, "newton_iterations": newton}
     return np.linspace(0.0, p["T"], n_int + 1), np.stack(saved)
+
+
+def march_batch(problem: Problem, U0: np.ndarray, substeps: int | None = None, grading: int | None = None,
+                sample_ids=None, predictor: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`march` for ``b`` initial states ``U0`` ``(b, n)`` advanced together (one batched
+    Newton per step, see :meth:`_Operator.step_batch`). Returns ``(times, U)`` with ``U`` of
+    shape ``(b, n_saved, n)``; equal to :func:`march` of each sample to round-off, and bit for bit
+    independent of which other samples share the batch. ``sample_ids`` name the samples in
+    errors (default: their rows). ``problem.last_reference_info`` holds the steps and, per
+    sample, the total and the largest per-step number of Newton iterations."""
+    p = problem.config
+    m = int(substeps if substeps is not None else p["substeps"])
+    J = int(grading if grading is not None else p["grading"])
+    op = _Operator(problem)
+    U = np.array(U0, dtype=float).reshape(-1, problem.n)
+    b = U.shape[0]
+    n_int = p["n_saved"] - 1
+    dT = p["T"] / n_int
+    n_start = 4
+    saved = np.empty((b, n_int + 1, problem.n))
+    saved[:, 0] = U
+    newton = np.zeros(b, dtype=np.int64)
+    newton_max = np.zeros(b, dtype=np.int64)
+    steps = 0
+    t = 0.0
+
+    prev = {"U": None, "dt": None}
+
+    def advance(U, dt, theta, t_new):
+        guess = None
+        if predictor and prev["U"] is not None:  # linear extrapolation of the last two states
+            guess = U + (dt / prev["dt"]) * (U - prev["U"])
+        U_new, it = op.step_batch(U, dt, theta, t_new, sample_ids, guess)
+        prev["U"], prev["dt"] = U, dt
+        U = U_new
+        newton[:] += it
+        np.maximum(newton_max, it, out=newton_max)
+        return U
+
+    for k in range(n_int):
+        bounds = [0.0] + [dT / 2**j for j in range(J, -1, -1)] if k == 0 else [t, t + dT]
+        for a, c in zip(bounds[:-1], bounds[1:]):
+            dt = (c - a) / m
+            done = 0
+            if steps == 0:  # Rannacher start, as in march
+                for i in range(2 * n_start):
+                    U = advance(U, dt / 2, 1.0, a + (i + 1) * dt / 2)
+                done = n_start
+            for i in range(done, m):
+                U = advance(U, dt, 0.5, a + (i + 1) * dt)
+            steps += m
+        t = (k + 1) * dT
+        saved[:, k + 1] = U
+    problem.last_reference_info = {"steps": steps, "newton_iterations": newton.tolist(),
+                                   "newton_max_per_step": newton_max.tolist()}
+    return np.linspace(0.0, p["T"], n_int + 1), saved
 
 
 SPEC = DiffusionSorption1D()

@@ -72,22 +72,23 @@ def test_workers_give_the_same_bytes(tmp_path):
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    # shards of one sample (batch=1): the interruption after 3 solved samples leaves 3 done
     spec = get_problem("diffusion_sorption_1d")
     full = generate("diffusion_sorption_1d", tmp_path / "full", 5, 2, seed=2, progress=False, params=DS_PARAMS)
 
-    original = type(spec).reference
+    original = type(spec).reference_batch
     calls = []
 
-    def flaky(self, problem, sample):
+    def flaky(self, problem, samples, sample_ids=None):
         if len(calls) == 3:
             raise KeyboardInterrupt
-        calls.append(1)
-        return original(self, problem, sample)
+        calls.extend(sample_ids)
+        return original(self, problem, samples, sample_ids)
 
-    monkeypatch.setattr(type(spec), "reference", flaky)
+    monkeypatch.setattr(type(spec), "reference_batch", flaky)
     out = tmp_path / "resume"
     with pytest.raises(KeyboardInterrupt):
-        generate("diffusion_sorption_1d", out, 5, 2, seed=2, progress=False, params=DS_PARAMS)
+        generate("diffusion_sorption_1d", out, 5, 2, seed=2, progress=False, params=DS_PARAMS, batch=1)
     assert not (out / "train.h5").exists()  # nothing that looks complete
     partial = out / "train.h5.partial"
     with h5py.File(partial) as f:
@@ -96,11 +97,12 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="unfinished"):
         read_dataset(partial)
 
-    monkeypatch.setattr(type(spec), "reference", original)
     counted = []
-    monkeypatch.setattr(type(spec), "reference", lambda self, p, s: counted.append(1) or original(self, p, s))
+    monkeypatch.setattr(type(spec), "reference_batch",
+                        lambda self, p, s, sample_ids=None: counted.extend(sample_ids) or original(self, p, s, sample_ids))
+    # resumed with the default (larger) shards: the data do not depend on the shard size
     paths = generate("diffusion_sorption_1d", out, 5, 2, seed=2, progress=False, params=DS_PARAMS)
-    assert len(counted) == 2 + 2  # the two missing train samples, then the test split
+    assert counted == [3, 4, 0, 1]  # the two missing train samples, then the test split
     assert not partial.exists()
     for split in ("train", "test"):
         for x, y in zip(_arrays(full[split]), _arrays(paths[split])):
