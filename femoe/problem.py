@@ -207,6 +207,25 @@ class Problem:
         valid = [n for f in self._fields for n in (f.name, *f.components)]
         raise FieldError(f"{name!r} is not a field or component of problem {self.name!r}; valid names: {valid}")
 
+    def null_space_probes(self, dofs: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """Candidate null vectors of the Jacobian and what each is: the indicator of every scalar
+        field's DOFs and of every component of a vector field (the constants, for Lagrange
+        elements), restricted to ``dofs`` (default all). Used to refuse singular systems
+        (:func:`femoe.linalg.check_nonsingular`) instead of returning an arbitrary solution."""
+        dofs = np.arange(self.n) if dofs is None else np.asarray(dofs, dtype=np.int64)
+        vecs, names = [], []
+        for f in self._fields:
+            sets = [(f.dofs, f"the constant of field {f.name!r}")] if not f.components else \
+                [(d, f"the constant of component {c!r}") for d, c in zip(f.component_dofs, f.components)]
+            for d, label in sets:
+                v = np.zeros(self.n)
+                v[d] = 1.0
+                v = v[dofs]
+                if v.any():
+                    vecs.append(v)
+                    names.append(label)
+        return (np.array(vecs) if vecs else np.zeros((0, dofs.size))), names
+
     def field_dofs(self, name: str) -> np.ndarray:
         """Global DOF numbers (ascending) of a field (``"p"``) or component (``"u_x"``)."""
         f, c = self._target(name)

@@ -105,6 +105,10 @@ class PatchConstraint(nn.Module):
         self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
         self._sub_pos = torch.as_tensor(sub.data.astype(np.int64) - 1)
         self._opts = _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts)
+        # a patch that nothing anchors (no interface, no Dirichlet DOF: K = 1 on a pure Neumann
+        # problem) is singular; checked on the first solve, the property is structural
+        self._probes = problem.null_space_probes(interior)
+        self._checked_singular = False
         self.last_info: PatchInfo | None = None
 
     def extra_repr(self) -> str:
@@ -150,9 +154,13 @@ class PatchConstraint(nn.Module):
             user[_OLD] = u_old
         names, tensors, static = split_params(user)
         info_out: list[NewtonSolveInfo] = []
-        system = _System(res, res_jac, names, static, self._opts, info_out)
+        opts = self._opts
+        if not self._checked_singular:
+            opts = {**opts, "probes": self._probes, "what": f"PatchConstraint on {pb.name!r}"}
+        system = _System(res, res_jac, names, static, opts, info_out)
         x = _NewtonSolve.apply(system, fixed.detach().index_select(1, I), *tensors)
         info = info_out[0]
+        self._checked_singular = True
         _report(info, self.strict, f"PatchConstraint on {pb.name!r}")
         return self._assemble(x, user, t), info
 

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from femoe.errors import ConvergenceError, ConvergenceWarning, NonFiniteError, ProblemError, ShapeError
 from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, join_params, split_params
-from femoe.linalg import make_solver
+from femoe.linalg import check_nonsingular, make_solver
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR
 
@@ -68,6 +68,8 @@ class _System:
 def _newton(system: _System, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, BatchedCSR, NewtonSolveInfo]:
     o = system.opts
     R, J = system.residual_and_jacobian(u, p)
+    if o.get("probes") is not None:
+        check_nonsingular(J, *o["probes"], o.get("what", "Newton"))
     if R.shape[0] != u.shape[0]:
         u = u.expand(R.shape[0], -1)
     u = u.clone()
@@ -167,9 +169,12 @@ def _report(info: NewtonSolveInfo, strict: bool, what: str) -> None:
     warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
-def _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts) -> dict[str, Any]:
+def _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probes=None, what=None) -> dict[str, Any]:
+    """Newton's options. ``probes``: ``(vectors (k, n), names)`` checked against the null space of
+    the first Jacobian (a singular system raises SingularMatrixError instead of being solved)."""
     return dict(atol=float(atol), rtol=float(rtol), maxiter=int(maxiter), linear_solver=linear_solver,
-                line_search=bool(line_search), min_step=1e-4, linear_opts=dict(linear_opts))
+                line_search=bool(line_search), min_step=1e-4, linear_opts=dict(linear_opts), probes=probes,
+                what=what)
 
 
 def _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what, opts):
@@ -276,8 +281,10 @@ def nonlinear_solve(
         R, J = problem.residual_and_jacobian(u, p, t=t)
         return R.reshape(-1, problem.n), J
 
-    return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict,
-                f"problem {problem.name!r}", _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts))
+    what = f"problem {problem.name!r}"
+    return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what,
+                _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
+                         probes=problem.null_space_probes(), what=what))
 
 
 def nonlinear_step(

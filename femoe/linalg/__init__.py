@@ -15,10 +15,13 @@ the forward's solver.
 
 from femoe.linalg._base import LinearSolver, SolveInfo
 from femoe.linalg._autograd import sparse_solve
+from femoe.linalg._nullspace import check_nonsingular, null_probe_hits
 from femoe.linalg._preconditioners import PRECONDITIONERS
 from femoe.linalg._registry import SOLVERS, available_solvers, choose_solver, make_solver
 
 __all__ = [
+    "check_nonsingular",
+    "null_probe_hits",
     "LinearSolver",
     "PRECONDITIONERS",
     "SOLVERS",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from femoe.errors import ConvergenceError, ConvergenceWarning, NonFiniteError, ProblemError
+from femoe.linalg import check_nonsingular
 from femoe.problem import Problem
 from femoe.reference.linear import _is_symmetric, linear_solve
 
@@ -45,8 +46,10 @@ def _torch_params(params, device="cpu"):
 
 
 def _newton(F, u: np.ndarray, free: np.ndarray, *, atol, rtol, maxiter, linear_solver, line_search,
-            strict, what, linear_opts) -> tuple[np.ndarray, NewtonInfo]:
-    """Generic Newton loop. ``F(u, jacobian)`` returns (R, J or None) as numpy/scipy."""
+            strict, what, linear_opts, probes=None) -> tuple[np.ndarray, NewtonInfo]:
+    """Generic Newton loop. ``F(u, jacobian)`` returns (R, J or None) as numpy/scipy. ``probes``
+    (``(vectors on the free DOFs, names)``) are checked against the null space of the first
+    Jacobian: a singular system raises instead of returning an arbitrary solution."""
     info = NewtonInfo()
     t0 = time.perf_counter()
     R, J = F(u, True)
@@ -59,6 +62,8 @@ def _newton(F, u: np.ndarray, free: np.ndarray, *, atol, rtol, maxiter, linear_s
             raise NonFiniteError(f"{what}: the residual became non-finite at Newton step {info.iterations}; "
                                  "reduce the time step or improve the initial guess")
         Jff = J[free][:, free]
+        if probes is not None and info.iterations == 0:
+            check_nonsingular(Jff, *probes, what)
         if symmetric is None:
             symmetric = _is_symmetric(Jff)
         du, lit, info.linear_solver = linear_solve(Jff, -R[free], linear_solver, symmetric=symmetric, **linear_opts)
@@ -135,7 +140,8 @@ def solve(problem: Problem, params: Mapping[str, Any] | None = None, u0: np.ndar
             return _to_np(problem, problem.residual(xt, p, t=t))
 
     return _newton(F, u, problem.free_dofs, atol=atol, rtol=rtol, maxiter=maxiter, linear_solver=linear_solver,
-                   line_search=line_search, strict=strict, what=f"problem {problem.name!r}", linear_opts=linear_opts)
+                   line_search=line_search, strict=strict, what=f"problem {problem.name!r}", linear_opts=linear_opts,
+                   probes=problem.null_space_probes(problem.free_dofs))
 
 
 def solve_transient(problem: Problem, u0: np.ndarray, dt: float, n_steps: int,
