@@ -203,3 +203,25 @@ def test_gradcheck_with_global_rows_steady(batch, fast):
     B = torch.randn(batch, problem.n, 3, dtype=F64, generator=g, requires_grad=True)
     gv = torch.full((batch,), 0.7, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda B, gv: layer(B, {"g": gv})[0], (B, gv), atol=1e-6, fast_mode=fast)
+
+
+def test_gradcheck_on_an_unstructured_mesh_with_metis_experts():
+    """Issue 15: gradcheck of the MoE on a small unstructured mesh (jittered interior nodes of
+    an L-shape, METIS experts, Dirichlet + Robin rows, nonlinear)."""
+    pytest.importorskip("pymetis")
+    mesh = fe.MeshTri.init_lshaped().refined(2)
+    rng = np.random.default_rng(0)
+    p = mesh.p.copy()
+    interior = np.setdiff1d(np.arange(mesh.nvertices), mesh.boundary_nodes())
+    p[:, interior] += 0.06 * rng.uniform(-1, 1, (2, interior.size))
+    mesh = fe.MeshTri(p, mesh.t).with_boundaries({"west": lambda x: x[0] < -1 + 1e-9,
+                                                 "north": lambda x: x[1] > 1 - 1e-9})
+    basis = fe.Basis(mesh, fe.ElementTriP1())
+    problem = Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - v,
+                      facets={"north": lambda u, v, w: u * v}, dirichlet={"west": 0.0})
+    layer = HardConstraintMoE(problem, 3, partition="metis")
+    g = torch.Generator().manual_seed(7)
+    B = torch.randn(2, problem.n, 3, dtype=F64, generator=g, requires_grad=True)
+    u, info = layer(B)
+    assert info.all_converged and info.interface_jump.max() > 0  # experts really differ
+    assert torch.autograd.gradcheck(lambda B: layer(B)[0], (B,), atol=1e-6, fast_mode=True)
