@@ -112,6 +112,8 @@ def bench_batched(workers: int, n_seq_small: int = 8, n_batch_small: int = 127, 
         out[key] = row
         print(key, row, flush=True)
 
+    out["pool_paper_size"] = bench_pool(workers)
+
     # femoe generate at the paper's size on `workers` processes, extrapolated to 1,000 trajectories
     n_test = 2
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +130,60 @@ def bench_batched(workers: int, n_seq_small: int = 8, n_batch_small: int = 127, 
         "estimate_is": f"extrapolated linearly from the {n_generate} trajectories measured (not a 1,000-trajectory run)",
         "load_before": load0, "load_after": _load()}
     print("generate", out["generate_paper_size"], flush=True)
+    return out
+
+
+_POOL: dict = {}
+
+
+def _pool_init() -> None:
+    from problems import get_problem
+
+    _POOL["problem"] = get_problem("diffusion_sorption_1d").build()
+
+
+def _pool_ready(_: int = 0) -> int:
+    return _POOL["problem"].n
+
+
+def _pool_march(x: np.ndarray) -> float:
+    from problems.diffusion_sorption_1d import march
+
+    return float(march(_POOL["problem"], x)[1][-1, -1])
+
+
+def _pool_march_batch(X: np.ndarray) -> float:
+    from problems.diffusion_sorption_1d import march_batch
+
+    return float(march_batch(_POOL["problem"], X)[1][:, -1, -1].sum())
+
+
+def bench_pool(workers: int, n: int = 16) -> dict:
+    """``n`` trajectories at 1,024 x 101 on a pool of ``workers`` processes, one at a time
+    (``march`` per task, the previous generator) vs shards (``march_batch``), same run; the pools
+    are started and warmed up before the clock starts."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from femoe.data.generate import _shards, sample_rng, shard_size
+    from problems import get_problem
+
+    spec = get_problem("diffusion_sorption_1d")
+    problem = spec.build()
+    X = np.stack([spec.sample_inputs(sample_rng(0, "train", i), 1, problem)[0] for i in range(n)])
+    shards = _shards(list(range(n)), shard_size(spec, problem), workers)
+    out = {"trajectories": n, "workers": workers, "shards": [len(s) for s in shards], "load_before": _load()}
+    for key, fn, tasks in (("one_at_a_time", _pool_march, list(X)),
+                           ("batched", _pool_march_batch, [X[s] for s in shards])):
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_pool_init) as pool:
+            list(pool.map(_pool_ready, range(workers)))
+            t0 = time.perf_counter()
+            list(pool.map(fn, tasks))
+            seconds = time.perf_counter() - t0
+        out[key] = {"seconds": round(seconds, 1), "samples_per_second": round(n / seconds, 3)}
+        out[f"load_after_{key}"] = _load()
+        print("pool", key, out[key], flush=True)
+    out["speedup_batched_vs_one_at_a_time"] = round(out["one_at_a_time"]["seconds"] / out["batched"]["seconds"], 2)
     return out
 
 

@@ -45,6 +45,21 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _git_state() -> dict:
+    """The commit measured and the files under femoe/ and problems/ that differ from it (the
+    working tree is shared: uncommitted edits are part of what was measured)."""
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "uncommitted": [line[3:] for line in git("status", "--short", "--", "femoe", "problems").splitlines()]}
+
+
 def _where(key) -> str:
     file, line, name = key
     try:
@@ -99,7 +114,7 @@ def main() -> None:
         "n_basis": cfg.network.n_basis, "experts": cfg.experts.k, "solver": vars(cfg.solver),
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "data_generation_seconds_8_plus_1_samples": round(data_seconds, 2),
-        "load_at_start": _load(), "methods": {},
+        "git": _git_state(), "load_at_start": _load(), "methods": {},
     }
     for name in args.methods.split(","):
         trainer = Trainer(cfg, name, task)
