@@ -8,7 +8,7 @@ pick a poor member of the span; when close, the basis is the limit.
 Each variant trains PI-HC on ``problems/configs/ds_cpu.toml`` (its data, network and solver)
 with femoe's own Trainer, physics-only, for ``--steps`` steps, then evaluates on the test split.
 
-    OMP_NUM_THREADS=1 python benchmarks/sweep_ds.py            # the committed sweep (40 steps, < 20 min)
+    OMP_NUM_THREADS=1 python benchmarks/sweep_ds.py            # the committed sweep (40 steps -> 4 epochs = 48; 9 min)
     python benchmarks/sweep_ds.py --steps 180 --only N64-recipe  # one variant, longer
 
 Writes ``benchmarks/results/sweep_ds.json``.
