@@ -1,4 +1,4 @@
-"""Diagnostics quoted in docs/results_ns_darcy.md, on the checkpoints of
+"""Diagnostics quoted in docs/results.md (Navier-Stokes and Darcy section), on the checkpoints of
 `femoe run problems/configs/darcy_cpu.toml` and `femoe run problems/configs/ns_cpu.toml`.
 
     OMP_NUM_THREADS=1 python benchmarks/diag_ns_darcy.py
