@@ -84,3 +84,24 @@ def test_test_params_refuses_other_time_levels(tmp_path):
     cfg = _ns_config(tmp_path, test_params={"n_steps": 3})
     with pytest.raises(ConfigError, match="time levels"):
         Task(cfg).test_mesh_task()
+
+
+def test_best_in_span_of_a_lifted_problem_measures_the_state(tmp_path):
+    """For u = u0 + s(t) z the basis spans z: a basis holding the exact z gives a best member
+    0 % from the reference, and any basis does at least as well as u = u0 (w = 0)."""
+    from femoe.train.methods import build_method
+
+    task = Task(_ns_config(tmp_path))
+    torch.manual_seed(0)
+    m = build_method("pihc", task)
+    inp, ref = task.test.inputs, task.test.solutions.double()
+    s = torch.as_tensor(task.spec.lift_scale(task.problem, task.times[: ref.shape[1]]))
+    z = torch.zeros_like(ref)
+    z[:, 1:] = (ref[:, 1:] - ref[:, :1]) / s[1:, None]
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(*ref.shape, 3, dtype=torch.float64, generator=g)
+    m.network_output = lambda inputs, levels=None: torch.cat([z[..., None], noise], -1)
+    assert float(m.best_in_span(inp, ref).max()) < 1e-8
+    m.network_output = lambda inputs, levels=None: noise
+    persistence = task.relative_l2(ref[:, :1].expand_as(ref).contiguous(), ref)
+    assert bool((m.best_in_span(inp, ref) <= persistence + 1e-12).all())

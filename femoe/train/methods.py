@@ -101,14 +101,26 @@ class PIHC(Method):
 
         What the constraint rows could reach with this basis at best: a test error far above it
         means the rows pick a poor member; close to it, the basis is the limit. (One ``w`` for the
-        whole field, also for the MoE, whose experts could each pick their own.)
+        whole field, also for the MoE, whose experts could each pick their own.) For a lifted
+        problem (``u = u0 + s(t) z``, the basis spans ``z``) the member is ``u0 + s(t) B w``.
         """
         t = self.task
-        B = self.network_output(inputs).double().cpu().numpy()  # (b, [L,] n, N)
-        ref = reference.double().cpu().numpy()
+        Bt = self.network_output(inputs).double().cpu()  # (b, [L,] n, N)
+        ref_t = reference.double().cpu()
+        Bz = Bt.numpy()
+        offset = np.zeros(())
+        if t.lifted:
+            # the basis spans z of u = u0 + s(t) z: fit the state, whose map from z is affine
+            # (columns state(B_j) - state(0)); t.relative_l2 below maps the best z to its state
+            s0 = t.state(torch.zeros_like(ref_t), ref_t)
+            Bt = torch.stack([t.state(Bt[..., j].contiguous(), ref_t) - s0 for j in range(Bt.shape[-1])], -1)
+            offset = s0.numpy()
+        B = Bt.numpy()
+        ref = ref_t.numpy()
         b, n, N = B.shape[0], t.n, B.shape[-1]
         Bf = B.reshape(b, -1, n, N)
-        rf = ref.reshape(b, -1, n)
+        Bzf = Bz.reshape(b, -1, n, N)
+        rf = (ref - offset).reshape(b, -1, n)
         out = []
         for s in range(b):
             X = Bf[s].transpose(1, 0, 2).reshape(n, -1)  # (n, L N)
@@ -116,7 +128,7 @@ class PIHC(Method):
             G = np.einsum("lin,lim->nm", Bf[s], MX)
             rhs = np.einsum("lin,li->n", MX, rf[s])
             w = np.linalg.lstsq(G, rhs, rcond=1e-13)[0]
-            out.append(np.einsum("lin,n->li", Bf[s], w))
+            out.append(np.einsum("lin,n->li", Bzf[s], w))
         best = torch.as_tensor(np.stack(out).reshape(ref.shape))
         return t.relative_l2(best, torch.as_tensor(ref))
 
