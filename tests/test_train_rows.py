@@ -39,3 +39,18 @@ def test_best_in_span_is_a_lower_bound_and_exact_for_a_basis_holding_the_referen
     B = torch.cat([B[..., :-1], ref.unsqueeze(-1)], dim=-1)
     m.network_output = lambda inputs, levels=None: B
     assert float(m.best_in_span(inp, ref).max()) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["pihc", "moe"])
+def test_unconverged_policy_reaches_the_layers_from_the_config(tmp_path, method):
+    from femoe.errors import ConfigError
+    from femoe.train.config import config_from_dict
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+
+    cfg = tiny(tmp_path, methods=(method,))
+    cfg.solver.unconverged = "exclude"
+    m = build_method(method, Task(cfg))
+    assert m.layer.unconverged.value == "exclude"
+    with pytest.raises(ConfigError, match="solver.unconverged"):
+        config_from_dict({"solver": {"unconverged": "skip"}})

@@ -33,6 +33,7 @@ tol = 1e-8
 maxiter = 100
 row_weights = "mass"                 # basis-mode row weights: "mass" (1/M_ii) or "boundary"
 dirichlet_weight = 1.0               # weight of the Dirichlet rows u_i - g_i (PDE rows: see above)
+unconverged = "flag"                 # basis mode, unconverged solves: "flag", "exclude" (no gradient), "raise"
 
 [train]
 epochs = 10
@@ -126,6 +127,9 @@ class SolverConfig:
     # row, so facet rows weigh their boundary condition like a Dirichlet row (O(1)), not O(1/h)
     row_weights: str = "mass"
     dirichlet_weight: float = 1.0  # weight of Dirichlet rows u_i - g_i
+    # basis-mode samples (or MoE samples with an expert) whose least squares did not converge:
+    # "flag" (used, counted in the log), "exclude" (no gradient from them) or "raise"
+    unconverged: str = "flag"
 
 
 @dataclass
@@ -230,6 +234,7 @@ _RULES: dict[str, Any] = {
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
     "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
     "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary"), "solver.dirichlet_weight": _gt(0),
+    "solver.unconverged": ("flag", "exclude", "raise"),
     "train.epochs": _ge(1), "train.batch_size": _ge(1), "train.lr": _gt(0), "train.lr_final": _gt(0),
     "train.schedule": ("exponential", "staircase", "cosine", "constant"), "train.lr_hold": _ge(1),
     "train.lr_decay": ((lambda v: 0 < v <= 1), "in (0, 1]"), "train.clip_grad": _ge(0),

@@ -73,7 +73,7 @@ class PIHC(Method):
         super().__init__(task)
         s = task.cfg.solver
         kw = dict(rho=s.rho, tol=s.tol, maxiter=s.maxiter, hessian=s.hessian,
-                  row_scale=task.row_scale.numpy())
+                  row_scale=task.row_scale.numpy(), unconverged=s.unconverged)
         if task.time_dependent:
             kw["dt"] = task.dt
         self.layer = self._make_layer(task, kw)
