@@ -105,3 +105,21 @@ def test_best_in_span_of_a_lifted_problem_measures_the_state(tmp_path):
     m.network_output = lambda inputs, levels=None: noise
     persistence = task.relative_l2(ref[:, :1].expand_as(ref).contiguous(), ref)
     assert bool((m.best_in_span(inp, ref) <= persistence + 1e-12).all())
+
+
+def test_predictions_of_a_lifted_problem_are_the_state(tmp_path):
+    """What goes to the plots and the XDMF file is u = u0 + s(t) z, not the unknown z: its
+    level 0 is the initial state exactly, and its error is the reported error."""
+    from femoe.train.methods import build_method
+    from femoe.train.run import evaluate
+
+    task = Task(_ns_config(tmp_path))
+    torch.manual_seed(0)
+    out = evaluate(task, build_method("soft", task))
+    pred = torch.as_tensor(out["_predictions"])
+    ref = task.test.solutions[: pred.shape[0]].double()
+    torch.testing.assert_close(pred[:, 0], ref[:, 0])
+    e = (pred[0] - ref[0]).numpy()
+    r = ref[0].numpy()
+    err = np.sqrt((e * (task.mass @ e.T).T).sum() / (r * (task.mass @ r.T).T).sum())
+    assert err == pytest.approx(out["rel_l2"][0], rel=1e-10)
