@@ -64,7 +64,6 @@ class Task:
         self.problem = self.spec.build(**cfg.problem.params)
         self.n = self.problem.n
         self.time_dependent = self.problem.is_time_dependent
-        self.input_param = getattr(self.spec, "input_param", "kappa")
         self.fingerprint = mesh_fingerprint(self.problem)
         basis = self.problem.basis
         self.mass = sp.csr_matrix(_first_field_mass(basis, len(self.problem._tb.layouts)))
@@ -181,8 +180,7 @@ class Task:
         tag = "_".join(f"{k}{v}" for k, v in sorted(tp.items()))
         cfg.data.dir = f"{self.cfg.data_dir}_test_{tag}"
         cfg.data.n_train = 1  # the generator wants a training split; one sample is enough
-        fine = Task(cfg, load_data=False)
-        fine.load()
+        fine = Task(cfg)
         if self.time_dependent and (fine.times.shape != self.times.shape or not np.allclose(fine.times, self.times)):
             raise ConfigError("data.test_params changed the saved time levels; the test mesh must keep them")
         pts = self.input_points()[self.sensors]  # (n_sensors, dim): where the network reads its input
