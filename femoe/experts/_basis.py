@@ -171,7 +171,11 @@ class _ExpertGroup:
         # each expert's rows in union numbering, and where its owned DOFs sit in its local field
         self.rows_union = [np.searchsorted(d, r) + o for d, r, o in zip(u.local_dofs, self.rows_global, u.offsets)]
         self.owned_union = [np.searchsorted(d, r) + o for d, r, o in zip(u.local_dofs, self.owned_global, u.offsets)]
-        self.own_pos = [np.searchsorted(d, r) for d, r in zip(u.local_dofs, self.owned_global)]
+        own_pos = [np.searchsorted(d, r) for d, r in zip(u.local_dofs, self.owned_global)]
+        # index tensors of owned_values and of the interface report, built once
+        self.own_flat = torch.as_tensor(np.concatenate([k * self.nl_max + p for k, p in enumerate(own_pos)]))
+        self.own_glob = torch.as_tensor(np.concatenate(self.owned_global))
+        self.union_to_global = torch.as_tensor(u.union_to_global)
         if row_scale is not None and not isinstance(row_scale, str):
             row_scale = np.asarray(row_scale)[u.union_to_global]  # given on the parent's DOFs
         if self.time_dependent:
@@ -278,10 +282,8 @@ class _ExpertGroup:
         """Global DOF indices owned by this group and the owners' values ``(batch, [T+1,] n_own)``
         (``u_fold`` is the patch part of a folded field)."""
         u = u_fold.reshape(-1, self.K, *u_fold.shape[1:])
-        pos = np.concatenate([k * self.nl_max + p for k, p in enumerate(self.own_pos)])
-        glob = np.concatenate(self.owned_global)
         flat = u.movedim(1, -2).reshape(*u.shape[:1], *u.shape[2:-1], self.K * self.nl_max)
-        return torch.as_tensor(glob, device=u.device), flat.index_select(-1, torch.as_tensor(pos, device=u.device))
+        return self.own_glob.to(u.device), flat.index_select(-1, self.own_flat.to(u.device))
 
 
 class _FoldedModel:
@@ -539,8 +541,7 @@ class HardConstraintMoE(nn.Module):
         for group, u_fold in folded:
             axis = 2 if td else 1
             u_union = group.unfold(u_fold.detach(), axis)
-            own = u_out.detach().to(u_union.device).index_select(-1, torch.as_tensor(group.union.union_to_global,
-                                                                                       device=u_union.device))
+            own = u_out.detach().to(u_union.device).index_select(-1, group.union_to_global.to(u_union.device))
             d = (u_union - own).abs().reshape(batch, -1)
             jump = torch.maximum(jump, d.amax(1).to(jump.device) if d.numel() else zero)
         if self.distributed:
