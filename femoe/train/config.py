@@ -77,6 +77,7 @@ except ModuleNotFoundError:  # Python 3.10
 from femoe.errors import ConfigError, FemoeError
 
 METHODS = ("soft", "pihc", "moe", "patch")
+SCHEDULES = ("exponential", "staircase", "cosine", "constant")  # train.schedule (see trainer.lr_factor)
 
 
 @dataclass
@@ -236,7 +237,7 @@ _RULES: dict[str, Any] = {
     "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary"), "solver.dirichlet_weight": _gt(0),
     "solver.unconverged": ("flag", "exclude", "raise"),
     "train.epochs": _ge(1), "train.batch_size": _ge(1), "train.lr": _gt(0), "train.lr_final": _gt(0),
-    "train.schedule": ("exponential", "staircase", "cosine", "constant"), "train.lr_hold": _ge(1),
+    "train.schedule": SCHEDULES, "train.lr_hold": _ge(1),
     "train.lr_decay": ((lambda v: 0 < v <= 1), "in (0, 1]"), "train.clip_grad": _ge(0),
     "train.seed": _ge(0), "train.data_weight": _ge(0), "train.max_steps_per_epoch": _ge(0),
     "train.train_until": ((lambda v: v is None or (math.isfinite(v) and v > 0)), "> 0 (a time)"),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from femoe.errors import CheckpointError, ConfigError, NonFiniteError
-from femoe.train.config import Config, config_changes
+from femoe.train.config import SCHEDULES, Config, config_changes
 from femoe.train.methods import Method, build_method
 from femoe.train.task import Task, check_checkpoint_problem
 
@@ -28,9 +28,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-SCHEDULES = ("exponential", "staircase", "cosine", "constant")
 
 
 def lr_factor(tc, step: int, total: int) -> float:
