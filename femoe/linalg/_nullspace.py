@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from femoe.errors import SingularMatrixError
-from femoe.sparse import BatchedCSR
+from femoe.sparse import BatchedCSR, CSRPattern
 
 ROUNDOFF_FACTOR = 1000.0
 
@@ -40,27 +40,29 @@ def null_probe_hits(A, probes: np.ndarray) -> list[tuple[int, int]]:
     probes = np.atleast_2d(np.asarray(probes, dtype=np.float64))
     if probes.size == 0:
         return []
-    if isinstance(A, BatchedCSR):
-        pat = A.pattern
-        vals = A.values.detach().to("cpu", torch.float64).numpy()
-        eps = float(torch.finfo(A.values.dtype).eps)
-        mats = [sp.csr_matrix((v, pat.indices, pat.indptr), shape=pat.shape) for v in vals]
+    if not isinstance(A, BatchedCSR):
+        M = sp.csr_matrix(A)
+        eps = float(np.finfo(np.asarray(M.data).dtype).eps) if M.nnz else float(np.finfo(float).eps)
+        A = BatchedCSR(CSRPattern(M.indptr.astype(np.int64), M.indices.astype(np.int64), M.shape),
+                       torch.as_tensor(M.data, dtype=torch.float64))
     else:
-        mats = [sp.csr_matrix(A)]
-        eps = float(np.finfo(np.asarray(mats[0].data).dtype).eps) if mats[0].nnz else float(np.finfo(float).eps)
-    hits = []
-    V, absV = probes.T, np.abs(probes.T)
-    for b, M in enumerate(mats):
-        if M.shape[1] != probes.shape[1]:
-            raise ValueError(f"probes have {probes.shape[1]} entries, the matrix {M.shape[1]} columns")
-        Av = np.abs(M @ V)
-        # per-row round-off of the product, floored by the matrix's own round-off level (rows
-        # whose entries are all quadrature round-off, e.g. div(phi_i) of an interior bubble)
-        scale = float(abs(M).max()) if M.nnz else 0.0
-        bound = ROUNDOFF_FACTOR * eps * (abs(M) @ absV + scale * absV.max(axis=0))
-        for k in np.nonzero((Av <= bound).all(axis=0) & (absV.sum(axis=0) > 0))[0]:
-            hits.append((b, int(k)))
-    return hits
+        eps = float(torch.finfo(A.values.dtype).eps)
+    if A.pattern.shape[1] != probes.shape[1]:
+        raise ValueError(f"probes have {probes.shape[1]} entries, the matrix {A.pattern.shape[1]} columns")
+    # the whole batch at once, where the values already are (no per-sample SciPy matrices)
+    vals = A.values.detach().to(torch.float64)
+    A = BatchedCSR(A.pattern, vals)
+    absA = BatchedCSR(A.pattern, vals.abs())
+    V = torch.as_tensor(probes, dtype=torch.float64, device=vals.device)
+    absV = V.abs()
+    # per-row round-off of the product, floored by the matrix's own round-off level (rows
+    # whose entries are all quadrature round-off, e.g. div(phi_i) of an interior bubble)
+    scale = absA.values.amax(dim=1) if A.pattern.nnz else vals.new_zeros(A.batch_size)
+    ok = torch.stack([
+        (A.matvec(v).abs() <= ROUNDOFF_FACTOR * eps * (absA.matvec(a) + scale[:, None] * a.max())).all(dim=1)
+        for v, a in zip(V, absV)
+    ], dim=1) & (absV.sum(dim=1) > 0)  # (batch, probe)
+    return [(int(b), int(k)) for b, k in torch.nonzero(ok).tolist()]
 
 
 def check_nonsingular(A, probes: np.ndarray, names: Sequence[str], what: str) -> None:
