@@ -32,7 +32,6 @@ residual that remains on interface rows.
 from __future__ import annotations
 
 import logging
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -493,8 +492,7 @@ class HardConstraintMoE(nn.Module):
         batch = B.shape[0]
         home = B.device
         u_out = B.new_zeros(B.shape[:-1])
-        conv, its, rn, extra, lms = [], [], [], [], []
-        folded_fields = []
+        lms, folded_fields = [], []
         for group, model, device in zip(self.groups, self._models, self.devices):
             dev = home if device is None else torch.device(device)
             Bg = group.gather_basis(B.to(dev))
@@ -504,21 +502,20 @@ class HardConstraintMoE(nn.Module):
             glob, vals = group.owned_values(u_fold)
             u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))
             folded_fields.append((group, u_fold))
-            conv.append(info.converged.reshape(batch, -1).to(home))
-            its.append(info.iterations.reshape(batch, -1).to(home))
-            rn.append(info.residual_norms.reshape(batch, -1).to(home))
-            extra.append([x.reshape(batch, -1).to(home) for x in (info.stalled, info.relative_gradient,
-                                                                   info.weight_error)])
             lms.append(info)
         if self.distributed:
             from femoe.experts.distributed import all_reduce_sum
 
             u_out = all_reduce_sum(u_out)
-        conv = torch.cat(conv, 1)
-        info = self._info(u_out, folded_fields, params, conv, torch.cat(its, 1), torch.cat(rn, 1))
-        info = dataclasses.replace(info, stalled=torch.cat([e[0] for e in extra], 1),
-                                   relative_gradient=torch.cat([e[1] for e in extra], 1),
-                                   weight_error=torch.cat([e[2] for e in extra], 1), lm=tuple(lms))
+
+        def per_expert(name: str) -> torch.Tensor:  # (batch, K): the groups' records side by side
+            return torch.cat([getattr(i, name).reshape(batch, -1).to(home) for i in lms], 1)
+
+        conv = per_expert("converged")
+        info = MoEInfo(conv, per_expert("iterations"), per_expert("residual_norms"),
+                       *self._interface_report(u_out, folded_fields, params), stalled=per_expert("stalled"),
+                       relative_gradient=per_expert("relative_gradient"), weight_error=per_expert("weight_error"),
+                       lm=tuple(lms))
         self.last_info = info
         self._report(info)
         if self.unconverged is Unconverged.EXCLUDE:
@@ -531,11 +528,13 @@ class HardConstraintMoE(nn.Module):
         return u_out, info
 
     @torch.no_grad()
-    def _info(self, u_out, folded, params, conv, its, rn) -> MoEInfo:
+    def _interface_report(self, u_out, folded, params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``interface_jump``, ``residual_interior`` and ``residual_interface`` of :class:`MoEInfo`
+        (zeros without ``report``)."""
         batch = u_out.shape[0]
         zero = u_out.new_zeros(batch)
         if not self.report:
-            return MoEInfo(conv, its, rn, zero, zero, zero)
+            return zero, zero, zero
         jump = zero.clone()
         td = self.problem.is_time_dependent
         for group, u_fold in folded:
@@ -556,7 +555,7 @@ class HardConstraintMoE(nn.Module):
             R = self.problem.residual(u, p)
         ifc = R.index_select(-1, self._interface.to(R.device)).reshape(batch, -1)
         inn = R.index_select(-1, self._interior.to(R.device)).reshape(batch, -1)
-        return MoEInfo(conv, its, rn, jump, torch.linalg.vector_norm(inn, dim=1), torch.linalg.vector_norm(ifc, dim=1))
+        return jump, torch.linalg.vector_norm(inn, dim=1), torch.linalg.vector_norm(ifc, dim=1)
 
     def _report(self, info: MoEInfo) -> None:
         if info.all_converged:
