@@ -769,10 +769,7 @@ class Problem:
         for k, v in p.items():
             if not isinstance(v, torch.Tensor):
                 continue
-            kind = p.kinds[k]
-            full = 3 if kind == "quadrature" else 1 if kind == "constant" else 2
-            out[k] = int(v.shape[0]) if v.dim() >= full and v.dim() > 0 and not (
-                kind == "constant" and v.dim() == 0) else 1
+            out[k] = int(v.shape[0]) if v.dim() >= _batched_ndim(p.kinds[k]) else 1
         return out
 
     def _prepare(self, u, params):
@@ -1022,12 +1019,16 @@ class PatchUnion(Problem):
         return g[:, torch.as_tensor(self._dir_in_parent, device=g.device)]
 
 
+def _batched_ndim(kind) -> int:
+    """Dimensions of a parameter of ``kind`` that carries a leading batch axis."""
+    return 3 if kind == "quadrature" else 1 if kind == "constant" else 2
+
+
 def _repeat_batch(v, B: int, reps: int, kind=None):
     """Repeat a parameter for ``reps`` levels of each of ``B`` samples (batch becomes B * reps)."""
     if not isinstance(v, torch.Tensor) or v.dim() == 0:
         return v
-    full = 3 if kind == "quadrature" else 1 if kind == "constant" else 2
-    if v.dim() < full:
+    if v.dim() < _batched_ndim(kind):
         return v  # no batch: shared by every sample and level
     if v.shape[0] == 1:
         v = v.expand(B, *v.shape[1:])
