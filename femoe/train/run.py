@@ -258,14 +258,11 @@ def check_run_folder(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
 
 
 def check_device(cfg: Config) -> None:
-    """``train.device`` exists on this machine (checked before data generation)."""
-    dev = torch.device(cfg.train.device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {cfg.train.device!r} but CUDA is not available here; use 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device = {cfg.train.device!r} but only {torch.cuda.device_count()} CUDA "
-                              "device(s) are visible")
+    """``train.device`` exists on this machine (checked before data generation, as the Trainer
+    checks it)."""
+    from femoe.train.trainer import _device
+
+    _device(cfg.train.device)
 
 
 def _write_metrics(path: Path, summary: dict, cfg: Config) -> None:

@@ -66,9 +66,14 @@ def loss_of(task: Task, method: Method, inputs: torch.Tensor, solutions: torch.T
 
 
 def _device(name: str) -> torch.device:
+    """``train.device`` as a torch device, refused unless it exists on this machine."""
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use 'cpu'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device = {name!r} but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
     return dev
 
 
