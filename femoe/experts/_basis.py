@@ -42,10 +42,9 @@ from torch import nn
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field, jac_times
-from femoe.layers._validate import (check_experts, check_finite, check_float_tensor, check_initial,
-                                    check_params_finite, check_partition, exclude_unconverged, parse_unconverged,
-                                    report_unconverged)
-from femoe.partition import ExpertPartition, partition_experts
+from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
+                                    exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
+from femoe.partition import ExpertPartition
 from femoe.problem import PatchUnion, Problem
 
 log = logging.getLogger(__name__)
@@ -413,11 +412,7 @@ class HardConstraintMoE(nn.Module):
             raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
         self.problem = problem
         self.global_rows = parse_global_rows(global_rows)
-        if isinstance(experts, ExpertPartition):
-            self.partition = check_partition(experts, problem)
-        else:
-            self.partition = partition_experts(problem.basis, check_experts(experts), partition,
-                                               dirichlet=problem.dirichlet_dofs, seed=seed)
+        self.partition = expert_partition(experts, problem, partition, seed)
         K = self.partition.k
         self.K = K
         self.dt, self.t0 = dt, t0

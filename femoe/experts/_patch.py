@@ -27,9 +27,9 @@ from torch import nn
 
 from femoe.errors import ProblemError, ShapeError
 from femoe.layers._newton import NewtonSolveInfo, _NewtonSolve, _options, _report, _System
-from femoe.layers._validate import (check_experts, check_finite, check_float_tensor, check_initial,
-                                    check_params_finite, check_partition, split_params)
-from femoe.partition import ExpertPartition, partition_experts
+from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
+                                    expert_partition, split_params)
+from femoe.partition import ExpertPartition
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
 
@@ -81,11 +81,7 @@ class PatchConstraint(nn.Module):
         if problem.is_time_dependent and dt is None:
             raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
         self.problem, self.dt, self.t0, self.strict = problem, dt, t0, bool(strict)
-        if isinstance(experts, ExpertPartition):
-            self.partition = check_partition(experts, problem)
-        else:
-            self.partition = partition_experts(problem.basis, check_experts(experts), partition,
-                                               dirichlet=problem.dirichlet_dofs, seed=seed)
+        self.partition = expert_partition(experts, problem, partition, seed)
         self.K = self.partition.k
         interior = np.sort(np.concatenate(self.partition.interior)) if self.K else np.zeros(0, np.int64)
         if interior.size == 0:

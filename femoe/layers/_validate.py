@@ -104,6 +104,18 @@ def check_partition(part: Any, problem: Any):
     return rebuilt
 
 
+def expert_partition(experts: Any, problem: Any, method: str, seed: int):
+    """The partition of an expert layer: ``experts`` checked against ``problem`` when it is an
+    :class:`~femoe.partition.ExpertPartition` (:func:`check_partition`), else a number of
+    experts (:func:`check_experts`) partitioned with ``method`` and ``seed``."""
+    from femoe.partition import ExpertPartition, partition_experts
+
+    if isinstance(experts, ExpertPartition):
+        return check_partition(experts, problem)
+    return partition_experts(problem.basis, check_experts(experts), method, dirichlet=problem.dirichlet_dofs,
+                             seed=seed)
+
+
 def split_params(params: Mapping[str, Any] | None) -> tuple[list[str], list[torch.Tensor], dict[str, Any]]:
     """Split a parameter dict into tensor names, tensors, and the other (static) entries.
 
