@@ -564,10 +564,7 @@ class Problem:
         """Warn (once per name) about parameters given in a call that nothing has read."""
         read = self.__dict__.get("_read_names", set())
         warned = self.__dict__.setdefault("_warned_unused", set())
-        dirichlet_names = set(getattr(self, "_dirichlet_params", {}) or {})
-        if isinstance(self, PatchUnion):
-            dirichlet_names |= set(self.parent._dirichlet_params)
-        unused = [k for k in p if k not in read and k not in dirichlet_names and k not in self.defaults
+        unused = [k for k in p if k not in read and k not in self._dirichlet_params and k not in self.defaults
                   and k not in warned]
         if unused and (self.residual_integrand is not None or self._facets):
             warned.update(unused)
@@ -982,6 +979,7 @@ class PatchUnion(Problem):
         is_dir_parent = np.zeros(parent.n, dtype=bool)
         is_dir_parent[parent.dirichlet_dofs] = True
         self._build_dirichlet(is_dir_parent[self.union_to_global])
+        self._dirichlet_params = parent._dirichlet_params  # the parent's Dirichlet data apply
         # position of each union Dirichlet DOF among the parent's Dirichlet DOFs
         self._dir_in_parent = np.searchsorted(parent.dirichlet_dofs, self.union_to_global[self.dirichlet_dofs])
         # rows whose whole element star lies in the patch: equal to the parent's rows
