@@ -103,14 +103,13 @@ GLOBAL_ROWS = ("none", "boundary", "initial", "boundary+initial")
 def parse_global_rows(value: Any) -> frozenset:
     """``"boundary+initial"`` (default), ``"boundary"``, ``"initial"`` or ``"none"`` -> a set of
     ``{"boundary", "initial"}``."""
-    if not isinstance(value, str):
-        raise ConfigError(f"global_rows must be one of {list(GLOBAL_ROWS)}; got {value!r}")
-    parts = frozenset(p.strip() for p in value.split("+"))
-    if value.strip() == "none":
-        return frozenset()
-    if not parts or not parts <= {"boundary", "initial"}:
-        raise ConfigError(f"global_rows must be one of {list(GLOBAL_ROWS)}; got {value!r}")
-    return parts
+    if isinstance(value, str):
+        if value.strip() == "none":
+            return frozenset()
+        parts = frozenset(p.strip() for p in value.split("+"))
+        if parts <= {"boundary", "initial"}:
+            return parts
+    raise ConfigError(f"global_rows must be one of {list(GLOBAL_ROWS)}; got {value!r}")
 
 
 def boundary_rows(problem: Problem) -> np.ndarray:
@@ -119,7 +118,7 @@ def boundary_rows(problem: Problem) -> np.ndarray:
     parts = [np.asarray(problem.dirichlet_dofs, dtype=np.int64)]
     for ft in getattr(problem, "_facets", ()):
         parts.append(np.asarray(problem.basis.get_dofs(problem._boundary(ft.tag)).all(), dtype=np.int64))
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    return np.unique(np.concatenate(parts))
 
 
 class _ExpertGroup:
