@@ -637,12 +637,22 @@ class Problem:
         """Values ``g`` on :attr:`dirichlet_dofs`, shape ``(B, n_dirichlet)``."""
         p = params if isinstance(params, _Params) else self._params(params, device, dtype, batch)
         g = torch.zeros(batch, self.n, dtype=dtype, device=device)
-        for e in self._dirichlet:
-            val = self._entry_values(e, p, t, device, dtype)
+        tc = self._tensors(device, dtype)
+        for i, e in enumerate(self._dirichlet):
+            # numbers and g(x) do not change between calls: evaluated (and moved) once per device
+            fixed = not isinstance(e.value, str) and not (callable(e.value) and _n_args(e.value) >= 2)
+            if fixed and f"dir_value_{i}" in tc:
+                val = tc[f"dir_value_{i}"]
+            else:
+                val = self._entry_values(e, p, t, device, dtype)
+                if fixed:
+                    tc[f"dir_value_{i}"] = val
             if val.shape[0] not in (1, batch):
                 raise ShapeError(f"Dirichlet data of {e.tag!r} ({e.target!r}) has batch {val.shape[0]} but the "
                                  f"call has batch {batch}")
-            g = g.index_copy(1, torch.as_tensor(e.dofs, device=device), val.expand(batch, -1))
+            if f"dir_dofs_{i}" not in tc:
+                tc[f"dir_dofs_{i}"] = torch.as_tensor(e.dofs, device=device)
+            g = g.index_copy(1, tc[f"dir_dofs_{i}"], val.expand(batch, -1))
         return g[:, self.dirichlet_dofs]
 
     def _entry_values(self, e: _DirichletEntry, p, t, device, dtype) -> torch.Tensor:
