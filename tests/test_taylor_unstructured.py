@@ -40,9 +40,9 @@ def box_problem():
                    defaults={"f": 10.0})
 
 
-@pytest.mark.parametrize("mesh", ["plate", "box"])
-@pytest.mark.parametrize("kind", ["pihc", "moe"])
-def test_taylor_rate_two_on_the_plate_with_holes(kind, mesh):
+def taylor_case(kind: str, mesh: str):
+    """One case, shared with benchmarks/taylor_rates.py: ``(problem, info, rates)`` where
+    ``rates(h0)`` gives the remainder rates from ``h0`` and whether every solve converged."""
     pb = plate_problem() if mesh == "plate" else box_problem()
     assert 1000 <= pb.n <= 3000
     N = 16
@@ -59,19 +59,31 @@ def test_taylor_rate_two_on_the_plate_with_holes(kind, mesh):
     u, info = layer(Bl)
     loss = (c * u[0]).sum()
     loss.backward()
+    slope = float((Bl.grad * dB).sum())
+
+    @torch.no_grad()
+    def rates(h0: float) -> tuple[np.ndarray, bool]:
+        rems, converged = [], True
+        for h in [h0 / 2**k for k in range(5)]:
+            uh, ih = layer(B + h * dB)
+            converged &= ih.all_converged
+            rems.append(abs(float((c * uh[0]).sum() - loss) - h * slope))
+        return np.log2(np.array(rems[:-1]) / np.array(rems[1:])), converged
+
+    return pb, info, rates
+
+
+@pytest.mark.parametrize("mesh", ["plate", "box"])
+@pytest.mark.parametrize("kind", ["pihc", "moe"])
+def test_taylor_rate_two_on_the_plate_with_holes(kind, mesh):
+    _, info, rates = taylor_case(kind, mesh)
     assert info.all_converged
     assert float(info.weight_error.max()) < 1e-8
     assert float(info.adjoint_residual.max()) < 1e-10
-    slope = float((Bl.grad * dB).sum())
     # the MoE's per-expert least squares on the 3D box curve more (experts with few rows of
-    # their own): its second-order regime starts below h = 1e-2 (measured rates from 1e-2:
-    # 0.88, 1.65, 1.85, 1.93, approaching 2, which a wrong gradient could not do)
+    # their own): its second-order regime starts below h = 1e-2 (benchmarks/taylor_rates.py:
+    # rates from 1e-2 are 0.88, 1.65, 1.85, 1.93, approaching 2, which a wrong gradient could not do)
     h0 = 1e-3 if (kind, mesh) == ("moe", "box") else 1e-2
-    rems = []
-    with torch.no_grad():
-        for h in [h0 / 2**k for k in range(5)]:
-            uh, ih = layer(B + h * dB)
-            assert ih.all_converged
-            rems.append(abs(float((c * uh[0]).sum() - loss) - h * slope))
-    rates = np.log2(np.array(rems[:-1]) / np.array(rems[1:]))
-    assert np.all(rates > 1.9), rates
+    r, converged = rates(h0)
+    assert converged
+    assert np.all(r > 1.9), r
