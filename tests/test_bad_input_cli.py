@@ -243,6 +243,21 @@ def test_metrics_json_is_never_replaced_by_one_without_methods(tmp_path):
     assert sorted(json.loads(path.read_text())["methods"]) == ["pihc", "soft"]
 
 
+def test_every_config_key_has_a_checked_type_and_a_valid_default():
+    import dataclasses
+
+    from femoe.train.config import _SECTIONS, _TYPES, Config, _check_value
+
+    cfg = Config()
+    for key, cls in (("config", Config), *_SECTIONS.items()):
+        obj = cfg if key == "config" else getattr(cfg, key)
+        for f in dataclasses.fields(cls):
+            if key == "config" and f.name in _SECTIONS:
+                continue
+            assert str(f.type) in _TYPES, f"{key}.{f.name}"
+            _check_value(key, f.name, getattr(obj, f.name), str(f.type))
+
+
 def test_config_changes_names_keys_but_not_the_ones_a_resume_may_change():
     from femoe.train.config import Config, config_changes
 
