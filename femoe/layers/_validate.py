@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from femoe.errors import NonFiniteError, ShapeError
+from femoe.errors import (ConfigError, ConvergenceError, ConvergenceWarning, NonFiniteError, PartitionError,
+                           ShapeError)
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
@@ -63,8 +66,6 @@ def check_initial(u0: Any, n: int, batch: int, dtype: torch.dtype) -> torch.Tens
 
 def check_experts(experts: Any) -> int:
     """A number of experts: a positive integer (not a bool, not a float with a fraction)."""
-    from femoe.errors import ConfigError
-
     ok = isinstance(experts, (int, np.integer)) and not isinstance(experts, bool) and int(experts) >= 1
     if not ok:
         raise ConfigError(f"experts must be a positive integer or a femoe ExpertPartition; got {experts!r}")
@@ -82,7 +83,6 @@ def check_partition(part: Any, problem: Any):
     PartitionError
         The partition was built for another mesh or basis (the message names both sizes).
     """
-    from femoe.errors import PartitionError
     from femoe.partition import ExpertPartition
 
     if not isinstance(part, ExpertPartition):
@@ -160,11 +160,6 @@ def report_unconverged(layer: Any, message: str, info: Any) -> None:
     """The convergence policy of the constraint layers: raise :class:`ConvergenceError` when
     ``layer.strict`` (or ``layer.unconverged == "raise"``), else log every time and warn once per
     layer (``layer._warned``)."""
-    import logging
-    import warnings
-
-    from femoe.errors import ConvergenceError, ConvergenceWarning
-
     if layer.strict or getattr(getattr(layer, "unconverged", None), "value", None) == "raise":
         raise ConvergenceError(message, info=info)
     logging.getLogger(type(layer).__module__).info(message)
@@ -176,7 +171,6 @@ def report_unconverged(layer: Any, message: str, info: Any) -> None:
 def parse_unconverged(unconverged: Any, strict: bool):
     """The unconverged policy of a layer (:class:`~femoe.layers.Unconverged`); ``strict=True``
     means ``"raise"`` and cannot be combined with another explicit choice."""
-    from femoe.errors import ConfigError
     from femoe.layers._lm import Unconverged
 
     policy = Unconverged.parse(unconverged, "unconverged")
