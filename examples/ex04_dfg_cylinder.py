@@ -113,13 +113,13 @@ def skfem_newton(problem: femoe.Problem, tol: float = 1e-10, maxiter: int = 20) 
     D_ = problem.dirichlet_dofs
     x = np.zeros(basis.N)
     x[D_] = problem.dirichlet_values({"inflow": inflow(problem, U_M)})[0].numpy()
+    free = np.setdiff1d(np.arange(basis.N), D_)
     it = 0
     for it in range(1, maxiter + 1):
         (zu, zb), (pu, pbasis) = basis.split(x)
         fields = {"prev": zb.interpolate(zu), "prev_p": pbasis.interpolate(pu)}
         J = fe.asm(jac, basis, **fields)
         R = fe.asm(res, basis, **fields)
-        free = np.setdiff1d(np.arange(basis.N), D_)
         if np.linalg.norm(R[free]) < tol:
             break
         dx = np.zeros(basis.N)
