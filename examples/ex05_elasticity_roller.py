@@ -12,7 +12,7 @@ The rollers remove the rigid motions, so the problem is well posed.
 femoe: ``ElementVector(ElementTriP2())``, scikit-fem's own ``linear_elasticity`` form passed as
 it is, the traction as a facet integrand, and the rollers as
 ``dirichlet={"left": {"u_x": 0.0}, "bottom": {"u_y": 0.0}}``. Checked against the same system
-solved by scikit-fem with its own ``condense`` (DOFs ``get_dofs(...).nodal["u^1"]``), and the
+solved by scikit-fem with its own ``condense`` (DOFs ``get_dofs(...).all("u^1")``), and the
 reaction of the left roller against the applied load (equilibrium: ``r_x = -int g_x ds = -1``).
 
     python examples/ex05_elasticity_roller.py
@@ -46,10 +46,8 @@ def main(refine: int = 3) -> dict:
     A = fe.asm(form, basis)
     fb = fe.FacetBasis(mesh, basis.elem, facets=mesh.boundaries["right"])
     b = fe.asm(fe.LinearForm(lambda v, w: G[0] * v[0] + G[1] * v[1]), fb)
-    D = np.concatenate([basis.get_dofs(mesh.boundaries["left"]).nodal["u^1"],
-                        basis.get_dofs(mesh.boundaries["left"]).facet["u^1"],
-                        basis.get_dofs(mesh.boundaries["bottom"]).nodal["u^2"],
-                        basis.get_dofs(mesh.boundaries["bottom"]).facet["u^2"]])
+    D = np.concatenate([basis.get_dofs(mesh.boundaries["left"]).all("u^1"),
+                        basis.get_dofs(mesh.boundaries["bottom"]).all("u^2")])
     x_skfem = fe.solve(*fe.condense(A, b, D=D))
 
     # --- femoe: the same form, rollers by component name -------------------------------------
