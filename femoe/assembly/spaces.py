@@ -28,10 +28,6 @@ class FieldInfo:
     component_dofs: tuple[np.ndarray, ...]
     basis: object  # the scikit-fem basis of this field alone
 
-    @property
-    def ncomp(self) -> int:
-        return max(1, len(self.components))
-
 
 def _component_names(field: str, ncomp: int, dim: int) -> tuple[str, ...]:
     suffix = "xyz"[:ncomp] if ncomp == dim and ncomp <= 3 else [str(i) for i in range(ncomp)]
