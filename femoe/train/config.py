@@ -395,3 +395,12 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif key not in _ALWAYS_CHANGEABLE and a != b:
             changed.append(key)
     return changed
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """:func:`config_changes` with the values, ``"key: old -> new; ..."`` ("" when none)."""
+    def value(d, key):
+        sec, _, sub = key.partition(".")
+        return d.get(sec, {}).get(sub) if sub else d.get(sec)
+
+    return "; ".join(f"{k}: {value(old, k)!r} -> {value(new, k)!r}" for k in config_changes(old, new))

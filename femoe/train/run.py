@@ -219,7 +219,7 @@ def check_run_folder(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
     is refused unless ``overwrite`` (which deletes them); a resumed run is refused when the config
     differs from the one a checkpoint was trained with (the message names the keys).
     """
-    from femoe.train.config import config_changes
+    from femoe.train.config import describe_changes
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: resume continues the run in "
@@ -244,15 +244,8 @@ def check_run_folder(cfg: Config, *, resume: bool = False, overwrite: bool = Fal
         except Exception as exc:
             raise CheckpointError(f"{ck}: cannot read the checkpoint ({type(exc).__name__}: {exc}); delete it or "
                                   "start afresh with --overwrite") from None
-        changed = config_changes(before, cfg.to_dict())
-        if changed:
-            now = cfg.to_dict()
-
-            def value(d, key):
-                sec, _, sub = key.partition(".")
-                return d.get(sec, {}).get(sub) if sub else d.get(sec)
-
-            diffs = "; ".join(f"{k}: {value(before, k)!r} -> {value(now, k)!r}" for k in changed)
+        diffs = describe_changes(before, cfg.to_dict())
+        if diffs:
             raise ConfigError(f"cannot resume {m} from {ck}: the config changed since it was written ({diffs}). "
                               "Restore those keys to resume, or start afresh with --overwrite")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from femoe.errors import CheckpointError, ConfigError, NonFiniteError
-from femoe.train.config import SCHEDULES, Config, config_changes
+from femoe.train.config import SCHEDULES, Config, describe_changes
 from femoe.train.methods import Method, build_method
 from femoe.train.task import Task, check_checkpoint_problem
 
@@ -145,10 +145,10 @@ class Trainer:
             raise CheckpointError(f"{self.checkpoint_path}: cannot read the checkpoint ({exc}); delete it to start "
                                   "afresh") from exc
         check_checkpoint_problem(st["meta"], self.task, self.checkpoint_path)
-        changed = config_changes(st["meta"].get("config", {}), self.cfg.to_dict())
-        if changed:
+        diffs = describe_changes(st["meta"].get("config", {}), self.cfg.to_dict())
+        if diffs:
             raise ConfigError(f"cannot resume from {self.checkpoint_path}: the config changed since it was written "
-                              f"({', '.join(changed)}); restore those keys, or train afresh")
+                              f"({diffs}); restore those keys, or train afresh")
         self.method.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         sched = dict(st["scheduler"])
