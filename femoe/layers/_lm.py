@@ -235,8 +235,8 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     r0 = torch.linalg.vector_norm(r.detach(), dim=1)
     target = torch.clamp(o.relative_tolerance(B.dtype) * g0, min=o.atol)
     floor = _roundoff_floor(J, w, r, r0, o.rho)
-    mu = o.damping * torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
-    mu_max = 1e16 * torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
+    scale = torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
+    mu, mu_max = o.damping * scale, 1e16 * scale
     nu = torch.full_like(mu, 2.0)
     iterations = torch.zeros(batch, dtype=torch.int64, device=B.device)
     stalled = torch.zeros(batch, dtype=torch.bool, device=B.device)
