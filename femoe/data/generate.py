@@ -267,15 +267,15 @@ def _write(f: h5py.File, indices: list[int], X: np.ndarray, times: np.ndarray | 
         if times is not None:
             f.create_dataset("times", data=np.asarray(times, dtype=np.float64))
     if list(indices) == list(range(indices[0], indices[0] + len(indices))):
-        f["inputs"][indices[0]:indices[0] + len(indices)] = X
-        f["solutions"][indices[0]:indices[0] + len(indices)] = U
+        run = slice(indices[0], indices[0] + len(indices))
+        f["inputs"][run] = X
+        f["solutions"][run] = U
+        f[DONE][run] = True
     else:
         for k, i in enumerate(indices):
             f["inputs"][i] = X[k]
             f["solutions"][i] = U[k]
-    done = f[DONE][()]
-    done[list(indices)] = True
-    f[DONE][...] = done
+            f[DONE][i] = True
     f.flush()
 
 
