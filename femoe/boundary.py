@@ -90,9 +90,9 @@ def boundary_integral(problem: Problem, u: torch.Tensor, tag: str, integrand: Ca
 def reaction_dofs(problem: Problem, tag: str, component: str) -> np.ndarray:
     """The DOFs of ``component`` (a scalar field or a component like ``"u_x"``) on boundary
     ``tag``: where the test vector of :func:`reaction` is 1."""
-    if component in problem.components and problem.components[component]:
-        raise FieldError(f"{component!r} is a vector field; name one component, one of "
-                         f"{problem.components[component]}")
+    vector = problem.components.get(component)
+    if vector:
+        raise FieldError(f"{component!r} is a vector field; name one component, one of {vector}")
     on_tag = np.asarray(problem.basis.get_dofs(problem._boundary(tag)).all(), dtype=np.int64)
     dofs = np.intersect1d(on_tag, problem.field_dofs(component))
     if dofs.size == 0:
@@ -123,7 +123,8 @@ def reaction(problem: Problem, u: torch.Tensor, tag: str, component: str | None 
             raise FieldError(f"name the component whose reaction you want, one of "
                              f"{[c for f in problem.fields for c in (problem.components[f] or (f,))]}")
         component = problem.fields[0]
-    comps = problem.components.get(component) or (component,)
+    vector = problem.components.get(component)  # the components of a vector field, else ()/None
     R = problem.weak_residual(u, params, t=t)
-    out = [R[..., torch.as_tensor(reaction_dofs(problem, tag, c), device=R.device)].sum(-1) for c in comps]
-    return out[0] if len(comps) == 1 and not problem.components.get(component) else torch.stack(out, -1)
+    out = [R[..., torch.as_tensor(reaction_dofs(problem, tag, c), device=R.device)].sum(-1)
+           for c in (vector or (component,))]
+    return torch.stack(out, -1) if vector else out[0]
