@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from femoe.cli._params import add_param_option, parse_params
+from femoe.cli._params import add_param_option, check_seed, parse_params
 
 DEFAULT_PROBLEM = "darcy_2d"
 
@@ -48,8 +48,6 @@ def _run(args: argparse.Namespace) -> int:
     from femoe.data.generate import _check_out
     from femoe.mesh import write_fields
     from problems import get_problem
-
-    from femoe.cli._params import check_seed
 
     check_seed(args.seed)
     spec = get_problem(args.problem)
