@@ -556,11 +556,8 @@ class HardConstraintMoE(nn.Module):
             return
         mask = ~info.converged
         bad = mask.nonzero().tolist()
-        stalled = int(info.stalled[mask].sum()) if info.stalled is not None else 0
         msg = (f"HardConstraintMoE on {self.problem.name!r}: Levenberg-Marquardt did not converge for "
-               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} ({stalled} of {len(bad)} stalled, "
-               f"the others reached maxiter={self.options.maxiter}; largest estimated relative weight error "
-               f"{float(info.weight_error[mask].max()) if info.weight_error is not None else float('nan'):.2e}); "
-               f"policy unconverged={self.unconverged.value!r}. Raise maxiter, loosen tol, or check the basis "
-               "and the residual's smoothness (a stall is often a kink such as max(u, 0))")
+               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} ({int(info.stalled[mask].sum())} of "
+               f"{len(bad)} stalled, the others reached maxiter={self.options.maxiter}; largest estimated relative "
+               f"weight error {float(info.weight_error[mask].max()):.2e})")
         report_unconverged(self, msg, info)

@@ -198,11 +198,8 @@ class HardConstraint(nn.Module):
             return
         bad = ~info.converged
         failed = bad.nonzero().flatten().tolist()
-        stalled = info.stalled[bad].tolist() if info.stalled is not None else [False] * len(failed)
         msg = (f"HardConstraint on {self.problem.name!r}: Levenberg-Marquardt did not converge for samples "
-               f"{failed} (stalled: {stalled}; iterations {info.iterations[bad].tolist()} of {self.options.maxiter}; "
-               f"relative gradient norms {info.relative_gradient[bad].tolist()}; estimated relative weight "
-               f"error {info.weight_error[bad].tolist() if info.weight_error is not None else '?'}); "
-               f"policy unconverged={self.unconverged.value!r}. Raise maxiter, loosen tol, or check the basis "
-               "(rank, scaling) and the residual's smoothness (a stall is often a kink such as max(u, 0))")
+               f"{failed} (stalled: {info.stalled[bad].tolist()}; iterations {info.iterations[bad].tolist()} of "
+               f"{self.options.maxiter}; relative gradient norms {info.relative_gradient[bad].tolist()}; estimated "
+               f"relative weight error {info.weight_error[bad].tolist()})")
         report_unconverged(self, msg, info)
