@@ -162,6 +162,8 @@ class Problem:
         self._fields: list[FieldInfo] = field_table(basis, fields)
         self._param_tbs: dict[tuple[str, bool, str], TorchBasis] = {}
         self._checked: set[int] = set()
+        self._read_names: set[str] = set()  # parameter names some form has read (see _warn_unused)
+        self._warned_unused: set[str] = set()
 
         self._facets: list[_FacetTerm] = []
         for tag, integrand in (facets or {}).items():
@@ -558,12 +560,11 @@ class Problem:
         return self.parameter_kind(name, value)
 
     def _note_reads(self, w: FormParams) -> None:
-        self.__dict__.setdefault("_read_names", set()).update(w.read)
+        self._read_names.update(w.read)
 
     def _warn_unused(self, p) -> None:
         """Warn (once per name) about parameters given in a call that nothing has read."""
-        read = self.__dict__.get("_read_names", set())
-        warned = self.__dict__.setdefault("_warned_unused", set())
+        read, warned = self._read_names, self._warned_unused
         unused = [k for k in p if k not in read and k not in self._dirichlet_params and k not in self.defaults
                   and k not in warned]
         if unused and (self.residual_integrand is not None or self._facets):
@@ -954,6 +955,7 @@ class PatchUnion(Problem):
             setattr(self, attr, getattr(parent, attr))
         self._param_tbs = {}
         self._checked = set()
+        self._read_names, self._warned_unused = set(), set()
         ed = parent._tb.element_dofs
         self.element_sets = [np.unique(np.asarray(e, dtype=np.int64)) for e in element_sets]
         self.local_dofs = [np.unique(ed[:, e]) for e in self.element_sets]
