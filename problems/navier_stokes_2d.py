@@ -263,8 +263,11 @@ class NavierStokes2D(ProblemSpec):
 
     def initial_state(self, problem: Problem, inputs: np.ndarray) -> np.ndarray:
         """(omega, psi) DOF vectors from initial vorticities: the mean removed and psi solved, as
-        the reference does at t = 0."""
-        solver = VorticitySolver(problem)
+        the reference does at t = 0. Called by every training step (``Task.layer_args``): the
+        solver (assembly, two LU factorisations) is built once per problem."""
+        solver = problem.__dict__.get("_vorticity_solver")
+        if solver is None:
+            solver = problem.__dict__["_vorticity_solver"] = VorticitySolver(problem)
         out = []
         for omega in np.atleast_2d(inputs):
             omega = np.asarray(omega, dtype=float) - (solver.ones_M @ omega) / solver.ones_M.sum()
