@@ -240,14 +240,10 @@ class Problem:
     def split(self, u):
         """``{field: u[..., field_dofs(field)]}``: the part of a DOF vector (numpy or torch, any
         leading batch) that belongs to each field, numbered like :meth:`field_basis`."""
-        out = {}
-        for f in self._fields:
-            if len(self._fields) == 1:
-                out[f.name] = u
-            else:
-                idx = f.dofs if isinstance(u, np.ndarray) else torch.as_tensor(f.dofs, device=u.device)
-                out[f.name] = u[..., idx]
-        return out
+        if len(self._fields) == 1:
+            return {self._fields[0].name: u}
+        return {f.name: u[..., f.dofs if isinstance(u, np.ndarray) else torch.as_tensor(f.dofs, device=u.device)]
+                for f in self._fields}
 
     def dirichlet_dofs_of(self, tag: str, field: str | None = None) -> np.ndarray:
         """The DOFs fixed by the Dirichlet entry of ``tag`` (and ``field``, the key used in the
