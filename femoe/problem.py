@@ -220,9 +220,7 @@ class Problem:
             sets = [(f.dofs, f"the constant of field {f.name!r}")] if not f.components else \
                 [(d, f"the constant of component {c!r}") for d, c in zip(f.component_dofs, f.components)]
             for d, label in sets:
-                v = np.zeros(self.n)
-                v[d] = 1.0
-                v = v[dofs]
+                v = np.isin(dofs, d).astype(float)
                 if v.any():
                     vecs.append(v)
                     names.append(label)
