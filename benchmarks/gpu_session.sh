@@ -3,9 +3,9 @@
 # each step under its own time limit so that one hang cannot eat the whole lease.
 #
 #   here:        bash benchmarks/gpu_wheels.sh
-#   device run:  carry [".whl"], command "bash benchmarks/gpu_session.sh", timeout_s ~560
+#   device run:  carry [".whl"], command "bash benchmarks/gpu_session.sh", timeout_s ~595
 #
-# Writes under $OUT (or out/gpu when unset): env.txt, pytest_gpu.log, pytest_all.log,
+# Writes under $OUT (or out/gpu when unset): env.txt, pytest_gpu.log, pytest_all.log, profile_gpu.txt,
 # gpu.json + gpu_bench.log (benchmarks/gpu.py, GPU vs CPU in the same run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +24,11 @@ fi
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 # 1. CUDA tests: every layer on CUDA vs CPU, gradchecks on CUDA, a short training run
-timeout 150 python3 -m pytest -m gpu tests/test_gpu.py -x -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
+timeout 120 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 # 2. benchmarks: GPU vs CPU per step, patch mode at 1e5/1e6 DOFs, MoE vs PI-HC as points grow
-timeout 240 python3 benchmarks/gpu.py --budget-s 200 2>&1 | tee "$OUT/gpu_bench.log" | tail -25
+timeout 300 python3 benchmarks/gpu.py --budget-s 250 2>&1 | tee "$OUT/gpu_bench.log" | tail -25
+# 2b. where a step's time goes on the GPU (torch.profiler, paper grid)
+timeout 45 python3 benchmarks/profile_gpu.py --rows 18 > "$OUT/profile_gpu.txt" 2>&1; tail -3 "$OUT/profile_gpu.txt"
 # 3. the default suite with CUDA visible (what time is left)
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider --timeout 60 2>&1 | tee "$OUT/pytest_all.log" | tail -15
+timeout 80 python3 -m pytest -q -x -p no:cacheprovider --timeout 60 2>&1 | tee "$OUT/pytest_all.log" | tail -15
 exit 0
