@@ -92,3 +92,20 @@ def test_gpu_benchmark_script_runs_end_to_end_with_the_cpu_standing_in(tmp_path)
     assert out["device"] == "cpu (dry run)"
     assert out["throughput"] and all(r[f"{m}_gpu_s"] > 0 for r in out["throughput"] for m in ("pihc", "moe4", "patch"))
     assert out["patch_large"] and out["points"] and out["largest"]
+
+
+def test_gpu_profile_script_runs_on_the_cpu():
+    """benchmarks/profile_gpu.py (part of the GPU session) at a tiny size on the CPU: both layers
+    are profiled and their tables printed."""
+    import os
+    import subprocess
+    import sys
+
+    root = ROOT.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "profile_gpu.py"), "--device", "cpu",
+                          "--n-cells", "16", "--levels", "4", "--rows", "5"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "== pihc on cpu" in res.stdout and "== moe4 on cpu" in res.stdout
+    assert "_LeastSquares" in res.stdout
