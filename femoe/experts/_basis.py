@@ -71,6 +71,10 @@ class MoEInfo:
         see :class:`~femoe.layers.LeastSquaresInfo`).
     lm : tuple of LeastSquaresInfo
         The records of the batched solves, one per expert group (batch element ``b K_g + k``).
+    weights : tuple of (numpy.ndarray, torch.Tensor)
+        Per expert group, its expert numbers and their weights ``(batch, K_g, N)``, differentiable
+        (implicit gradient) like the output: ``B @ w[:, k]`` is expert ``k``'s field on the whole
+        mesh (what training option ``experts.loss = "experts"`` puts in the loss).
     """
 
     converged: torch.Tensor
@@ -83,6 +87,7 @@ class MoEInfo:
     relative_gradient: torch.Tensor | None = None
     weight_error: torch.Tensor | None = None
     lm: tuple = ()
+    weights: tuple = ()
 
     @property
     def all_converged(self) -> bool:
@@ -486,7 +491,7 @@ class HardConstraintMoE(nn.Module):
         batch = B.shape[0]
         home = B.device
         u_out = B.new_zeros(B.shape[:-1])
-        lms, folded_fields = [], []
+        lms, folded_fields, weights = [], [], []
         for group, model, device in zip(self.groups, self._models, self.devices):
             dev = home if device is None else torch.device(device)
             Bg = group.gather_basis(B.to(dev))
@@ -497,6 +502,7 @@ class HardConstraintMoE(nn.Module):
             u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))
             folded_fields.append((group, u_fold))
             lms.append(info)
+            weights.append((group.experts, w.reshape(batch, len(group.experts), -1).to(home)))
         if self.distributed:
             from femoe.experts.distributed import all_reduce_sum
 
@@ -509,7 +515,7 @@ class HardConstraintMoE(nn.Module):
         info = MoEInfo(conv, per_expert("iterations"), per_expert("residual_norms"),
                        *self._interface_report(u_out, folded_fields, params), stalled=per_expert("stalled"),
                        relative_gradient=per_expert("relative_gradient"), weight_error=per_expert("weight_error"),
-                       lm=tuple(lms))
+                       lm=tuple(lms), weights=tuple(weights))
         self.last_info = info
         self._report(info)
         if self.unconverged is Unconverged.EXCLUDE:

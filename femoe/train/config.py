@@ -113,6 +113,18 @@ class ExpertsConfig:
     k: int = 4
     partition: str = "auto"
     seed: int = 0
+    # PI-HC-MoE training only (the layer is unchanged): weight of the stitched field's residual
+    # rows at interface DOFs in the loss (1: every row alike; 0: each expert is trained on the rows
+    # its own field satisfies, and nothing asks the experts to agree)
+    interface_loss_weight: float = 1.0
+    # PI-HC-MoE training only: the first warm_start optimiser steps train the basis through one
+    # hard constraint over the whole domain (PI-HC), then the experts take over; 0: experts from
+    # the first step. Evaluation always uses the experts.
+    warm_start: int = 0
+    # PI-HC-MoE training only: the physics loss of "stitched" (the output: each DOF from its
+    # owner), "experts" (every expert's weights applied on the whole mesh, B w_k, averaged over
+    # the experts: the basis must let each expert's local rows pick the global solution) or "both"
+    loss: str = "stitched"
 
 
 @dataclass
@@ -233,6 +245,8 @@ _RULES: dict[str, Any] = {
     "network.n_basis": _ge(1), "network.width": _ge(1), "network.depth": _ge(1), "network.sensors": _ge(1),
     "network.fourier_scale": _ge(0),
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
+    "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0),
+    "experts.loss": ("stitched", "experts", "both"),
     "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
     "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary"), "solver.dirichlet_weight": _gt(0),
     "solver.unconverged": ("flag", "exclude", "raise"),

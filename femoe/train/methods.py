@@ -43,6 +43,10 @@ class Method(nn.Module):
         self.net = build_network(task, task.cfg.network.n_basis if self.basis_mode else 1)
         self._points = None
 
+    def physics_loss(self, r: torch.Tensor, params: dict, u0: torch.Tensor | None) -> torch.Tensor:
+        """The training loss from the output's residual rows ``r`` (mean square)."""
+        return r.square().mean()
+
     def network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """``(batch, [T+1,] n, N)`` in float64."""
         t = self.task
@@ -134,13 +138,63 @@ class PIHC(Method):
 
 
 class MoE(PIHC):
+    """PI-HC-MoE. Two training options (``[experts]``; the layer and evaluation are unchanged):
+    ``interface_loss_weight`` scales the loss rows at interface DOFs, and ``warm_start`` trains
+    the basis through one whole-domain hard constraint (PI-HC) for the first steps."""
+
     name = "moe"
+    train_step = 0  # set by the trainer before each step
+
+    def __init__(self, task: Task):
+        super().__init__(task)
+        e = task.cfg.experts
+        self.loss_dof_weight = None
+        if e.interface_loss_weight != 1.0:
+            w = torch.ones(task.n, dtype=torch.float64)
+            w[torch.from_numpy(np.array(self.layer.partition.interface, dtype=np.int64))] = \
+                float(np.sqrt(e.interface_loss_weight))  # rows are squared in the loss
+            self.loss_dof_weight = w
+        self.single = PIHC._make_layer(self, task, self._layer_kw) if e.warm_start > 0 else None
 
     def _make_layer(self, task: Task, kw):
         from femoe.experts import HardConstraintMoE
 
+        self._layer_kw = dict(kw)
         e = task.cfg.experts
         return HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw)
+
+    def _warm(self) -> bool:
+        return self.single is not None and self.training and self.train_step < self.task.cfg.experts.warm_start
+
+    def forward(self, inputs, levels=None):
+        self._expert_fields = None
+        if self._warm():
+            B = self.network_output(inputs, levels)
+            params, u0 = self.task.layer_args(inputs)
+            u, info = self.single(B, params, u0) if u0 is not None else self.single(B, params)
+            return u, {"iterations": float(info.iterations.float().mean()),
+                       "unconverged": int((~info.converged).sum()), "warm_start": True}
+        B = self.network_output(inputs, levels)
+        params, u0 = self.task.layer_args(inputs)
+        u, info = self.layer(B, params, u0) if u0 is not None else self.layer(B, params)
+        if self.training and self.task.cfg.experts.loss != "stitched":
+            # every expert's weights on the whole mesh: (batch K, [T+1,] n)
+            w = torch.cat([wg for _, wg in info.weights], 1)
+            self._expert_fields = torch.einsum("b...N,bkN->bk...", B, w).flatten(0, 1)
+        return u, {"iterations": float(info.iterations.float().mean()),
+                   "unconverged": int((~info.converged).sum()), **self._extra(info)}
+
+    def physics_loss(self, r, params, u0):
+        mode = self.task.cfg.experts.loss
+        if self._expert_fields is None or mode == "stitched":
+            return r.square().mean()
+        k = self._expert_fields.shape[0] // r.shape[0]
+        rep = lambda v: v.repeat_interleave(k, 0) if isinstance(v, torch.Tensor) and v.dim() > 0 \
+            and v.shape[0] == r.shape[0] else v  # noqa: E731
+        re = self.task.residual(self._expert_fields, {n: rep(v) for n, v in params.items()},
+                                rep(u0) if u0 is not None else None, self.loss_dof_weight)
+        experts = re.square().mean()
+        return experts if mode == "experts" else 0.5 * (experts + r.square().mean())
 
     def _extra(self, info):
         return {"interface_jump": float(info.interface_jump.max())}

@@ -226,9 +226,13 @@ class Task:
         den = (r * (self.mass @ r.T).T).sum(1).reshape(B, -1).sum(1)
         return torch.as_tensor(np.sqrt(num / np.maximum(den, 1e-300)))
 
-    def residual(self, u: torch.Tensor, params: dict, u0: torch.Tensor | None) -> torch.Tensor:
-        """Mass-normalised weak-form residual rows (and initial-condition rows) of a field."""
+    def residual(self, u: torch.Tensor, params: dict, u0: torch.Tensor | None,
+                 dof_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mass-normalised weak-form residual rows (and initial-condition rows) of a field;
+        ``dof_weight`` ``(n,)`` multiplies every level's row of each DOF (not the initial rows)."""
         scale = self.row_scale.to(u.device, u.dtype)
+        if dof_weight is not None:
+            scale = scale * dof_weight.to(u.device, u.dtype)
         if self.time_dependent:
             R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params) * scale
             if self.ic_by_construction:  # the state's level 0 is u0 whatever u[:, 0] is

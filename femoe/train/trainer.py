@@ -56,8 +56,8 @@ def loss_of(task: Task, method: Method, inputs: torch.Tensor, solutions: torch.T
     """Physics-only loss (mean square of the normalised residual rows), optional data term."""
     u, info = method(inputs, levels)
     params, u0 = task.layer_args(inputs)
-    r = task.residual(u, params, u0)
-    loss = r.square().mean()
+    r = task.residual(u, params, u0, getattr(method, "loss_dof_weight", None))
+    loss = method.physics_loss(r, params, u0)
     w = task.cfg.train.data_weight
     if w > 0 and solutions is not None:
         ref = solutions[:, :levels] if levels else solutions
@@ -205,6 +205,7 @@ class Trainer:
                     sols = task.train.solutions[idx].to(self.device)
                     t0 = time.perf_counter()
                     self.opt.zero_grad(set_to_none=True)
+                    self.method.train_step = self.step
                     loss, res, info = loss_of(task, self.method, inputs, sols, self.levels)
                     loss.backward()
                     if tc.clip_grad > 0:
