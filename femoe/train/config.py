@@ -26,6 +26,10 @@ sensors = 32                         # input-function values fed to the branch
 k = 4
 partition = "auto"                   # metis, rcb, slab, random
 seed = 0
+loss = "experts"                     # MoE training loss: "experts" (each expert's weights on the
+                                     # whole mesh), "stitched" (the output) or "both"
+interface_loss_weight = 1.0          # MoE loss: weight of the rows at interface DOFs
+warm_start = 0                       # train the first steps through one PI-HC solve
 
 [solver]
 rho = 1e-4
@@ -121,10 +125,12 @@ class ExpertsConfig:
     # hard constraint over the whole domain (PI-HC), then the experts take over; 0: experts from
     # the first step. Evaluation always uses the experts.
     warm_start: int = 0
-    # PI-HC-MoE training only: the physics loss of "stitched" (the output: each DOF from its
-    # owner), "experts" (every expert's weights applied on the whole mesh, B w_k, averaged over
-    # the experts: the basis must let each expert's local rows pick the global solution) or "both"
-    loss: str = "stitched"
+    # PI-HC-MoE training only: the physics loss of "experts" (every expert's weights applied on
+    # the whole mesh, B w_k, averaged over the experts: the basis must let each expert's local
+    # rows pick the global solution), "stitched" (the output: each DOF from its owner; its
+    # interface rows then dominate the loss and, on ds_cpu, train a poor basis: 25-50 % against
+    # 6-7 %, docs/results.md) or "both"
+    loss: str = "experts"
 
 
 @dataclass
