@@ -1,0 +1,113 @@
+"""PI-HC-MoE training loss on diffusion-sorption (issue 14): what the basis is trained on.
+
+Each variant trains PI-HC-MoE (4 slab experts) with ``problems/configs/ds_cpu.toml`` (its data,
+network, solver and seed) changed only in the keys listed, and evaluates it on the test split:
+
+* ``stitched``: the loss of the output (each DOF from its owner's weights; the interface rows see
+  the jump between experts);
+* ``stitched-iface0.1``: the same, interface rows weighted 0.1;
+* ``both``: the mean of ``stitched`` and ``experts``;
+* ``experts``: every expert's weights applied on the whole mesh (``B w_k``), averaged over the
+  experts (the default since this sweep);
+* ``experts-warm90``: ``experts`` after 90 steps trained through one PI-HC solve;
+* ``stitched-warm90``: ``stitched`` after the same PI-HC warm start;
+* ``experts-300``, ``pihc-300``: ``experts`` and PI-HC at 300 steps (``ds_cpu.toml`` now).
+
+Every run is a ``femoe run`` in ``results/moe_sweep_<variant>/``; a variant whose
+``metrics.json`` is there is read, not rerun (``--rerun`` to train again). On the project's
+2-core machine each 180-step MoE run takes 3-6 minutes (two at a time, one thread each).
+
+    OMP_NUM_THREADS=1 python benchmarks/moe_loss_sweep.py [--only experts stitched] [--rerun] [--cross]
+
+``--cross`` adds, for every MoE variant, the test error of PI-HC's single solve on the basis that
+variant trained (``pihc_on_this_basis``).
+
+Writes ``benchmarks/results/moe_loss_sweep.json`` (with the PI-HC result of the same seed at
+180 steps from ``ds_cpu_seeds_180steps.json`` for comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VARIANTS = {
+    "stitched": ({"loss": "stitched"}, {"epochs": 15}, "moe"),
+    "stitched-iface0.1": ({"loss": "stitched", "interface_loss_weight": 0.1}, {"epochs": 15}, "moe"),
+    "both": ({"loss": "both"}, {"epochs": 15}, "moe"),
+    "experts": ({"loss": "experts"}, {"epochs": 15}, "moe"),
+    "experts-warm90": ({"loss": "experts", "warm_start": 90}, {"epochs": 15}, "moe"),
+    "stitched-warm90": ({"loss": "stitched", "warm_start": 90}, {"epochs": 15}, "moe"),
+    "experts-300": ({"loss": "experts"}, {"epochs": 25}, "moe"),
+    "pihc-300": ({}, {"epochs": 25}, "pihc"),
+}
+KEEP = ("rel_l2_mean", "rel_l2_std", "best_in_span_mean", "residual_rms", "interface_jump", "steps",
+        "seconds_per_step", "train_seconds")
+
+
+def pihc_on_trained_basis(cfg) -> float:
+    """Test error of PI-HC's single solve on the network a MoE run trained (its checkpoint):
+    do the experts pick a better member of the same span than one solve?"""
+    import torch
+
+    from femoe.train.methods import build_method
+    from femoe.train.run import evaluate
+    from femoe.train.task import Task
+
+    task = Task(cfg)
+    state = torch.load(cfg.run_dir / "moe" / "checkpoint.pt", weights_only=False)["model"]
+    m = build_method("pihc", task)
+    m.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    return float(evaluate(task, m, cfg.train.batch_size)["rel_l2_mean"])
+
+
+def main() -> None:
+    from femoe.train.config import config_from_dict, load_config
+    from femoe.train.run import run
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "problems" / "configs" / "ds_cpu.toml"))
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS))
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--cross", action="store_true",
+                    help="also evaluate PI-HC (one solve) on the basis each MoE variant trained")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "moe_loss_sweep.json"))
+    args = ap.parse_args()
+    base = load_config(args.config)
+    out = {"config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT)
+           else args.config, "machine": platform.processor() or platform.machine(), "variants": {}}
+    for name in args.only or VARIANTS:
+        experts, train, method = VARIANTS[name]
+        d = base.to_dict()
+        d["name"] = f"moe_sweep_{name}"
+        d["methods"] = [method]
+        d["data"]["dir"] = str(base.data_dir)
+        d["experts"].update(experts)
+        d["train"].update(train)
+        cfg = config_from_dict(d)
+        metrics = cfg.run_dir / "metrics.json"
+        if args.rerun or not metrics.is_file():
+            run(cfg, progress=False, overwrite=True)
+        r = json.loads(metrics.read_text())["methods"][method]
+        row = out["variants"][name] = {"method": method, "experts": experts, "train": train,
+                                       **{k: r.get(k) for k in KEEP}}
+        if method == "moe" and args.cross:
+            row["pihc_on_this_basis"] = pihc_on_trained_basis(cfg)
+        print(f"{name:20s} {100 * r['rel_l2_mean']:6.2f} %  best in span "
+              f"{100 * (r.get('best_in_span_mean') or float('nan')):5.2f} %  steps {r['steps']}"
+              + (f"  PI-HC on this basis {100 * row['pihc_on_this_basis']:.2f} %" if "pihc_on_this_basis" in row
+                 else ""), flush=True)
+    seeds = ROOT / "benchmarks" / "results" / "ds_cpu_seeds_180steps.json"
+    if seeds.is_file():
+        s0 = json.loads(seeds.read_text())["seeds"].get(str(base.train.seed), {})
+        out["pihc_180_same_seed"] = {k: s0.get("pihc", {}).get(k) for k in KEEP}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
