@@ -20,7 +20,8 @@ Every run is a ``femoe run`` in ``results/moe_sweep_<variant>/``; a variant whos
     OMP_NUM_THREADS=1 python benchmarks/moe_loss_sweep.py [--only experts stitched] [--rerun] [--cross]
 
 ``--cross`` adds, for every MoE variant, the test error of PI-HC's single solve on the basis that
-variant trained (``pihc_on_this_basis``).
+variant trained (``pihc_on_this_basis``); ``--k-sweep 1 2 4 8 16`` the layer alone with that
+many experts on the basis of the last MoE variant listed.
 
 Writes ``benchmarks/results/moe_loss_sweep.json`` (with the PI-HC result of the same seed at
 180 steps from ``ds_cpu_seeds_180steps.json`` for comparison).
@@ -65,6 +66,30 @@ def pihc_on_trained_basis(cfg) -> float:
     return float(evaluate(task, m, cfg.train.batch_size)["rel_l2_mean"])
 
 
+def k_sweep(cfg, ks) -> dict[str, float]:
+    """Test error of the layer alone with K experts (K = 1: PI-HC) on the network a MoE run
+    trained: does splitting the rows into more experts pick a better member of one span?"""
+    import torch
+
+    from femoe.train.config import config_from_dict
+    from femoe.train.methods import build_method
+    from femoe.train.run import evaluate
+    from femoe.train.task import Task
+
+    state = torch.load(cfg.run_dir / "moe" / "checkpoint.pt", weights_only=False)["model"]
+    net = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    out = {}
+    for k in ks:
+        d = cfg.to_dict()
+        d["experts"]["k"] = k
+        task = Task(config_from_dict(d))
+        m = build_method("moe" if k > 1 else "pihc", task)
+        m.net.load_state_dict(net)
+        out[str(k)] = float(evaluate(task, m, cfg.train.batch_size)["rel_l2_mean"])
+        print(f"  K = {k:3d} on this basis: {100 * out[str(k)]:.2f} %", flush=True)
+    return out
+
+
 def main() -> None:
     from femoe.train.config import config_from_dict, load_config
     from femoe.train.run import run
@@ -75,6 +100,9 @@ def main() -> None:
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--cross", action="store_true",
                     help="also evaluate PI-HC (one solve) on the basis each MoE variant trained")
+    ap.add_argument("--k-sweep", type=int, nargs="*", metavar="K",
+                    help="also evaluate the layer alone with these numbers of experts (1: PI-HC) on the "
+                         "basis of the last MoE variant run, e.g. --only experts-300 --k-sweep 1 2 4 8 16")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "moe_loss_sweep.json"))
     args = ap.parse_args()
     base = load_config(args.config)
@@ -101,6 +129,16 @@ def main() -> None:
               f"{100 * (r.get('best_in_span_mean') or float('nan')):5.2f} %  steps {r['steps']}"
               + (f"  PI-HC on this basis {100 * row['pihc_on_this_basis']:.2f} %" if "pihc_on_this_basis" in row
                  else ""), flush=True)
+    if args.k_sweep:
+        last = [n for n in (args.only or VARIANTS) if VARIANTS[n][2] == "moe"][-1]
+        experts, train, _ = VARIANTS[last]
+        d = base.to_dict()
+        d["name"] = f"moe_sweep_{last}"
+        d["data"]["dir"] = str(base.data_dir)
+        d["experts"].update(experts)
+        d["train"].update(train)
+        print(f"K sweep on the basis of {last}:")
+        out["k_sweep"] = {"variant": last, "rel_l2_mean": k_sweep(config_from_dict(d), args.k_sweep)}
     seeds = ROOT / "benchmarks" / "results" / "ds_cpu_seeds_180steps.json"
     if seeds.is_file():
         s0 = json.loads(seeds.read_text())["seeds"].get(str(base.train.seed), {})
