@@ -180,8 +180,8 @@ batch_size = 2
 max_steps_per_epoch = 1
 ''')
     out = tmp_path / "sweep.json"
-    cmd = [sys.executable, str(root / "benchmarks" / "moe_loss_sweep.py"), "--config", str(cfg),
-           "--only", "experts", "stitched", "--cross", "--out", str(out)]
+    base = [sys.executable, str(root / "benchmarks" / "moe_loss_sweep.py"), "--config", str(cfg)]
+    cmd = base + ["--only", "experts", "stitched", "--cross", "--k-sweep", "1", "2", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -190,8 +190,11 @@ max_steps_per_epoch = 1
     for name, v in doc["variants"].items():
         assert v["experts"]["loss"] == name and v["steps"] == 15  # 15 epochs of one step
         assert 0 < v["rel_l2_mean"] < 10 and 0 < v["pihc_on_this_basis"] < 10
+    # the K sweep runs on the last MoE variant listed; K = 1 is PI-HC on that basis
+    assert doc["k_sweep"]["variant"] == "stitched" and set(doc["k_sweep"]["rel_l2_mean"]) == {"1", "2"}
+    assert doc["k_sweep"]["rel_l2_mean"]["1"] == doc["variants"]["stitched"]["pihc_on_this_basis"]
     first = (tmp_path / "results" / "moe_sweep_experts" / "metrics.json").stat().st_mtime
-    res = subprocess.run(cmd[:-4] + ["--only", "experts", "--out", str(out)], cwd=root, env=env,
+    res = subprocess.run(base + ["--only", "experts", "--out", str(out)], cwd=root, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "results" / "moe_sweep_experts" / "metrics.json").stat().st_mtime == first  # read, not rerun
