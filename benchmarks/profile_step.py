@@ -1,7 +1,11 @@
 """Profile one training step (forward + backward + optimiser step) of each method (issue 11).
 
 ``OMP_NUM_THREADS=1 python benchmarks/profile_step.py [--config problems/configs/ds_cpu.toml]
-[--steps 5] [--profile-steps 2]``
+[--steps 5] [--profile-steps 2] [--trained results/ds_cpu_s0]``
+
+With ``--trained`` every method starts from the network that run trained (the step cost late in
+training, where the least-squares solves start close to their answer), and the JSON is
+``profile_step_trained.json``.
 
 At the size of the config (default ``ds_cpu``: 128 cells, 51 levels, its batch size and basis
 size N), for soft, PI-HC, PI-HC-MoE and patch mode:
@@ -91,8 +95,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
     parser.add_argument("--profile-steps", type=int, default=2, help="cProfile'd steps per method")
     parser.add_argument("--methods", default="soft,pihc,moe,patch")
-    parser.add_argument("--out", default=str(HERE / "results" / "profile_step.json"))
+    parser.add_argument("--trained", metavar="RUN_DIR",
+                        help="start each method from the network a run trained (RUN_DIR/<method>/checkpoint.pt, "
+                             "e.g. results/ds_cpu_s0): the step cost at the end of training, not the first steps")
+    parser.add_argument("--out", help="JSON (default benchmarks/results/profile_step.json, or "
+                                      "profile_step_trained.json with --trained)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(HERE / "results" / ("profile_step_trained.json" if args.trained else "profile_step.json"))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     cfg = load_config(args.config)
@@ -108,7 +118,9 @@ def main() -> None:
     out = {
         "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python benchmarks/profile_step.py "
                    f"--config {Path(args.config).relative_to(ROOT) if Path(args.config).is_absolute() else args.config} "
-                   f"--steps {args.steps} --profile-steps {args.profile_steps}",
+                   f"--steps {args.steps} --profile-steps {args.profile_steps}"
+                   + (f" --trained {args.trained}" if args.trained else ""),
+        "trained": args.trained,
         "config": cfg.name, "problem": cfg.problem.name, "problem_params": cfg.problem.params,
         "n_dofs": task.n, "levels": task.n_levels if task.time_dependent else None, "batch_size": batch,
         "n_basis": cfg.network.n_basis, "experts": cfg.experts.k, "solver": vars(cfg.solver),
@@ -119,6 +131,9 @@ def main() -> None:
     for name in args.methods.split(","):
         trainer = Trainer(cfg, name, task)
         method, opt = trainer.method, trainer.opt
+        if args.trained:
+            state = torch.load(Path(args.trained) / name / "checkpoint.pt", weights_only=False)["model"]
+            method.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         method.train()
         inputs = task.train.inputs[:batch]
         sols = task.train.solutions[:batch]
