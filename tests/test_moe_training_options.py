@@ -198,3 +198,35 @@ max_steps_per_epoch = 1
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "results" / "moe_sweep_experts" / "metrics.json").stat().st_mtime == first  # read, not rerun
+
+
+def test_profile_step_script_times_trained_networks(tmp_path):
+    """benchmarks/profile_step.py --trained: every method starts from the checkpoint a run
+    wrote (a wrong key or path would fail here) and the ratios are written."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from femoe.train.config import load_config
+    from femoe.train.run import run
+
+    root = Path(__file__).resolve().parents[1]
+    smoke = root / "tests" / "configs" / "smoke_diffusion_sorption_1d.toml"
+    cfg = load_config(smoke)  # the network the profile builds from the same config
+    cfg.methods = ["soft", "pihc", "moe"]
+    cfg.results, cfg.data.dir = str(tmp_path / "results"), str(tmp_path / "data")
+    run(cfg, isolate=False, progress=False)
+    out = tmp_path / "profile.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "profile_step.py"), "--config",
+                          str(smoke),
+                          "--methods", "soft,pihc,moe", "--steps", "1", "--profile-steps", "1",
+                          "--trained", str(cfg.run_dir), "--out", str(out)],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["trained"] == str(cfg.run_dir) and "--trained" in doc["command"]
+    assert set(doc["ratios"]) == {"pihc_over_soft", "moe_over_pihc"}
+    assert all(doc["methods"][m]["seconds_per_step_median"] > 0 for m in ("soft", "pihc", "moe"))
