@@ -54,31 +54,33 @@ def test_info_weights_reproduce_each_owners_output(batch, steady):
     assert torch.isfinite(gB).all() and gB.abs().max() > 0
 
 
-def tiny(tmp_path, **experts):
+def tiny(tmp_path, steady=False, **experts):
+    problem = ({"name": "poisson_mms", "params": {"refine": 2, "nonlinear": True}} if steady else
+               {"name": "diffusion_sorption_1d", "params": {"n_cells": 16, "n_saved": 5, "substeps": 8}})
     return config_from_dict({
-        "name": "tiny", "results": str(tmp_path / "results"), "methods": ["moe"],
-        "problem": {"name": "diffusion_sorption_1d", "params": {"n_cells": 16, "n_saved": 5, "substeps": 8}},
+        "name": "tiny", "results": str(tmp_path / "results"), "methods": ["moe"], "problem": problem,
         "data": {"n_train": 4, "n_test": 2, "dir": str(tmp_path / "data")},
-        "network": {"n_basis": 4, "width": 8, "depth": 2, "sensors": 4},
-        "experts": {"k": 2, "partition": "slab", **experts},
+        "network": {"n_basis": 4, "width": 8, "depth": 2, "sensors": 1 if steady else 4},
+        "experts": {"k": 2, "partition": "rcb" if steady else "slab", **experts},
         "train": {"epochs": 1, "batch_size": 2},
     })
 
 
-def _method(tmp_path, **experts):
+def _method(tmp_path, steady=False, **experts):
     from femoe.train.methods import build_method
     from femoe.train.task import Task
 
-    cfg = tiny(tmp_path, **experts)
+    cfg = tiny(tmp_path, steady, **experts)
     task = Task(cfg)
     return task, build_method("moe", task)
 
 
+@pytest.mark.parametrize("steady", [False, True])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_experts_loss_is_the_mean_residual_of_every_experts_weights_on_the_whole_mesh(tmp_path, batch):
+def test_experts_loss_is_the_mean_residual_of_every_experts_weights_on_the_whole_mesh(tmp_path, batch, steady):
     from femoe.train.trainer import loss_of
 
-    task, m = _method(tmp_path, loss="experts")
+    task, m = _method(tmp_path, steady, loss="experts")
     m.train()
     inputs = task.train.inputs[:batch]
     torch.manual_seed(0)
