@@ -81,3 +81,36 @@ def test_spec_interface(name, overrides):
         assert u.shape == (times.size, problem.n) and times[0] == 0.0
         assert np.isclose(times[-1], problem.config["T"])
     assert spec.points(problem).shape == (problem.n, problem.mesh.dim())
+
+
+def test_a_regular_install_ships_the_bundled_meshes_and_configs():
+    """A non-editable ``pip install .`` has no repository beside it: every mesh file a bundled
+    problem reads (``problems._base.MESH_DIR``) and every bundled config must be package data
+    (pyproject's packages and package-data), or ``femoe solve``/``femoe run`` fail there."""
+    import fnmatch
+    import sys
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    from problems._base import MESH_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    st = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include = st["packages"]["find"]["include"]
+    data = st["package-data"]
+    assert MESH_DIR.resolve() == (root / "meshes").resolve()
+    for pkg, folder, pattern in (("meshes", root / "meshes", "*.msh"), ("problems", root / "problems", "configs/*.toml")):
+        assert (folder / "__init__.py").is_file(), f"{folder} must be a package to be installed"
+        assert any(fnmatch.fnmatch(pkg, p) for p in include), f"{pkg} is not in packages.find.include"
+        files = sorted(folder.glob(pattern))
+        assert files
+        for f in files:
+            rel = f.relative_to(folder).as_posix()
+            assert any(fnmatch.fnmatch(rel, p) for p in data.get(pkg, [])), f"{rel} is not package data of {pkg}"
+    # the files the bundled problems read by default are among them
+    for name in ("plate_with_holes.msh", "periodic_square.msh"):
+        assert (MESH_DIR / name).is_file()

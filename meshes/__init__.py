@@ -1,0 +1,3 @@
+"""The bundled mesh files (Gmsh ``.msh``), shipped as package data so that a regular
+(non-editable) install finds them beside the ``problems`` package. ``make_meshes.py`` rebuilds
+them with gmsh."""
