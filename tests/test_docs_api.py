@@ -31,3 +31,23 @@ def test_a_drifted_signature_is_reported_and_fixed():
     assert api.check(fixed) == []
     gone = text.replace("### `ExpertsConfig(", "### `ExpertConfig(")
     assert [b[1] for b in api.check(gone)] == ["ExpertConfig"]  # a name the code does not have
+
+
+def test_every_repository_path_cited_in_code_and_docs_exists():
+    """A comment, docstring or doc that names a file of the repository (``benchmarks/x.py``,
+    ``docs/y.md``, ``problems/configs/z.toml``, a committed JSON...) names one that exists."""
+    import re
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.toml", "*.sh"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    pattern = re.compile(r"(?<![\w/.])((?:benchmarks|docs|tests|problems|meshes|examples|femoe|\.ci)/"
+                         r"[\w/.-]*[\w-]\.(?:py|md|toml|msh|json|sh))")
+    cited, missing = 0, []
+    for f in files:
+        for m in pattern.finditer((ROOT / f).read_text(errors="ignore")):
+            cited += 1
+            if not (ROOT / m.group(1)).exists():
+                missing.append(f"{f}: {m.group(1)}")
+    assert cited > 50  # the pattern sees the citations
+    assert not missing, "files cited but not in the repository:\n" + "\n".join(sorted(set(missing)))
