@@ -34,8 +34,8 @@ def test_a_drifted_signature_is_reported_and_fixed():
 
 
 def test_every_repository_path_cited_in_code_and_docs_exists():
-    """A comment, docstring or doc that names a file of the repository (``benchmarks/x.py``,
-    ``docs/y.md``, ``problems/configs/z.toml``, a committed JSON...) names one that exists."""
+    """A comment, docstring or doc that names a file of the repository (a benchmark script, a
+    doc page, a config under problems/configs, a committed JSON...) names one that exists."""
     import re
     import subprocess
 
