@@ -11,6 +11,7 @@ network, solver and seed) changed only in the keys listed, and evaluates it on t
   experts (the default since this sweep);
 * ``experts-warm90``: ``experts`` after 90 steps trained through one PI-HC solve;
 * ``stitched-warm90``: ``stitched`` after the same PI-HC warm start;
+* ``experts-300-warm150``: 150 PI-HC steps, then 150 with the experts;
 * ``experts-300``, ``pihc-300``: ``experts`` and PI-HC at 300 steps (``ds_cpu.toml`` now).
 
 Every run is a ``femoe run`` in ``results/moe_sweep_<variant>/``; a variant whose
@@ -43,7 +44,8 @@ VARIANTS = {
     "experts": ({"loss": "experts"}, {"epochs": 15}, "moe"),
     "experts-warm90": ({"loss": "experts", "warm_start": 90}, {"epochs": 15}, "moe"),
     "stitched-warm90": ({"loss": "stitched", "warm_start": 90}, {"epochs": 15}, "moe"),
-    "experts-300": ({"loss": "experts"}, {"epochs": 25}, "moe"),
+    "experts-300-warm150": ({"loss": "experts", "warm_start": 150}, {"epochs": 25}, "moe"),
+    "experts-300": ({"loss": "experts"}, {"epochs": 25}, "moe"),  # last MoE variant: --k-sweep uses it
     "pihc-300": ({}, {"epochs": 25}, "pihc"),
 }
 KEEP = ("rel_l2_mean", "rel_l2_std", "best_in_span_mean", "residual_rms", "interface_jump", "steps",
