@@ -117,9 +117,8 @@ class ExpertsConfig:
     k: int = 4
     partition: str = "auto"
     seed: int = 0
-    # PI-HC-MoE training only (the layer is unchanged): weight of the stitched field's residual
-    # rows at interface DOFs in the loss (1: every row alike; 0: each expert is trained on the rows
-    # its own field satisfies, and nothing asks the experts to agree)
+    # PI-HC-MoE training only (the layer is unchanged): weight, in the loss, of the residual rows
+    # at interface DOFs (of the stitched output and of each expert's field; 1: every row alike)
     interface_loss_weight: float = 1.0
     # PI-HC-MoE training only: the first warm_start optimiser steps train the basis through one
     # hard constraint over the whole domain (PI-HC), then the experts take over; 0: experts from

@@ -8,6 +8,7 @@ that field, plus initial-condition rows) on every method's output.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,10 @@ class Method(nn.Module):
 
     name = "method"
     basis_mode = False
+    #: ``(n,)`` weights of each DOF's residual rows in the training loss (None: all 1)
+    loss_dof_weight: torch.Tensor | None = None
+    #: optimiser steps taken so far, set by the trainer before each step
+    train_step = 0
 
     def __init__(self, task: Task):
         super().__init__()
@@ -46,6 +51,13 @@ class Method(nn.Module):
     def physics_loss(self, r: torch.Tensor, params: dict, u0: torch.Tensor | None) -> torch.Tensor:
         """The training loss from the output's residual rows ``r`` (mean square)."""
         return r.square().mean()
+
+    def load_network(self, checkpoint: str | Path) -> None:
+        """Load the network weights of a checkpoint written by any method of the same config
+        (the ``net.*`` entries of its model): e.g. PI-HC's single solve on the basis a MoE run
+        trained. The constraint layer is left as it is."""
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")["model"]
+        self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
 
     def network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """``(batch, [T+1,] n, N)`` in float64."""
@@ -80,6 +92,7 @@ class PIHC(Method):
                   row_scale=task.row_scale.numpy(), unconverged=s.unconverged)
         if task.time_dependent:
             kw["dt"] = task.dt
+        self._layer_kw = kw
         self.layer = self._make_layer(task, kw)
 
     def _make_layer(self, task: Task, kw):
@@ -87,15 +100,21 @@ class PIHC(Method):
 
         return HardConstraint(task.problem, **kw)
 
+    def _constraint(self) -> nn.Module:
+        """The layer this forward uses."""
+        return self.layer
+
     def forward(self, inputs, levels=None):
         B = self.network_output(inputs, levels)
         params, u0 = self.task.layer_args(inputs)
-        u, info = self.layer(B, params, u0) if u0 is not None else self.layer(B, params)
+        layer = self._constraint()
+        u, info = layer(B, params, u0) if u0 is not None else layer(B, params)
         return u, {"iterations": float(info.iterations.float().mean()),
                    "unconverged": int((~info.converged).sum()),
-                   **self._extra(info)}
+                   **self._extra(B, info)}
 
-    def _extra(self, info) -> dict[str, Any]:
+    def _extra(self, B: torch.Tensor, info) -> dict[str, Any]:
+        """Entries of the step record beyond iterations and unconverged counts."""
         return {}
 
     @torch.no_grad()
@@ -138,66 +157,52 @@ class PIHC(Method):
 
 
 class MoE(PIHC):
-    """PI-HC-MoE. Two training options (``[experts]``; the layer and evaluation are unchanged):
-    ``interface_loss_weight`` scales the loss rows at interface DOFs, and ``warm_start`` trains
-    the basis through one whole-domain hard constraint (PI-HC) for the first steps."""
+    """PI-HC-MoE. Training options (``[experts]``; the layer and evaluation are unchanged):
+    ``loss`` (what the physics loss is taken of: the stitched output, every expert's weights on
+    the whole mesh, or both), ``interface_loss_weight`` (the rows at interface DOFs) and
+    ``warm_start`` (the first steps through one whole-domain hard constraint, PI-HC)."""
 
     name = "moe"
-    train_step = 0  # set by the trainer before each step
 
     def __init__(self, task: Task):
         super().__init__(task)
         e = task.cfg.experts
-        self.loss_dof_weight = None
         if e.interface_loss_weight != 1.0:
             w = torch.ones(task.n, dtype=torch.float64)
             w[torch.from_numpy(np.array(self.layer.partition.interface, dtype=np.int64))] = \
                 float(np.sqrt(e.interface_loss_weight))  # rows are squared in the loss
             self.loss_dof_weight = w
         self.single = PIHC._make_layer(self, task, self._layer_kw) if e.warm_start > 0 else None
+        self._expert_fields = None
 
     def _make_layer(self, task: Task, kw):
         from femoe.experts import HardConstraintMoE
 
-        self._layer_kw = dict(kw)
         e = task.cfg.experts
         return HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw)
 
-    def _warm(self) -> bool:
-        return self.single is not None and self.training and self.train_step < self.task.cfg.experts.warm_start
+    def _constraint(self) -> nn.Module:
+        warm = self.single is not None and self.training and self.train_step < self.task.cfg.experts.warm_start
+        return self.single if warm else self.layer
 
-    def forward(self, inputs, levels=None):
+    def _extra(self, B, info):
         self._expert_fields = None
-        if self._warm():
-            B = self.network_output(inputs, levels)
-            params, u0 = self.task.layer_args(inputs)
-            u, info = self.single(B, params, u0) if u0 is not None else self.single(B, params)
-            return u, {"iterations": float(info.iterations.float().mean()),
-                       "unconverged": int((~info.converged).sum()), "warm_start": True}
-        B = self.network_output(inputs, levels)
-        params, u0 = self.task.layer_args(inputs)
-        u, info = self.layer(B, params, u0) if u0 is not None else self.layer(B, params)
+        if not hasattr(info, "interface_jump"):  # the warm start's single solve
+            return {"warm_start": True}
         if self.training and self.task.cfg.experts.loss != "stitched":
-            # every expert's weights on the whole mesh: (batch K, [T+1,] n)
+            # every expert's weights on the whole mesh: (batch, K, [T+1,] n)
             w = torch.cat([wg for _, wg in info.weights], 1)
-            self._expert_fields = torch.einsum("b...N,bkN->bk...", B, w).flatten(0, 1)
-        return u, {"iterations": float(info.iterations.float().mean()),
-                   "unconverged": int((~info.converged).sum()), **self._extra(info)}
+            self._expert_fields = torch.einsum("b...N,bkN->bk...", B, w)
+        return {"interface_jump": float(info.interface_jump.max())}
 
     def physics_loss(self, r, params, u0):
         mode = self.task.cfg.experts.loss
         if self._expert_fields is None or mode == "stitched":
             return r.square().mean()
-        k = self._expert_fields.shape[0] // r.shape[0]
-        rep = lambda v: v.repeat_interleave(k, 0) if isinstance(v, torch.Tensor) and v.dim() > 0 \
-            and v.shape[0] == r.shape[0] else v  # noqa: E731
-        re = self.task.residual(self._expert_fields, {n: rep(v) for n, v in params.items()},
-                                rep(u0) if u0 is not None else None, self.loss_dof_weight)
-        experts = re.square().mean()
+        fields = self._expert_fields
+        experts = torch.stack([self.task.residual(fields[:, k], params, u0, self.loss_dof_weight).square().mean()
+                               for k in range(fields.shape[1])]).mean()
         return experts if mode == "experts" else 0.5 * (experts + r.square().mean())
-
-    def _extra(self, info):
-        return {"interface_jump": float(info.interface_jump.max())}
 
 
 class Patch(Method):

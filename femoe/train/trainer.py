@@ -56,7 +56,7 @@ def loss_of(task: Task, method: Method, inputs: torch.Tensor, solutions: torch.T
     """Physics-only loss (mean square of the normalised residual rows), optional data term."""
     u, info = method(inputs, levels)
     params, u0 = task.layer_args(inputs)
-    r = task.residual(u, params, u0, getattr(method, "loss_dof_weight", None))
+    r = task.residual(u, params, u0, method.loss_dof_weight)
     loss = method.physics_loss(r, params, u0)
     w = task.cfg.train.data_weight
     if w > 0 and solutions is not None:
