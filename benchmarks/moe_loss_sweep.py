@@ -21,8 +21,9 @@ Every run is a ``femoe run`` in ``results/moe_sweep_<variant>/``; a variant whos
     OMP_NUM_THREADS=1 python benchmarks/moe_loss_sweep.py [--only experts stitched] [--rerun] [--cross]
 
 ``--cross`` adds, for every MoE variant, the test error of PI-HC's single solve on the basis that
-variant trained (``pihc_on_this_basis``); ``--k-sweep 1 2 4 8 16`` the layer alone with that
-many experts on the basis of the last MoE variant listed.
+variant trained (``pihc_on_this_basis``), and for the PI-HC variant the MoE's on PI-HC's basis
+(``moe_on_this_basis``); ``--k-sweep 1 2 4 8 16`` the layer alone with that many experts on the
+basis of the last MoE variant listed.
 
 Writes ``benchmarks/results/moe_loss_sweep.json`` (with the PI-HC result of the same seed at
 180 steps from ``ds_cpu_seeds_180steps.json`` for comparison).
@@ -52,62 +53,43 @@ KEEP = ("rel_l2_mean", "rel_l2_std", "best_in_span_mean", "residual_rms", "inter
         "seconds_per_step", "train_seconds")
 
 
-def pihc_on_trained_basis(cfg) -> float:
-    """Test error of PI-HC's single solve on the network a MoE run trained (its checkpoint):
-    do the experts pick a better member of the same span than one solve?"""
-    import torch
+def on_trained_basis(task, run_dir: Path, trained: str, method: str, k: int | None = None) -> float:
+    """Test error of ``method`` (``"pihc"``, or ``"moe"`` with ``k`` experts, default the
+    config's) on the network the ``trained`` run in ``run_dir`` trained: do the experts pick a
+    better member of the same span than one solve?"""
+    import copy
+    import dataclasses
 
     from femoe.train.methods import build_method
     from femoe.train.run import evaluate
-    from femoe.train.task import Task
 
-    task = Task(cfg)
-    state = torch.load(cfg.run_dir / "moe" / "checkpoint.pt", weights_only=False)["model"]
-    m = build_method("pihc", task)
-    m.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-    return float(evaluate(task, m, cfg.train.batch_size)["rel_l2_mean"])
-
-
-def k_sweep(cfg, ks) -> dict[str, float]:
-    """Test error of the layer alone with K experts (K = 1: PI-HC) on the network a MoE run
-    trained: does splitting the rows into more experts pick a better member of one span?"""
-    import torch
-
-    from femoe.train.config import config_from_dict
-    from femoe.train.methods import build_method
-    from femoe.train.run import evaluate
-    from femoe.train.task import Task
-
-    state = torch.load(cfg.run_dir / "moe" / "checkpoint.pt", weights_only=False)["model"]
-    net = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    out = {}
-    for k in ks:
-        d = cfg.to_dict()
-        d["experts"]["k"] = k
-        task = Task(config_from_dict(d))
-        m = build_method("moe" if k > 1 else "pihc", task)
-        m.net.load_state_dict(net)
-        out[str(k)] = float(evaluate(task, m, cfg.train.batch_size)["rel_l2_mean"])
-        print(f"  K = {k:3d} on this basis: {100 * out[str(k)]:.2f} %", flush=True)
-    return out
+    if k is not None:  # the same data and problem, another number of experts
+        task = copy.copy(task)
+        task.cfg = dataclasses.replace(task.cfg, experts=dataclasses.replace(task.cfg.experts, k=k))
+    m = build_method(method, task)
+    m.load_network(run_dir / trained / "checkpoint.pt")
+    return float(evaluate(task, m, task.cfg.train.batch_size)["rel_l2_mean"])
 
 
 def main() -> None:
     from femoe.train.config import config_from_dict, load_config
     from femoe.train.run import run
+    from femoe.train.task import Task
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "problems" / "configs" / "ds_cpu.toml"))
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS))
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--cross", action="store_true",
-                    help="also evaluate PI-HC (one solve) on the basis each MoE variant trained")
+                    help="also evaluate PI-HC (one solve) on the basis each MoE variant trained, and the MoE "
+                         "on the basis each PI-HC variant trained")
     ap.add_argument("--k-sweep", type=int, nargs="*", metavar="K",
                     help="also evaluate the layer alone with these numbers of experts (1: PI-HC) on the "
                          "basis of the last MoE variant run, e.g. --only experts-300 --k-sweep 1 2 4 8 16")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "moe_loss_sweep.json"))
     args = ap.parse_args()
     base = load_config(args.config)
+    task = None  # one Task (problem and data) for every evaluation on a trained basis
     out = {"config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT)
            else args.config, "machine": platform.processor() or platform.machine(), "variants": {}}
     for name in args.only or VARIANTS:
@@ -125,22 +107,24 @@ def main() -> None:
         r = json.loads(metrics.read_text())["methods"][method]
         row = out["variants"][name] = {"method": method, "experts": experts, "train": train,
                                        **{k: r.get(k) for k in KEEP}}
-        if method == "moe" and args.cross:
-            row["pihc_on_this_basis"] = pihc_on_trained_basis(cfg)
+        cross = ""
+        if args.cross:
+            task = task or Task(base)
+            other = "pihc" if method == "moe" else "moe"
+            row[f"{other}_on_this_basis"] = e = on_trained_basis(task, cfg.run_dir, method, other)
+            cross = f"  {'PI-HC' if other == 'pihc' else 'MoE'} on this basis {100 * e:.2f} %"
         print(f"{name:20s} {100 * r['rel_l2_mean']:6.2f} %  best in span "
-              f"{100 * (r.get('best_in_span_mean') or float('nan')):5.2f} %  steps {r['steps']}"
-              + (f"  PI-HC on this basis {100 * row['pihc_on_this_basis']:.2f} %" if "pihc_on_this_basis" in row
-                 else ""), flush=True)
+              f"{100 * (r.get('best_in_span_mean') or float('nan')):5.2f} %  steps {r['steps']}{cross}", flush=True)
     if args.k_sweep:
         last = [n for n in (args.only or VARIANTS) if VARIANTS[n][2] == "moe"][-1]
-        experts, train, _ = VARIANTS[last]
-        d = base.to_dict()
-        d["name"] = f"moe_sweep_{last}"
-        d["data"]["dir"] = str(base.data_dir)
-        d["experts"].update(experts)
-        d["train"].update(train)
+        task = task or Task(base)
         print(f"K sweep on the basis of {last}:")
-        out["k_sweep"] = {"variant": last, "rel_l2_mean": k_sweep(config_from_dict(d), args.k_sweep)}
+        errs = {}
+        for k in args.k_sweep:
+            errs[str(k)] = on_trained_basis(task, base.run_dir.parent / f"moe_sweep_{last}", "moe",
+                                            "moe" if k > 1 else "pihc", k)
+            print(f"  K = {k:3d} on this basis: {100 * errs[str(k)]:.2f} %", flush=True)
+        out["k_sweep"] = {"variant": last, "rel_l2_mean": errs}
     seeds = ROOT / "benchmarks" / "results" / "ds_cpu_seeds_180steps.json"
     if seeds.is_file():
         s0 = json.loads(seeds.read_text())["seeds"].get(str(base.train.seed), {})

@@ -132,8 +132,7 @@ def main() -> None:
         trainer = Trainer(cfg, name, task)
         method, opt = trainer.method, trainer.opt
         if args.trained:
-            state = torch.load(Path(args.trained) / name / "checkpoint.pt", weights_only=False)["model"]
-            method.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+            method.load_network(Path(args.trained) / name / "checkpoint.pt")
         method.train()
         inputs = task.train.inputs[:batch]
         sols = task.train.solutions[:batch]
