@@ -287,7 +287,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         # first-order distance of w from the optimum, relative to |w| (Gauss-Newton Hessian)
         Ad = A.detach()
         tiny = torch.finfo(w.dtype).eps * torch.diagonal(Ad, dim1=1, dim2=2).amax(1).clamp_min(1e-300)
-        step = _normal_solve(Ad + (o.rho + tiny)[:, None, None] * eye, g.detach().clone())
+        step = _normal_solve(Ad + (o.rho + tiny)[:, None, None] * eye, g.detach())
         wn = torch.linalg.vector_norm(w.detach(), dim=1)
         werr = torch.linalg.vector_norm(step, dim=1) / wn.clamp_min(torch.finfo(w.dtype).tiny)
         werr = torch.where(torch.isfinite(werr), werr, torch.full_like(werr, float("inf")))
@@ -300,7 +300,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         objective=f.detach(),
         damping=mu,
         target=torch.where(converged & (gnorm.detach() > target), floor, target),
-        stalled=stalled & ~converged,
+        stalled=stalled,  # set only for elements not converged, which are then frozen
         weight_error=werr,
         adjoint_residual=torch.full_like(g0, float("nan")),
     )

@@ -158,12 +158,12 @@ def as_index(name: str, idx: Any, size: int, device: torch.device | str = "cpu")
 
 def report_unconverged(layer: Any, message: str, info: Any) -> None:
     """The convergence policy of the constraint layers: raise :class:`ConvergenceError` when
-    ``layer.strict`` (or ``layer.unconverged == "raise"``), else log every time and warn once per
+    ``layer.unconverged == "raise"`` (what ``strict=True`` selects), else log every time and warn once per
     layer (``layer._warned``). ``message`` says what did not converge; the policy and the
     remedies are appended here."""
     message = (f"{message}; policy unconverged={layer.unconverged.value!r}. Raise maxiter, loosen tol, or check "
                "the basis (rank, scaling) and the residual's smoothness (a stall is often a kink such as max(u, 0))")
-    if layer.strict or layer.unconverged.value == "raise":
+    if layer.unconverged.value == "raise":  # strict=True selects it (parse_unconverged)
         raise ConvergenceError(message, info=info)
     logging.getLogger(type(layer).__module__).info(message)
     if not layer._warned:
