@@ -23,8 +23,7 @@ from femoe.train.task import Task
 
 def trained(cfg, name, task):
     m = build_method(name, task)
-    st = torch.load(cfg.run_dir / name / "checkpoint.pt", weights_only=False, map_location="cpu")
-    m.load_state_dict(st["model"], strict=False)
+    m.load_network(cfg.run_dir / name / "checkpoint.pt")  # the layer is rebuilt from cfg
     return m
 
 

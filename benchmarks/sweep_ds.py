@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -126,8 +127,6 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             cfg = variant_config(base, name, args.steps, seed, args.results, args.tol)
-            import shutil
-
             shutil.rmtree(Path(args.results) / cfg["name"], ignore_errors=True)
             r = run_variant(cfg)
             runs.append(r)
