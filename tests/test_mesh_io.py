@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import meshio
@@ -286,7 +289,7 @@ def test_write_xdmf_time_series(tmp_path, monkeypatch, plate):
     assert list(cwd.iterdir()) == []  # meshio would have put the .h5 in the working directory
     assert np.array_equal(u, u_before)
     with meshio.xdmf.TimeSeriesReader(path) as reader:
-        points, cells = reader.read_points_cells()
+        points, _ = reader.read_points_cells()
         assert np.allclose(points[:, :2], plate.p.T)
         assert reader.num_steps == 3
         for i in range(3):
@@ -295,6 +298,50 @@ def test_write_xdmf_time_series(tmp_path, monkeypatch, plate):
             assert np.array_equal(point_data["u"], u[i])
             assert np.array_equal(point_data["v"], v[i])
             assert np.array_equal(cell_data["k"][0], k[i])
+
+
+@pytest.mark.parametrize(("name", "relative"), [("run.xdmf", False), ("run.v2.xmf", True)])
+def test_xdmf_series_never_changes_the_working_directory(
+    tmp_path, monkeypatch, plate, name, relative
+):
+    # meshio's own writer needs the working directory to be the .xdmf file's folder; femoe's
+    # must neither change it nor depend on it, and the .xdmf must name the .h5 relative to itself
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    monkeypatch.chdir(unrelated)
+    chdirs = []
+    monkeypatch.setattr(os, "chdir", chdirs.append)
+    target = (Path("..") / "series" / name) if relative else (tmp_path / "series" / name)
+    times = np.array([0.0, 0.25])
+    u = np.stack([plate.p[0] + t for t in times])
+    k = np.stack([np.full(plate.nelements, t) for t in times])
+    path = write_fields(target, plate, {"u": u, "k": k}, times=times)
+    assert chdirs == [] and Path.cwd() == unrelated  # (a) the working directory is untouched
+    assert list(unrelated.iterdir()) == []  # (b) nothing lands in it
+    stem = name.rsplit(".", 1)[0]
+    assert sorted(p.name for p in (tmp_path / "series").iterdir()) == sorted([name, f"{stem}.h5"])
+    # every HDF5 reference is the bare file name, i.e. relative to the .xdmf file (ParaView)
+    items = ET.parse(path).iter("DataItem")
+    refs = [item.text.strip() for item in items if item.get("Format") == "HDF"]
+    assert refs and {r.split(":/")[0] for r in refs} == {f"{stem}.h5"}
+    monkeypatch.undo()  # os.chdir back, and the original working directory
+    elsewhere = tmp_path / "reader"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # (c) the series reads back from a third directory
+    with meshio.xdmf.TimeSeriesReader((tmp_path / "series" / name).resolve()) as reader:
+        points, _ = reader.read_points_cells()
+        assert np.allclose(points[:, :2], plate.p.T)
+        for i in range(len(times)):
+            t, point_data, cell_data = reader.read_data(i)
+            assert t == times[i]
+            assert np.array_equal(point_data["u"], u[i])
+            assert np.array_equal(cell_data["k"][0], k[i])
+
+
+def test_only_the_format_adapter_uses_meshio_internals():
+    root = Path(__file__).resolve().parents[1] / "femoe"
+    users = [p for p in root.rglob("*.py") if re.search(r"meshio\._", p.read_text())]
+    assert [str(p.relative_to(root)) for p in users] == ["mesh/_formats.py"]
 
 
 def test_write_p2_writes_vertex_values(tmp_path):
@@ -405,6 +452,7 @@ def test_empty_named_groups_warn_and_are_listed_with_count_zero(tmp_path):
     assert info["boundaries"]["ghost_wall"] == 0 and info["subdomains"]["ghost_zone"] == 0
     assert info["boundaries"]["outer"] > 0
     import skfem as fe
+
     from femoe import Problem
     with pytest.raises(ProblemError, match="'ghost_wall' holds no facets"):
         Problem(fe.Basis(mesh, fe.ElementTriP1()), lambda u, v, w: u * v, dirichlet={"ghost_wall": 0.0})

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from skfem import Mesh
 
-from femoe.mesh.io import CELL_NAMES
+from femoe.mesh._formats import CELL_NAMES
 from femoe.mesh.quality import aspect_ratios, element_measures
 
 _SECOND_ORDER = {

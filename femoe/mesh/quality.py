@@ -7,7 +7,7 @@ Two entry points work on scikit-fem meshes:
 * :func:`aspect_ratios` -- a shape figure that equals 1 for the ideal element (equilateral
   simplex, square, cube) and grows without bound as an element degenerates.
 
-The private helpers on raw arrays (``_signed_measures``) are what :mod:`femoe.mesh.io` uses to
+The private helpers on raw arrays (``_signed_measures``) are what :mod:`femoe.mesh.validate` uses to
 check orientation and degeneracy before a scikit-fem mesh exists.
 """
 
