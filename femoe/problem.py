@@ -877,23 +877,35 @@ class Problem:
         B, T, n = U.shape
         u0, _ = self._as_batch(u0, "u0")
         levels = torch.cat([u0.expand(B, -1).unsqueeze(1), U], dim=1)  # (B, T+1, n)
-        flat = levels.reshape(B * (T + 1), n)
         p = self._params(params, U.device, U.dtype, batch=B)
-        p_rep = _Params({k: _repeat_batch(v, B, T + 1, p.kinds.get(k)) for k, v in p.items()})
+        S, _, A, _ = self._levels(levels, dt, p, t0, jacobian=False, create_graph=False)
+        R = self._steps(S, A, levels, dt, p, t0)
+        self._warn_unused(p)
+        return R
+
+    def _levels(self, levels: torch.Tensor, dt: float, p: _Params, t0: float, jacobian: bool, create_graph: bool):
+        """Storage ``S`` and spatial term ``A`` of every level ``(B, T + 1, n)`` in one batched
+        evaluation (levels at ``t0 + l dt``), with their CSR values ``(B (T + 1), nnz)`` if asked."""
+        B, L, n = levels.shape
+        flat = levels.reshape(B * L, n)
+        p_rep = _Params({k: _repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
         p_rep.kinds = p.kinds
-        times = t0 + dt * torch.arange(T + 1, dtype=U.dtype, device=U.device)
-        t_flat = times.repeat(B)
-        S, _ = self._storage(flat, p_rep, t_flat, False, False)
-        A, _ = self._spatial(flat, p_rep, t_flat, False, False)
-        S = S.reshape(B, T + 1, n)
-        A = A.reshape(B, T + 1, n)
+        t_flat = (t0 + dt * torch.arange(L, dtype=levels.dtype, device=levels.device)).repeat(B)
+        S, Sv = self._storage(flat, p_rep, t_flat, jacobian, create_graph)
+        A, Av = self._spatial(flat, p_rep, t_flat, jacobian, create_graph)
+        return S.reshape(B, L, n), Sv, A.reshape(B, L, n), Av
+
+    def _steps(self, S: torch.Tensor, A: torch.Tensor, levels: torch.Tensor, dt: float, p: _Params,
+               t0: float) -> torch.Tensor:
+        """The theta-scheme rows ``(B, T, n)`` of steps ``1..T`` from the levels' ``S`` and ``A``,
+        Dirichlet rows ``u - g(t)``."""
         R = (S[:, 1:] - S[:, :-1]) / dt + self.theta * A[:, 1:] + (1 - self.theta) * A[:, :-1]
         if self.dirichlet_dofs.size:
-            d = torch.as_tensor(self.dirichlet_dofs, device=U.device)
-            g = torch.stack([self.dirichlet_values(p, t=t0 + dt * (k + 1), batch=B, device=U.device, dtype=U.dtype)
+            B, T = R.shape[0], R.shape[1]
+            d = torch.as_tensor(self.dirichlet_dofs, device=R.device)
+            g = torch.stack([self.dirichlet_values(p, t=t0 + dt * (k + 1), batch=B, device=R.device, dtype=R.dtype)
                              for k in range(T)], dim=1)
-            R = R.index_copy(2, d, U[:, :, d] - g)
-        self._warn_unused(p)
+            R = R.index_copy(2, d, levels[:, 1:, d] - g)
         return R
 
     def level_jacobians(self, U: torch.Tensor, dt: float, params=None, *, t0: float = 0.0,
@@ -906,24 +918,30 @@ class Problem:
         step Jacobian with respect to the new level) and ``Q_l = A'(u^l, t_l)``, both with unit
         Dirichlet rows. Then ``d R^t = P_t dU^t + (Q_{t-1} - P_{t-1}) dU^{t-1}``.
         """
+        return self.trajectory_residual_and_jacobians(U, dt, params, t0=t0, create_graph=create_graph)[1:]
+
+    def trajectory_residual_and_jacobians(self, U: torch.Tensor, dt: float, params=None, *, t0: float = 0.0,
+                                          create_graph: bool | None = None
+                                          ) -> tuple[torch.Tensor, BatchedCSR, BatchedCSR]:
+        """:meth:`trajectory_residual` of the levels ``U`` ``(B, T + 1, n)`` (level 0 the initial
+        one), shape ``(B, T, n)``, and :meth:`level_jacobians` ``(P, Q)``, from one evaluation of
+        every level's storage and spatial terms (the linearisation a least-squares step needs)."""
         self._need_time()
-        B, L, n = U.shape
-        flat = U.reshape(B * L, n)
+        if U.dim() != 3 or U.shape[-1] != self.n or U.shape[1] < 2:
+            raise ShapeError(f"U must have shape (batch, T + 1 >= 2, {self.n}); got {tuple(U.shape)}")
+        B = U.shape[0]
         p = self._params(params, U.device, U.dtype, batch=B)
-        p_rep = _Params({k: _repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
-        p_rep.kinds = p.kinds
-        times = t0 + dt * torch.arange(L, dtype=U.dtype, device=U.device)
-        t_flat = times.repeat(B)
-        cg = self._create_graph(flat, p) if create_graph is None else create_graph
-        _, Sv = self._storage(flat, p_rep, t_flat, True, cg)
-        _, Av = self._spatial(flat, p_rep, t_flat, True, cg)
+        cg = self._create_graph(U, p) if create_graph is None else create_graph
+        S, Sv, A, Av = self._levels(U, dt, p, t0, jacobian=True, create_graph=cg)
+        R = self._steps(S, A, U, dt, p, t0)
         tc = self._tensors(U.device, U.dtype)
         P = Sv / dt + self.theta * Av
         Q = Av
         if self.dirichlet_dofs.size:
             P = P * tc["dir_keep"] + tc["dir_diag"]
             Q = Q * tc["dir_keep"] + tc["dir_diag"]
-        return BatchedCSR(self.pattern, P), BatchedCSR(self.pattern, Q)
+        self._warn_unused(p)
+        return R, BatchedCSR(self.pattern, P), BatchedCSR(self.pattern, Q)
 
 
 class PatchUnion(Problem):

@@ -82,8 +82,13 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
         if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
             c = c.detach()
     r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
-    # K_eij = sum_q sum_ab phi_dx[a,i,e,q] D[a,b,s,e,q] phi[b,j,e,q], as two batched matmuls
+    # K_eij = sum_q sum_ab phi_dx[a,i,e,q] D[a,b,s,e,q] phi[b,j,e,q]
     S, E, Q = D.shape[2], D.shape[3], D.shape[4]
+    if "phi_pair" in t:  # one matmul per element, (s, (q a b)) x ((q a b), (i j)): 3-4x faster
+        Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * J * J)
+        K = torch.bmm(Dp, t["phi_pair"]).reshape(E, S, tb.n_local, tb.n_local).transpose(0, 1)
+        return r, K
+    # otherwise two batched matmuls (no per-element tensor of phi products)
     X = torch.matmul(t["phi_dx_eqia"], D.permute(2, 3, 4, 0, 1))  # (s, e, q, i, b)
     X = X.permute(0, 1, 3, 2, 4).reshape(S, E, tb.n_local, Q * J)
     K = torch.matmul(X, t["phi_e_qb_j"])  # (s, e, i, j)

@@ -53,6 +53,13 @@ class FieldLayout:
         return Field(value, grad)
 
 
+#: Largest ``phi_pair`` tensor (entries) kept per basis: elements x points x jets^2 x local DOFs^2
+#: (4M entries, 32 MB in float64): scalar 1D P1 (2 points) up to 131k elements, scalar 2D P1
+#: (3 points) up to 17k, P1 x P1 (omega, psi) with 6 points up to 539. Larger bases use two
+#: smaller matmuls per Jacobian instead.
+PAIR_MAX_ENTRIES = 1 << 22
+
+
 class TorchBasis:
     """Torch view of a scikit-fem ``CellBasis`` or ``FacetBasis``.
 
@@ -116,6 +123,12 @@ class TorchBasis:
             # layouts for the Jacobian's batched matmuls (see form.local_residual_and_jacobian)
             t["phi_dx_eqia"] = t["phi_dx"].permute(2, 3, 1, 0).contiguous()
             t["phi_e_qb_j"] = t["phi"].permute(2, 3, 0, 1).reshape(self.n_cells, -1, self.n_local).contiguous()
+            J, n, E, Q = t["phi"].shape
+            if E * Q * J * J * n * n <= PAIR_MAX_ENTRIES:
+                # phi_dx[a, i] phi[b, j] per element and point, (e, (q, a, b), (i, j)): the local
+                # Jacobian is then one batched matmul over elements (see local_residual_and_jacobian)
+                t["phi_pair"] = torch.einsum("aieq,bjeq->eqabij", t["phi_dx"], t["phi"]).reshape(
+                    E, Q * J * J, n * n).contiguous()
             if self.is_facet:
                 t["n"] = as_t(np.asarray(b.normals))
             h = np.asarray(b.mesh_parameters()) if hasattr(b, "mesh_parameters") else None

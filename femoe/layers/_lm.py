@@ -192,16 +192,16 @@ def _normal_solve(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(A, g)
 
 
-def _roundoff_floor(J: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor,
+def _roundoff_floor(jn: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor,
                     rho: float) -> torch.Tensor:
     """Round-off level of ``g = J^T r + rho w`` for each element's own scale.
 
     The rows are sums of terms of about the size of the field's contribution ``|J w|`` and of
     the data ``|r(0)|``, so the computed ``r`` carries an error of about
     ``eps (||J|| ||w|| + ||r(0)|| + ||r||)`` and ``g`` that error times ``||J||``.
+    ``jn`` is ``||J||_F`` per element.
     """
-    eps = torch.finfo(J.dtype).eps
-    jn = torch.linalg.matrix_norm(J.detach())
+    eps = torch.finfo(w.dtype).eps
     wn = torch.linalg.vector_norm(w.detach(), dim=1)
     rn = torch.linalg.vector_norm(r.detach(), dim=1)
     return eps * (jn * (jn * wn + r0norm + rn) + rho * wn)
@@ -223,18 +223,20 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     w = B.new_zeros(batch, N)
 
     def evaluate(w):
+        # J_w is needed only here (and its Frobenius norm for the round-off floor): the loop
+        # keeps the N x N normal matrix, not the (rows x N) Jacobian
         r, J = model.linearize(basis_field(B, w), B, p)
         f = 0.5 * (r * r).sum(1) + 0.5 * o.rho * (w * w).sum(1)
         g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
         A = J.transpose(1, 2) @ J
-        return r, J, f, g, A
+        return r, torch.linalg.matrix_norm(J.detach()), f, g, A
 
-    r, J, f, g, A = evaluate(w)
+    r, jn, f, g, A = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
     g0 = gnorm.detach().clone()
     r0 = torch.linalg.vector_norm(r.detach(), dim=1)
     target = torch.clamp(o.relative_tolerance(B.dtype) * g0, min=o.atol)
-    floor = _roundoff_floor(J, w, r, r0, o.rho)
+    floor = _roundoff_floor(jn, w, r, r0, o.rho)
     scale = torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
     mu, mu_max = o.damping * scale, 1e16 * scale
     nu = torch.full_like(mu, 2.0)
@@ -250,7 +252,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             break
         d = -_normal_solve(A + (o.rho + mu)[:, None, None] * eye, g)
         d = torch.where(active[:, None], d, torch.zeros_like(d))
-        r_t, J_t, f_t, g_t, A_t = evaluate(w + d)
+        r_t, jn_t, f_t, g_t, A_t = evaluate(w + d)
         pred = 0.5 * (d * (mu[:, None] * d - g)).sum(1).detach()
         gain = (f - f_t).detach() / torch.where(pred > 0, pred, torch.ones_like(pred))
         # Near the optimum f(w) - f(w + d) drops below the round-off of f and the gain ratio is
@@ -261,7 +263,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         a1 = accept[:, None]
         w = torch.where(a1, w + d, w)
         r = torch.where(a1, r_t, r)
-        J = torch.where(a1[:, :, None], J_t, J)
+        jn = torch.where(accept, jn_t, jn)
         f = torch.where(accept, f_t, f)
         g = torch.where(a1, g_t, g)
         A = torch.where(a1[:, :, None], A_t, A)
@@ -270,7 +272,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         mu = torch.where(accept, mu * shrink, torch.where(active, mu * nu, mu))
         nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
         iterations += active.to(torch.int64)
-        floor = torch.where(accept, _roundoff_floor(J, w, r, r0, o.rho), floor)
+        floor = torch.where(accept, _roundoff_floor(jn, w, r, r0, o.rho), floor)
         # progress: since the last progress, f decreased by 1e-8 relative or ||g|| by 10 % (the
         # anchors only decrease, so an oscillating gradient at a kink does not count twice; a
         # Gauss-Newton iteration converging linearly, as on large-residual rows, counts)
@@ -320,6 +322,14 @@ def _hessian(gw: torch.Tensor, w: torch.Tensor, chunk: int | None) -> torch.Tens
     return torch.cat(rows, dim=0).transpose(0, 1)
 
 
+@torch.no_grad()
+def _adjoint_residual(out: torch.Tensor, H: torch.Tensor, v: torch.Tensor, gbar: torch.Tensor) -> None:
+    """Write ``||H v - gbar|| / ||gbar||`` per element into ``out`` (0 where ``gbar = 0``)."""
+    gn = torch.linalg.vector_norm(gbar, dim=1)
+    res = torch.linalg.vector_norm((H @ v.unsqueeze(-1)).squeeze(-1) - gbar, dim=1)
+    out.copy_(torch.where(gn > 0, res / gn.clamp_min(1e-300), torch.zeros_like(gn)))
+
+
 class _LeastSquares(torch.autograd.Function):
     """Forward: batched LM under ``no_grad``; backward: the implicit function theorem."""
 
@@ -358,6 +368,15 @@ class _LeastSquares(torch.autograd.Function):
         o, model = ctx.opts, ctx.model
         N = w.shape[1]
         eye = torch.eye(N, dtype=w.dtype, device=w.device)
+        if (needs[0] and not any(needs[1:]) and o.hessian is Hessian.EXACT and hasattr(model, "basis_adjoint")):
+            # only B needs a gradient (the training case): the model gives the exact Hessian's
+            # second-order term and (dG/dB)^T v from one linearisation, no double backward
+            p = join_params(ctx.names, tensors, ctx.static)
+            S, vjp = model.basis_adjoint(w, B, p, r_star)
+            H = A_gn + o.rho * eye + S
+            v = torch.linalg.solve(H, grad_w)
+            _adjoint_residual(ctx.adjoint_residual, H, v, grad_w)
+            return (None, None, None, None, None, vjp(v), *([None] * len(tensors)))
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(nd) for t, nd in zip([B, *tensors], needs)]
             wl = w.detach().requires_grad_(True)
@@ -371,10 +390,7 @@ class _LeastSquares(torch.autograd.Function):
             elif o.hessian is Hessian.EXACT:
                 H = _hessian(G, wl, o.hvp_chunk)
             v = torch.linalg.solve(H, grad_w)
-            with torch.no_grad():
-                gn = torch.linalg.vector_norm(grad_w, dim=1)
-                res = torch.linalg.vector_norm((H @ v.unsqueeze(-1)).squeeze(-1) - grad_w, dim=1)
-                ctx.adjoint_residual.copy_(torch.where(gn > 0, res / gn.clamp_min(1e-300), torch.zeros_like(gn)))
+            _adjoint_residual(ctx.adjoint_residual, H, v, grad_w)
             wrt = [leaf for leaf, nd in zip(leaves, needs) if nd]
             grads = iter(torch.autograd.grad(G, wrt, grad_outputs=-v, allow_unused=True))
         out = [next(grads) if nd else None for nd in needs]

@@ -299,24 +299,178 @@ class TrajectoryResidual(SteadyResidual):
     # With P_l = d step_residual / d u_new at level l (= S'/dt + theta A', identity on Dirichlet
     # rows) and Q_l = A'(u^l, t_l) (the steady Jacobian, identity on Dirichlet rows), the
     # coefficient of dU^{t-1} is Q_{t-1} - P_{t-1}: zero on Dirichlet rows, as it must be.
-    # Problem.level_jacobians evaluates P and Q of all levels in one batched call.
+    # Problem.trajectory_residual_and_jacobians evaluates R, P and Q of all levels in one batched
+    # call. Without gradients, J_w is one sparse product: the rows' Jacobian with respect to the
+    # whole trajectory (block bidiagonal in the levels, row-scaled, enforced rows only, initial
+    # rows appended) as one CSR matrix per sample, applied to B (see _stacked_jacobian).
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         p, u0 = self._split(p)
         U = self._embed(u, 2)
-        Bf = self._embed(B, 2)
         batch, T = U.shape[0], U.shape[1] - 1
-        N = Bf.shape[-1]
-        P, Q = self.problem.level_jacobians(U, self.dt, p, t0=self.t0)
+        R, P, Q = self.problem.trajectory_residual_and_jacobians(U, self.dt, p, t0=self.t0)
         if P.batch_size != batch * (T + 1):
             raise ShapeError(f"the parameters have batch {P.batch_size // (T + 1)} but the basis has batch {batch}")
+        c = self._weights(u0)
+        ic = self._ic_rows((c * (U[:, 0] - u0)).expand(batch, -1))
+        r = torch.cat([self._select(R.reshape(batch, T * self.n)), ic], dim=1)
+        if not (torch.is_grad_enabled() and (P.values.requires_grad or B.requires_grad or
+                                             (isinstance(c, torch.Tensor) and c.requires_grad))):
+            return r, self._stacked_jacobian(P.values, Q.values, c, B, T)
+        Bf = self._embed(B, 2)
+        N = Bf.shape[-1]
         Bflat = Bf.reshape(batch * (T + 1), self.n, N)
         PB = jac_times(P, Bflat).reshape(batch, T + 1, self.n, N)
         QB = jac_times(Q, Bflat).reshape(batch, T + 1, self.n, N)
         rows_J = PB[:, 1:] + QB[:, :-1] - PB[:, :-1]
-        R = self.problem.trajectory_residual(U[:, 1:], U[:, 0], self.dt, p, t0=self.t0).reshape(batch, T * self.n)
-        c = self._weights(u0)
-        ic = self._ic_rows((c * (U[:, 0] - u0)).expand(batch, -1))
         icJ = self._ic_rows((c.unsqueeze(-1) if c.dim() else c) * Bf[:, 0])
-        r = torch.cat([self._select(R), ic], dim=1)
         J = torch.cat([self._select(rows_J.reshape(batch, T * self.n, -1)), icJ.expand(batch, -1, -1)], dim=1)
         return r, J
+
+    def _stacked_structure(self, T: int) -> dict[str, np.ndarray]:
+        """Index arrays of the rows' Jacobian with respect to the trajectory, for one sample
+        (cached per ``T``): the enforced PDE rows of steps ``1..T`` (row ``l n + i`` has the
+        entries of row ``i`` of ``Q_l - P_l`` at level ``l`` and of ``P_{l+1}`` at level ``l + 1``),
+        then the initial rows (one entry each, at level 0). Columns are ``level n_L + local DOF``;
+        entries at DOFs outside ``dofs`` (where the basis is zero) are dropped.
+
+        ``take`` indexes the values ``[(Q - P)_{0..T-1}, P_{1..T}]`` (each ``(T, nnz)``, flattened)
+        for the PDE entries, ``entry_row`` gives each PDE entry's DOF (for the row scale),
+        ``ic_dofs`` the initial rows' DOFs."""
+        cache = self.__dict__.setdefault("_stacked_cache", {})
+        if T in cache:
+            return cache[T]
+        pat = self.problem.pattern
+        n, nnz = self.n, pat.nnz
+        sel = np.arange(T * n) if self.rows is None else self.rows.cpu().numpy()
+        lev, dof = sel // n, sel % n
+        start, count = pat.indptr[dof], np.diff(pat.indptr)[dof]
+        # the k-th entry of a selected row: start + k; D entries then E entries per row
+        rep_row = np.repeat(np.arange(sel.size), count)
+        k = np.arange(rep_row.size) - np.repeat(np.cumsum(count) - count, count) + start[rep_row]
+        lv = lev[rep_row]
+        j = pat.indices[k]
+        if self.dofs is None:
+            loc, n_l = np.arange(n), n
+        else:
+            d = self.dofs.cpu().numpy()
+            loc, n_l = np.full(n, -1, dtype=np.int64), d.size
+            loc[d] = np.arange(d.size)
+        keep = loc[j] >= 0
+        take = np.stack([lv * nnz + k, T * nnz + lv * nnz + k])[:, keep]  # (2, e): D part, E part
+        cols = np.stack([lv * n_l + loc[j], (lv + 1) * n_l + loc[j]])[:, keep]
+        row_of = rep_row[keep]
+        # order the PDE entries row by row (D then E within a row: any order is a valid CSR)
+        order = np.argsort(np.concatenate([row_of, row_of]), kind="stable")
+        take = take.reshape(-1)[order]
+        cols = cols.reshape(-1)[order]
+        per_row = np.bincount(row_of, minlength=sel.size) * 2
+        ic = np.arange(n) if self.ic_rows is None else self.ic_rows.cpu().numpy()
+        ic_cols = loc[ic]
+        ic_keep = ic_cols >= 0
+        indptr = np.concatenate([[0], np.cumsum(np.concatenate([per_row, ic_keep.astype(np.int64)]))])
+        out = {"take": take, "entry_row": dof[np.concatenate([row_of, row_of])[order]],
+               "entry_pos": np.repeat(np.arange(sel.size + ic.size), np.diff(indptr)),
+               "cols": np.concatenate([cols, ic_cols[ic_keep]]), "ic_dofs": ic[ic_keep], "indptr": indptr,
+               "n_rows": np.array(sel.size + ic.size), "n_cols": np.array((T + 1) * n_l)}
+        cache[T] = out
+        return out
+
+    def _stacked_values(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int) -> torch.Tensor:
+        """The entries ``(batch, e)`` of the stacked Jacobian (see :meth:`_stacked_structure`)."""
+        st = self._stacked_structure(T)
+        nnz = self.problem.pattern.nnz
+        Pv, Qv = Pv.detach().reshape(batch, T + 1, nnz), Qv.detach().reshape(batch, T + 1, nnz)
+        dev = Pv.device
+        key = ("idx", str(dev))
+        if key not in st:
+            st[key] = {k: torch.as_tensor(st[k], device=dev) for k in ("take", "entry_row", "ic_dofs", "entry_pos",
+                                                                        "cols")}
+        idx = st[key]
+        V = torch.cat([(Qv[:, :-1] - Pv[:, :-1]).reshape(batch, -1), Pv[:, 1:].reshape(batch, -1)], dim=1)
+        vals = V[:, idx["take"]]
+        if self.scale is not None:
+            vals = vals * self.scale.to(dev, vals.dtype)[idx["entry_row"]]
+        c = c.detach() if isinstance(c, torch.Tensor) else c
+        if isinstance(c, torch.Tensor) and c.dim():
+            civ = c.expand(batch, -1)[:, idx["ic_dofs"]]
+        else:
+            civ = torch.full((batch, int(idx["ic_dofs"].numel())), float(c), dtype=vals.dtype, device=dev)
+        return torch.cat([vals, civ.to(vals.dtype)], dim=1).contiguous()
+
+    def _stacked_jacobian(self, Pv: torch.Tensor, Qv: torch.Tensor, c, B: torch.Tensor, T: int) -> torch.Tensor:
+        """``J_w`` ``(batch, m, N)`` of :meth:`linearize` as one sparse product (no gradient):
+        equal to ``[P_l B_l + (Q_{l-1} - P_{l-1}) B_{l-1}]`` (scaled, enforced rows) stacked over
+        the steps, then ``c B_0`` on the initial rows."""
+        st = self._stacked_structure(T)
+        batch, N = B.shape[0], B.shape[-1]
+        vals = self._stacked_values(Pv, Qv, c, batch, T)
+        dev = vals.device
+        m, nc, e = int(st["n_rows"]), int(st["n_cols"]), vals.shape[1]
+        bkey = ("block", batch, str(dev))
+        if bkey not in st:
+            off = np.arange(batch, dtype=np.int64)
+            crow = np.concatenate([(st["indptr"][:-1][None, :] + e * off[:, None]).ravel(), [batch * e]])
+            col = (st["cols"][None, :] + nc * off[:, None]).ravel()
+            st[bkey] = (crow, col) if dev.type == "cpu" else (torch.as_tensor(crow, device=dev),
+                                                               torch.as_tensor(col, device=dev))
+        crow, col = st[bkey]
+        X = B.detach().reshape(batch * nc, N)
+        if dev.type == "cpu":
+            M = sp.csr_matrix((vals.reshape(-1).numpy(), col, crow), shape=(batch * m, batch * nc))
+            return torch.from_numpy(np.ascontiguousarray(M @ X.contiguous().numpy())).reshape(batch, m, N)
+        M = torch.sparse_csr_tensor(crow, col, vals.reshape(-1), (batch * m, batch * nc), check_invariants=False)
+        return (M @ X).reshape(batch, m, N)
+
+    def basis_adjoint(self, w: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], r_star: torch.Tensor):
+        """The implicit backward's pieces with respect to ``B`` alone, without differentiating the
+        assembly: ``(S, vjp)``.
+
+        At the optimum ``G(w*, B) = J_w^T r + rho w* = 0`` with ``J_w = M B``, ``M = dr/dU`` the
+        rows' Jacobian with respect to the trajectory (:meth:`_stacked_structure`). For an adjoint
+        ``v``, ``(dG/dB)^T v = (M^T r) v^T + (M^T M B v + H_r B v) w*^T`` with ``H_r`` the Hessian
+        of ``r* . r(U)`` (block diagonal over levels, :meth:`hessian_matrix`): the first term from
+        ``B`` inside ``J_w``, the second from ``r``'s dependence on ``U = B w``, the third from
+        ``M``'s. ``S = B^T H_r B`` is the Hessian's second-order term (:meth:`curvature`); ``vjp(v)``
+        returns ``-(dG/dB)^T v``, the gradient of the loss with respect to ``B`` through ``w*``.
+        Costs one linearisation and one coloured Hessian, where autograd's double backward
+        through the assembly costs several; exact-Hessian backward only."""
+        p0, u0 = self._split(p)
+        batch, L, nl, N = B.shape
+        T = L - 1
+        with torch.no_grad():
+            u = basis_field(B, w)
+            _, P, Q = self.problem.trajectory_residual_and_jacobians(self._embed(u, 2), self.dt, p0, t0=self.t0)
+            vals = self._stacked_values(P.values, Q.values, self._weights(u0), batch, T)
+            idx = self._stacked_structure(T)[("idx", str(vals.device))]
+            rows, cols = idx["entry_pos"], idx["cols"]
+            m, nc = int(self._stacked_structure(T)["n_rows"]), L * nl
+
+            def Mx(x):  # (batch, nc) -> (batch, m)
+                return x.new_zeros(batch, m).index_add_(1, rows, vals * x[:, cols])
+
+            def MTy(y):  # (batch, m) -> (batch, nc)
+                return y.new_zeros(batch, nc).index_add_(1, cols, vals * y[:, rows])
+
+            Bf = B.detach().reshape(batch, nc, N)
+            a = MTy(r_star.detach())
+            H = self.hessian_matrix(u, p, r_star)
+            if H is None:
+                HB, S = None, B.new_zeros(batch, N, N)
+            else:
+                Bfull = self._embed(B.detach(), 2).reshape(batch * L, self.n, N)
+                HB = jac_times(H, Bfull).reshape(batch, L, self.n, N)
+                if self.dofs is not None:
+                    HB = HB.index_select(2, self.dofs.to(HB.device))
+                HB = HB.reshape(batch, nc, N)
+                S = Bf.transpose(1, 2) @ HB
+
+        def vjp(v: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                Bv = (Bf @ v.unsqueeze(-1)).squeeze(-1)
+                c2 = MTy(Mx(Bv))
+                if HB is not None:
+                    c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
+                g = -(a.unsqueeze(-1) * v.unsqueeze(1) + c2.unsqueeze(-1) * w.unsqueeze(1))
+            return g.reshape(B.shape)
+
+        return S, vjp

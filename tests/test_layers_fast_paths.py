@@ -1,0 +1,122 @@
+"""The trajectory model's fast paths against the differentiable reference paths (issue 11).
+
+Without gradients :meth:`TrajectoryResidual.linearize` builds ``J_w`` as one sparse product of
+the stacked (level-bidiagonal) Jacobian with ``B``, and when only ``B`` needs a gradient the
+implicit backward takes ``(dG/dB)^T v`` from :meth:`TrajectoryResidual.basis_adjoint` instead of
+autograd's double backward through the assembly. Both must equal the paths they replace, on a
+scalar problem and on the mixed (omega, psi) space, with row and DOF subsets, at batch 1 and 2.
+"""
+
+from __future__ import annotations
+
+import pytest
+import skfem as fe
+import torch
+
+from femoe.helpers import dot, grad
+from femoe.layers import HardConstraint
+from femoe.layers._residuals import INITIAL, TrajectoryResidual, basis_field
+from femoe.problem import Problem
+
+F64 = torch.float64
+
+
+def heat():
+    mesh = fe.MeshLine().refined(3).with_boundaries({"left": lambda x: x[0] == 0, "right": lambda x: x[0] == 1})
+    basis = fe.Basis(mesh, fe.ElementLineP1())
+    # nonlinear storage and diffusion: the Hessian term H_r of the backward is non-zero
+    return Problem(basis, lambda u, v, w: dot((w.D + u**2) * grad(u), grad(v)) - v,
+                   storage=lambda u, v, w: (u + 0.3 * u**3) * v, theta=0.5, dirichlet={"left": 0.0},
+                   defaults={"D": 0.2})
+
+
+def navier_stokes():
+    from problems import get_problem
+
+    return get_problem("navier_stokes_2d").build(grid=3, n_steps=2, T=0.5, lift="paper")
+
+
+def _case(name, batch, subset):
+    g = torch.Generator().manual_seed(batch + 10 * subset)
+    if name == "heat":
+        pb = heat()
+        u0 = (1.0 + torch.as_tensor(pb.doflocs[0])).unsqueeze(0).expand(batch, -1).contiguous()
+        params, L, N = {}, 3, 3
+    else:
+        pb = navier_stokes()
+        iw, ip = pb.basis.split_indices()
+        x = torch.as_tensor(pb.doflocs)
+        om = torch.sin(2 * torch.pi * x[0]) * torch.cos(2 * torch.pi * x[1])
+        state = torch.zeros(pb.n, dtype=F64)
+        state[iw] = om[iw]
+        state[ip] = om[ip] / (8 * torch.pi**2)
+        params = {"initial_state": state.unsqueeze(0).expand(batch, -1).contiguous()}
+        u0 = torch.zeros(batch, pb.n, dtype=F64)
+        L, N = 3, 4
+    kw = {}
+    if subset:
+        kw["rows"] = torch.arange(1, (L - 1) * pb.n, 2)  # every other row of the flattened steps
+        kw["dofs"] = torch.arange(pb.n - 1)  # the basis vanishes on the last DOF
+        kw["ic_rows"] = torch.arange(0, pb.n - 1, 3)
+    n_l = pb.n - 1 if subset else pb.n
+    B = 0.3 * torch.randn(batch, L, n_l, N, dtype=F64, generator=g)
+    return pb, kw, B, params, u0
+
+
+CASES = [(name, batch, subset) for name in ("heat", "ns") for batch in (1, 2) for subset in (False, True)]
+
+
+@pytest.mark.parametrize("name,batch,subset", CASES)
+def test_stacked_jacobian_equals_the_level_by_level_products(name, batch, subset):
+    pb, kw, B, params, u0 = _case(name, batch, subset)
+    model = TrajectoryResidual(pb, 0.1, rows=kw.get("rows"), dofs=kw.get("dofs"), ic_rows=kw.get("ic_rows"))
+    p = {**params, INITIAL: u0}
+    w = torch.randn(batch, B.shape[-1], dtype=F64, generator=torch.Generator().manual_seed(1))
+    u = basis_field(B, w)
+    r_fast, J_fast = model.linearize(u, B, p)  # no gradient: the stacked sparse product
+    with torch.enable_grad():
+        r_ref, J_ref = model.linearize(u, B.clone().requires_grad_(True), p)  # per-level jac_times
+    torch.testing.assert_close(r_fast, r_ref.detach(), rtol=0, atol=0)
+    assert J_fast.shape == J_ref.shape
+    torch.testing.assert_close(J_fast, J_ref.detach(), rtol=1e-13, atol=1e-13 * float(J_ref.detach().abs().max()))
+    # and against the dense Jacobian of the residual by autograd
+    wl = w.clone().requires_grad_(True)
+    J_dense = torch.stack([torch.autograd.functional.jacobian(
+        lambda ww: model.residual(basis_field(B[b:b + 1], ww.unsqueeze(0)), {k: v[b:b + 1] for k, v in p.items()})[0],
+        wl[b].detach()) for b in range(batch)])
+    torch.testing.assert_close(J_fast, J_dense, rtol=1e-10, atol=1e-10 * float(J_dense.abs().max()))
+
+
+def _layer_grad(layer, B, params, u0, loss_w):
+    Bl = B.clone().requires_grad_(True)
+    u, info = layer(Bl, params, u0)
+    assert info.all_converged
+    (u * loss_w).sum().backward()
+    return Bl.grad
+
+
+@pytest.mark.parametrize("name,batch,subset", CASES)
+def test_basis_adjoint_backward_equals_the_double_backward(name, batch, subset, monkeypatch):
+    pb, kw, B, params, u0 = _case(name, batch, subset)
+    layer = HardConstraint(pb, dt=0.1, tol=1e-13, **kw)
+    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
+    g_fast = _layer_grad(layer, B, params, u0, loss_w)
+    assert layer.last_info.adjoint_residual.max() < 1e-10
+    monkeypatch.delattr(TrajectoryResidual, "basis_adjoint")  # the autograd reference backward
+    g_ref = _layer_grad(layer, B, params, u0, loss_w)
+    assert g_fast.abs().max() > 0
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_gradcheck_of_the_basis_adjoint_backward(subset):
+    pb, kw, B, params, u0 = _case("heat", 2, subset)
+    layer = HardConstraint(pb, dt=0.1, tol=1e-14, **kw)
+    B = B.requires_grad_(True)
+
+    def fn(B):
+        u, info = layer(B, params, u0)
+        assert info.all_converged
+        return u
+
+    assert torch.autograd.gradcheck(fn, (B,), fast_mode=True)
