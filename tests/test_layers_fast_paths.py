@@ -120,3 +120,62 @@ def test_gradcheck_of_the_basis_adjoint_backward(subset):
         return u
 
     assert torch.autograd.gradcheck(fn, (B,), fast_mode=True)
+
+
+def _patch_case(name, batch):
+    from femoe.experts import PatchConstraint
+
+    g = torch.Generator().manual_seed(batch)
+    if name == "heat":
+        pb = heat()
+        params = {}
+        u0 = (1.0 + torch.as_tensor(pb.doflocs[0])).unsqueeze(0).expand(batch, -1).contiguous()
+        k, part = 2, "slab"
+    else:
+        pb = get_ns(grid=8)
+        iw, ip = pb.basis.split_indices()
+        x = torch.as_tensor(pb.doflocs)
+        state = torch.zeros(batch, pb.n, dtype=F64)
+        state[:, iw] = torch.sin(2 * torch.pi * x[0, iw]) * torch.cos(2 * torch.pi * x[1, iw])
+        state[:, ip] = state[:, iw] / (8 * torch.pi**2)
+        params = {"initial_state": state}
+        u0 = torch.zeros(batch, pb.n, dtype=F64)
+        k, part = 4, "metis"
+    U = 0.2 * torch.randn(batch, 4, pb.n, dtype=F64, generator=g)
+    layers = {ts: PatchConstraint(pb, k, partition=part, dt=0.1, rtol=1e-13, atol=1e-13, time_solve=ts)
+              for ts in ("levels", "space_time")}
+    return layers, U, params, u0
+
+
+def get_ns(grid):
+    from problems import get_problem
+
+    return get_problem("navier_stokes_2d").build(grid=grid, n_steps=2, T=0.5, lift="paper")
+
+
+@pytest.mark.parametrize("name,batch", [("heat", 1), ("heat", 2), ("ns", 2)])
+def test_space_time_patch_solve_equals_the_level_by_level_march(name, batch):
+    layers, U, params, u0 = _patch_case(name, batch)
+    loss_w = torch.randn(U.shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+    out = {}
+    for ts, layer in layers.items():
+        Ul = U.clone().requires_grad_(True)
+        u0l = u0.detach().clone().requires_grad_(True)
+        u, info = layer(Ul, params, u0l)
+        assert info.all_converged and info.converged.shape == (batch, U.shape[1] - 1)
+        assert float(info.residual_interior.max()) < 1e-9
+        (u * loss_w).sum().backward()
+        out[ts] = (u.detach(), Ul.grad, u0l.grad)
+    a, b = out["levels"], out["space_time"]
+    torch.testing.assert_close(b[0], a[0], rtol=0, atol=1e-10)
+    for ga, gb in zip(a[1:], b[1:]):
+        assert ga.abs().max() > 0
+        torch.testing.assert_close(gb, ga, rtol=1e-8, atol=1e-8 * float(ga.abs().max()))
+
+
+def test_gradcheck_of_the_space_time_patch_solve():
+    layers, U, params, u0 = _patch_case("heat", 2)
+    layer = layers["space_time"]
+    U = U[:, :3].clone().requires_grad_(True)
+    u0 = u0.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda U, u0: layer(U, params, u0)[0], (U, u0), fast_mode=True)
