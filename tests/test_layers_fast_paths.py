@@ -30,10 +30,20 @@ def heat():
                    defaults={"D": 0.2})
 
 
-def navier_stokes():
+def navier_stokes(grid=3):
     from problems import get_problem
 
-    return get_problem("navier_stokes_2d").build(grid=3, n_steps=2, T=0.5, lift="paper")
+    return get_problem("navier_stokes_2d").build(grid=grid, n_steps=2, T=0.5, lift="paper")
+
+
+def ns_params(pb, batch):
+    """A smooth initial state (omega, psi) of the lifted problem, as its parameter."""
+    iw, ip = pb.basis.split_indices()
+    x = torch.as_tensor(pb.doflocs)
+    state = torch.zeros(batch, pb.n, dtype=F64)
+    state[:, iw] = torch.sin(2 * torch.pi * x[0, iw]) * torch.cos(2 * torch.pi * x[1, iw])
+    state[:, ip] = state[:, iw] / (8 * torch.pi**2)
+    return {"initial_state": state}
 
 
 def _case(name, batch, subset):
@@ -44,13 +54,7 @@ def _case(name, batch, subset):
         params, L, N = {}, 3, 3
     else:
         pb = navier_stokes()
-        iw, ip = pb.basis.split_indices()
-        x = torch.as_tensor(pb.doflocs)
-        om = torch.sin(2 * torch.pi * x[0]) * torch.cos(2 * torch.pi * x[1])
-        state = torch.zeros(pb.n, dtype=F64)
-        state[iw] = om[iw]
-        state[ip] = om[ip] / (8 * torch.pi**2)
-        params = {"initial_state": state.unsqueeze(0).expand(batch, -1).contiguous()}
+        params = ns_params(pb, batch)
         u0 = torch.zeros(batch, pb.n, dtype=F64)
         L, N = 3, 4
     kw = {}
@@ -132,25 +136,14 @@ def _patch_case(name, batch):
         u0 = (1.0 + torch.as_tensor(pb.doflocs[0])).unsqueeze(0).expand(batch, -1).contiguous()
         k, part = 2, "slab"
     else:
-        pb = get_ns(grid=8)
-        iw, ip = pb.basis.split_indices()
-        x = torch.as_tensor(pb.doflocs)
-        state = torch.zeros(batch, pb.n, dtype=F64)
-        state[:, iw] = torch.sin(2 * torch.pi * x[0, iw]) * torch.cos(2 * torch.pi * x[1, iw])
-        state[:, ip] = state[:, iw] / (8 * torch.pi**2)
-        params = {"initial_state": state}
+        pb = navier_stokes(grid=8)
+        params = ns_params(pb, batch)
         u0 = torch.zeros(batch, pb.n, dtype=F64)
         k, part = 4, "metis"
     U = 0.2 * torch.randn(batch, 4, pb.n, dtype=F64, generator=g)
     layers = {ts: PatchConstraint(pb, k, partition=part, dt=0.1, rtol=1e-13, atol=1e-13, time_solve=ts)
               for ts in ("levels", "space_time")}
     return layers, U, params, u0
-
-
-def get_ns(grid):
-    from problems import get_problem
-
-    return get_problem("navier_stokes_2d").build(grid=grid, n_steps=2, T=0.5, lift="paper")
 
 
 @pytest.mark.parametrize("name,batch", [("heat", 1), ("heat", 2), ("ns", 2)])
@@ -179,3 +172,23 @@ def test_gradcheck_of_the_space_time_patch_solve():
     U = U[:, :3].clone().requires_grad_(True)
     u0 = u0.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda U, u0: layer(U, params, u0)[0], (U, u0), fast_mode=True)
+
+
+@pytest.mark.parametrize("name,batch", [("heat", 1), ("heat", 2), ("ns", 2)])
+def test_moe_basis_adjoint_backward_equals_the_double_backward(name, batch, monkeypatch):
+    from femoe.experts import HardConstraintMoE
+    from femoe.experts._basis import _FoldedModel
+
+    pb, _, B, params, u0 = _case(name, batch, False)
+    k, part = (2, "slab") if name == "heat" else (4, "metis")
+    if name == "ns":  # a mesh on which 4 experts have rows of their own
+        pb = navier_stokes(grid=8)
+        params, u0 = ns_params(pb, batch), torch.zeros(batch, pb.n, dtype=F64)
+        B = 0.3 * torch.randn(batch, 3, pb.n, 4, dtype=F64, generator=torch.Generator().manual_seed(7))
+    layer = HardConstraintMoE(pb, k, partition=part, dt=0.1, tol=1e-13)
+    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
+    g_fast = _layer_grad(layer, B, params, u0, loss_w)
+    monkeypatch.delattr(_FoldedModel, "basis_adjoint")  # the autograd reference backward
+    g_ref = _layer_grad(layer, B, params, u0, loss_w)
+    assert g_fast.abs().max() > 0
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))

@@ -346,6 +346,70 @@ class _FoldedModel:
     def prepare_curvature(self) -> None:
         self.g.model.prepare_curvature()
 
+    def basis_adjoint(self, w: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], r_star: torch.Tensor):
+        """:meth:`TrajectoryResidual.basis_adjoint` for the folded experts (trajectories with
+        global initial rows; ``None`` otherwise, and the backward differentiates the assembly).
+
+        Each expert's rows are its union rows, whose Jacobian ``M_k`` is expert ``k``'s block of
+        the union's stacked Jacobian (the patches are disjoint in the union), and the initial rows
+        ``c (U_0 - u0)`` on the global level 0, whose Jacobian is ``diag(c)``; products with ``M``
+        and ``M^T`` go through the union once for all experts (unfold, union product, fold)."""
+        g = self.g
+        if not (self.time_dependent and g.ic_global):
+            return None
+        model = g.model
+        bK, S, N = B.shape
+        K, nl, n = g.K, g.nl_max, self.g.problem.n
+        batch = bK // K
+        with torch.no_grad():
+            u = basis_field(B, w)
+            patch, _ = g.split(u)
+            L = patch.shape[1]
+            T = L - 1
+            pu = self._p(p)
+            p0, u0u = model._split(pu)
+            Uu = g.unfold(patch, 2)
+            _, P, Q = model.problem.trajectory_residual_and_jacobians(Uu, model.dt, p0, t0=model.t0)
+            vals = model._stacked_values(P.values, Q.values, model._weights(u0u), batch, T)
+            st = model._stacked_structure(T)
+            idx = st[("idx", str(vals.device))]
+            rows, cols = idx["entry_pos"], idx["cols"]
+            mu, ncu, nrows = int(st["n_rows"]), L * g.union.n, g.n_union_rows(T)
+            m = g.row_index(T, B.device)[0].shape[1]
+            c = g.ic_model._weights(p[INITIAL])
+            if c.dim():
+                c = c.expand(batch, -1).repeat_interleave(K, 0)
+
+            def M(x):  # (bK, S) -> (bK, m + n)
+                xu = g.unfold(x[:, :L * nl].reshape(bK, L, nl), 2).reshape(batch, ncu)
+                ru = xu.new_zeros(batch, mu).index_add_(1, rows, vals * xu[:, cols])
+                return torch.cat([g.fold_rows(ru, T), c * x[:, L * nl:]], dim=1)
+
+            def MT(y):  # (bK, m + n) -> (bK, S)
+                yu = g.unfold_rows(y[:, :m], T, nrows)
+                xu = yu.new_zeros(batch, ncu).index_add_(1, cols, vals * yu[:, rows])
+                return torch.cat([g.fold(xu.reshape(batch, L, -1), 2).reshape(bK, -1), c * y[:, m:]], dim=1)
+
+            Bd = B.detach()
+            a = MT(r_star.detach())
+            H = model.hessian_matrix(Uu, pu, g.unfold_rows(r_star[:, :m], T, nrows))
+            if H is None:
+                HB, Sc = None, B.new_zeros(bK, N, N)
+            else:
+                Bu = g.unfold(g.split(Bd)[0], 2)  # (batch, L, n_union, N)
+                HBu = jac_times(H, Bu.reshape(-1, g.union.n, N)).reshape(Bu.shape)
+                HB = torch.cat([g.fold(HBu, 2).reshape(bK, -1, N), Bd.new_zeros(bK, n, N)], dim=1)
+                Sc = Bd.transpose(1, 2) @ HB
+
+        def vjp(v: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                c2 = MT(M((Bd @ v.unsqueeze(-1)).squeeze(-1)))
+                if HB is not None:
+                    c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
+                return -(a.unsqueeze(-1) * v.unsqueeze(1) + c2.unsqueeze(-1) * w.unsqueeze(1))
+
+        return Sc, vjp
+
     def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:
         """Per expert ``B_k^T H_k B_k``: one Hessian of the union (block diagonal by expert),
         contracted with each expert's own basis. The global initial rows are linear in the

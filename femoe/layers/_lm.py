@@ -368,11 +368,13 @@ class _LeastSquares(torch.autograd.Function):
         o, model = ctx.opts, ctx.model
         N = w.shape[1]
         eye = torch.eye(N, dtype=w.dtype, device=w.device)
-        if (needs[0] and not any(needs[1:]) and o.hessian is Hessian.EXACT and hasattr(model, "basis_adjoint")):
+        adjoint = None
+        if needs[0] and not any(needs[1:]) and o.hessian is Hessian.EXACT and hasattr(model, "basis_adjoint"):
             # only B needs a gradient (the training case): the model gives the exact Hessian's
             # second-order term and (dG/dB)^T v from one linearisation, no double backward
-            p = join_params(ctx.names, tensors, ctx.static)
-            S, vjp = model.basis_adjoint(w, B, p, r_star)
+            adjoint = model.basis_adjoint(w, B, join_params(ctx.names, tensors, ctx.static), r_star)
+        if adjoint is not None:
+            S, vjp = adjoint
             H = A_gn + o.rho * eye + S
             v = torch.linalg.solve(H, grad_w)
             _adjoint_residual(ctx.adjoint_residual, H, v, grad_w)
