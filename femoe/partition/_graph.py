@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from skfem.mesh.mesh_dg import MeshDG
 
 
 def dual_graph(mesh) -> tuple[np.ndarray, np.ndarray]:
@@ -43,5 +44,13 @@ def edge_cut(xadj: np.ndarray, adjncy: np.ndarray, part: np.ndarray) -> int:
 
 
 def centroids(mesh) -> np.ndarray:
-    """Element centroids (mean of the element's vertices), shape ``(dim, nelements)``."""
+    """Element centroids (mean of the element's vertices), shape ``(dim, nelements)``.
+
+    On a periodic mesh (scikit-fem's ``MeshDG``, e.g. ``MeshTri1DG.periodic``) ``mesh.t`` numbers
+    the identified vertices while ``mesh.p`` holds every element's own vertex copies, so
+    ``p[:, t]`` would mix unrelated points; there the centroid is the element mapping's image
+    of the reference element's vertex mean (the element's own, unwrapped vertices)."""
+    if isinstance(mesh, MeshDG):
+        ref = np.asarray(mesh.elem.refdom.p, dtype=float).mean(axis=1, keepdims=True)
+        return np.asarray(mesh.mapping().F(ref))[:, :, 0]
     return np.asarray(mesh.p)[:, np.asarray(mesh.t)].mean(axis=1)
