@@ -2,34 +2,24 @@
 
 import numpy as np
 import pytest
-import skfem as fe
 import torch
 
 from femoe.errors import NonFiniteError, ProblemError, ShapeError
 from femoe.experts import HardConstraintMoE
 from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint
-from femoe.problem import Problem
 
 F64 = torch.float64
 
 
-def nonlinear_problem(refine=3):
-    mesh = fe.MeshTri().refined(refine).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
-                   dirichlet={"left": 0.0, "right": 0.0}, defaults={"f": 1.0})
+@pytest.fixture
+def heat_problem(make_heat):
+    """u_t = 0.05 u_xx, Crank-Nicolson, u = 1 on "left", 16 cells."""
+    return make_heat(lambda u, v, w: w.D * dot(grad(u), grad(v)), 4, theta=0.5, dirichlet={"left": 1.0}, D=0.05)
 
 
-def heat_problem():
-    mesh = fe.MeshLine().refined(4).with_boundaries({"left": lambda x: x[0] == 0})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: w.D * dot(grad(u), grad(v)), storage="mass", theta=0.5,
-                   dirichlet={"left": 1.0}, defaults={"D": 0.05})
-
-
-def test_one_expert_equals_the_single_hard_constraint():
-    problem = nonlinear_problem()
+def test_one_expert_equals_the_single_hard_constraint(make_square):
+    problem = make_square("nonlinear", f=1.0)
     B = torch.randn(2, problem.n, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
     u1, _ = HardConstraint(problem)(B)
     u2, info = HardConstraintMoE(problem, 1)(B)
@@ -37,8 +27,8 @@ def test_one_expert_equals_the_single_hard_constraint():
     assert float(info.interface_jump.max()) == 0.0
 
 
-def test_one_expert_equals_the_single_hard_constraint_time_dependent():
-    problem = heat_problem()
+def test_one_expert_equals_the_single_hard_constraint_time_dependent(heat_problem):
+    problem = heat_problem
     g = torch.Generator().manual_seed(1)
     B = torch.randn(2, 5, problem.n, 4, dtype=F64, generator=g)
     u0 = torch.rand(2, problem.n, dtype=F64, generator=g)
@@ -48,8 +38,8 @@ def test_one_expert_equals_the_single_hard_constraint_time_dependent():
 
 
 @pytest.mark.parametrize("global_rows", ["none", "boundary+initial"])
-def test_each_expert_enforces_its_own_rows(global_rows):
-    problem = nonlinear_problem()
+def test_each_expert_enforces_its_own_rows(global_rows, make_square):
+    problem = make_square("nonlinear", f=1.0)
     g = torch.Generator().manual_seed(2)
     B = torch.randn(1, problem.n, 8, dtype=F64, generator=g)
     layer = HardConstraintMoE(problem, 4, partition="rcb", global_rows=global_rows)
@@ -78,10 +68,8 @@ def test_each_expert_enforces_its_own_rows(global_rows):
     assert float(info.interface_jump) > 0  # the stitched field is discontinuous
 
 
-def test_exact_solution_in_the_span_is_recovered_without_jump():
-    mesh = fe.MeshTri().refined(3).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    problem = Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - v, dirichlet={k: 0.0 for k in mesh.boundaries})
+def test_exact_solution_in_the_span_is_recovered_without_jump(make_square):
+    problem = make_square("unit_load", 3, dirichlet="all")
     from femoe.reference import solve
 
     u_ref, _ = solve(problem)
@@ -93,8 +81,8 @@ def test_exact_solution_in_the_span_is_recovered_without_jump():
     assert float(info.residual_interface) < 1e-9
 
 
-def test_gradcheck_steady_nonlinear_wrt_basis_and_parameter():
-    problem = nonlinear_problem(refine=2)
+def test_gradcheck_steady_nonlinear_wrt_basis_and_parameter(make_square):
+    problem = make_square("nonlinear", 2, f=1.0)
     layer = HardConstraintMoE(problem, 3, partition="rcb")
     g = torch.Generator().manual_seed(4)
     B = torch.randn(1, problem.n, 3, dtype=F64, generator=g, requires_grad=True)
@@ -102,8 +90,8 @@ def test_gradcheck_steady_nonlinear_wrt_basis_and_parameter():
     assert torch.autograd.gradcheck(lambda B, f: layer(B, {"f": f})[0], (B, f), atol=1e-6)
 
 
-def test_gradcheck_time_dependent_wrt_basis_and_initial_condition():
-    problem = heat_problem()
+def test_gradcheck_time_dependent_wrt_basis_and_initial_condition(heat_problem):
+    problem = heat_problem
     layer = HardConstraintMoE(problem, 2, partition="slab", dt=0.1)
     g = torch.Generator().manual_seed(5)
     B = torch.randn(1, 3, problem.n, 3, dtype=F64, generator=g, requires_grad=True)
@@ -111,8 +99,8 @@ def test_gradcheck_time_dependent_wrt_basis_and_initial_condition():
     assert torch.autograd.gradcheck(lambda B, u0: layer(B, u0=u0)[0], (B, u0), atol=1e-6)
 
 
-def test_devices_split_gives_the_same_result():
-    problem = nonlinear_problem()
+def test_devices_split_gives_the_same_result(make_square):
+    problem = make_square("nonlinear", f=1.0)
     B = torch.randn(2, problem.n, 5, dtype=F64, generator=torch.Generator().manual_seed(6))
     one = HardConstraintMoE(problem, 4, partition="rcb")
     two = HardConstraintMoE(problem, one.partition, devices=["cpu", "cpu"])
@@ -123,8 +111,8 @@ def test_devices_split_gives_the_same_result():
     torch.testing.assert_close(i2.interface_jump, i1.interface_jump)
 
 
-def test_bad_inputs():
-    problem = nonlinear_problem(refine=2)
+def test_bad_inputs(make_square, heat_problem):
+    problem = make_square("nonlinear", 2, f=1.0)
     layer = HardConstraintMoE(problem, 2)
     with pytest.raises(ShapeError, match="B must have shape"):
         layer(torch.zeros(1, problem.n + 1, 3, dtype=F64))
@@ -133,4 +121,4 @@ def test_bad_inputs():
     with pytest.raises(NonFiniteError):
         layer(B)
     with pytest.raises(ProblemError, match="time-dependent"):
-        HardConstraintMoE(heat_problem(), 2)
+        HardConstraintMoE(heat_problem, 2)

@@ -13,15 +13,12 @@ from femoe.reference import solve
 F64 = torch.float64
 
 
-def nonlinear_problem(refine=3):
-    mesh = fe.MeshTri().refined(refine).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
-                   dirichlet={"left": 0.0, "right": "g"}, defaults={"f": 1.0, "g": 0.5})
+#: Dirichlet data of the nonlinear problem here: u = 0 on "left", g on "right"
+BC = {"left": 0.0, "right": "g"}
 
 
-def test_interior_rows_hold_and_interface_rows_carry_the_residual():
-    problem = nonlinear_problem()
+def test_interior_rows_hold_and_interface_rows_carry_the_residual(make_square):
+    problem = make_square("nonlinear", 3, dirichlet=BC, f=1.0, g=0.5)
     layer = PatchConstraint(problem, 4, partition="rcb", rtol=1e-12, atol=1e-12)
     U = torch.randn(2, problem.n, dtype=F64, generator=torch.Generator().manual_seed(0))
     u, info = layer(U)
@@ -38,8 +35,8 @@ def test_interior_rows_hold_and_interface_rows_carry_the_residual():
     torch.testing.assert_close(u[:, right], torch.full_like(u[:, right], 0.5))
 
 
-def test_exact_interface_values_give_the_global_solution():
-    problem = nonlinear_problem()
+def test_exact_interface_values_give_the_global_solution(make_square):
+    problem = make_square("nonlinear", 3, dirichlet=BC, f=1.0, g=0.5)
     u_ref, _ = solve(problem)
     layer = PatchConstraint(problem, 5)
     noise = torch.randn(1, problem.n, dtype=F64, generator=torch.Generator().manual_seed(1))
@@ -50,8 +47,8 @@ def test_exact_interface_values_give_the_global_solution():
     assert float(info.residual_interface) < 1e-8
 
 
-def test_gradcheck_steady_wrt_field_and_parameters():
-    problem = nonlinear_problem(refine=2)
+def test_gradcheck_steady_wrt_field_and_parameters(make_square):
+    problem = make_square("nonlinear", 2, dirichlet=BC, f=1.0, g=0.5)
     layer = PatchConstraint(problem, 3, partition="rcb", rtol=1e-13, atol=1e-13)
     g = torch.Generator().manual_seed(2)
     U = torch.randn(2, problem.n, dtype=F64, generator=g, requires_grad=True)
@@ -76,8 +73,8 @@ def test_gradcheck_time_dependent():
     assert float(R[..., layer.interior].abs().max()) < 1e-10
 
 
-def test_bad_inputs():
-    problem = nonlinear_problem(refine=2)
+def test_bad_inputs(make_square):
+    problem = make_square("nonlinear", 2, dirichlet=BC, f=1.0, g=0.5)
     layer = PatchConstraint(problem, 2)
     with pytest.raises(ShapeError, match="U_hat must have shape"):
         layer(torch.zeros(1, 3, problem.n, dtype=F64))

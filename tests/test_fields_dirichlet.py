@@ -93,13 +93,8 @@ def test_stokes_per_field_and_per_component_dirichlet_equals_scikit_fem(slip_bot
     assert not np.isin(pb.field_dofs("p"), pb.dirichlet_dofs).any()  # the pressure is never fixed
 
 
-def _poisson(mesh, **kw):
-    return Problem(fe.Basis(mesh, fe.ElementTriP1()), lambda u, v, w: dot(grad(u), grad(v)) - w.f * v, **kw)
-
-
-def test_dirichlet_parameter_shapes():
-    mesh = fe.MeshTri().refined(2).with_defaults()
-    pb = _poisson(mesh, dirichlet={"left": "g", "right": 0.0}, defaults={"f": 1.0})
+def test_dirichlet_parameter_shapes(make_square):
+    pb = make_square("poisson", 2, dirichlet={"left": "g", "right": 0.0}, f=1.0)
     m = pb.dirichlet_dofs_of("left").size
     u = torch.zeros(pb.n, dtype=F64)
     # documented (B, m): per-DOF values per sample
@@ -113,7 +108,7 @@ def test_dirichlet_parameter_shapes():
     # (m,) is ambiguous: one sample's per-DOF values, or m samples' constants
     with pytest.raises(AmbiguousParameterError, match="'g'.*'dirichlet' or 'constant'"):
         pb.residual(u, {"g": torch.rand(m, dtype=F64)})
-    declared = _poisson(mesh, dirichlet={"left": "g"}, defaults={"f": 1.0}, coefficients={"g": "dirichlet"})
+    declared = make_square("poisson", 2, dirichlet={"left": "g"}, f=1.0, coefficients={"g": "dirichlet"})
     g1 = torch.rand(m, dtype=F64)
     R = declared.residual(u, {"g": g1})
     assert R.shape == (pb.n,)
@@ -136,9 +131,9 @@ def test_vector_dirichlet_parameter_per_component_order_and_gradcheck():
     np.testing.assert_allclose(ref[dofs], g[0].detach().numpy())
 
 
-def test_parameter_kinds_never_silently_become_a_batch():
-    mesh = fe.MeshTri().refined(3).with_defaults()
-    pb = _poisson(mesh, dirichlet={"left": 0.0})
+def test_parameter_kinds_never_silently_become_a_batch(make_square):
+    pb = make_square("poisson", 3, dirichlet={"left": 0.0})
+    mesh = pb.mesh
     u = torch.zeros(pb.n, dtype=F64)
     with pytest.raises(AmbiguousParameterError, match="'f'.*another mesh"):
         pb.residual(u, {"f": torch.ones(pb.n + 1, dtype=F64)})
@@ -146,7 +141,8 @@ def test_parameter_kinds_never_silently_become_a_batch():
     with pytest.raises(AmbiguousParameterError, match="'f'"):
         pb.residual(u, {"f": torch.ones(other, dtype=F64)})
     with pytest.raises(ShapeError, match="declared 'nodal'"):
-        _poisson(mesh, coefficients={"f": "nodal"}).residual(u, {"f": torch.ones(pb.n + 1, dtype=F64)})
+        make_square("poisson", 3, dirichlet=None, coefficients={"f": "nodal"}).residual(
+            u, {"f": torch.ones(pb.n + 1, dtype=F64)})
     # (B, 1): per-sample constants (femoe run passes its inputs this way)
     R = pb.residual(u, {"f": torch.tensor([[2.0]], dtype=F64), "kappa": torch.tensor([[1.0]], dtype=F64)})
     torch.testing.assert_close(R, pb.residual(u, {"f": 2.0}))
@@ -155,7 +151,7 @@ def test_parameter_kinds_never_silently_become_a_batch():
     k = pb.n // 2 + 1
     assert pb.residual(u.expand(k, -1), {"f": torch.ones(k, dtype=F64)}).shape == (k, pb.n)
     # declared constants of any length
-    c = _poisson(mesh, coefficients={"f": "constant"})
+    c = make_square("poisson", 3, dirichlet=None, coefficients={"f": "constant"})
     assert c.residual(u, {"f": torch.ones(pb.n + 1, dtype=F64)}).shape == (pb.n + 1, pb.n)
     # quadrature values
     nqp = np.asarray(pb.basis.dx).shape[1]
@@ -168,11 +164,10 @@ def test_parameter_kinds_never_silently_become_a_batch():
         pb.residual(torch.zeros(2, pb.n, dtype=F64), {"f": torch.ones(3, pb.n, dtype=F64)})
 
 
-def test_a_parameter_no_form_reads_warns_once():
+def test_a_parameter_no_form_reads_warns_once(make_square):
     from femoe.errors import UnusedParameterWarning
 
-    mesh = fe.MeshTri().refined(2).with_defaults()
-    pb = _poisson(mesh, dirichlet={"left": "g"})
+    pb = make_square("poisson", 2, dirichlet={"left": "g"})
     u = torch.zeros(pb.n, dtype=F64)
     with pytest.warns(UnusedParameterWarning, match=r"\['kappa'\]"):
         pb.residual(u, {"f": 1.0, "g": 0.0, "kappa": torch.tensor([[2.0]], dtype=F64)})
@@ -204,11 +199,11 @@ def test_patch_experts_on_a_mixed_space_keep_per_field_dirichlet_sets():
     np.testing.assert_allclose(u2[0, pb.dirichlet_dofs].numpy(), ref[pb.dirichlet_dofs], atol=1e-12)
 
 
-def test_gradcheck_quadrature_parameter_and_mixed_dirichlet_parameter_through_the_solve():
+def test_gradcheck_quadrature_parameter_and_mixed_dirichlet_parameter_through_the_solve(make_square):
     from femoe.layers import nonlinear_solve
 
-    mesh = fe.MeshTri().refined(1).with_defaults()
-    pb = _poisson(mesh, dirichlet={"left": 0.0})
+    pb = make_square("poisson", 1, dirichlet={"left": 0.0})
+    mesh = pb.mesh
     nqp = np.asarray(pb.basis.dx).shape[1]
     u = torch.rand(2, pb.n, dtype=F64, requires_grad=True)
     fq = torch.rand(2, mesh.nelements, nqp, dtype=F64, requires_grad=True)

@@ -17,23 +17,16 @@ pytestmark = [pytest.mark.gpu,
 F64 = torch.float64
 
 
-def nonlinear(refine=3):
-    mesh = fe.MeshTri().refined(refine).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
-                   dirichlet={"left": 0.0, "right": 0.0}, defaults={"f": 1.0})
-
-
-def heat():
-    mesh = fe.MeshLine().refined(5).with_boundaries({"left": lambda x: x[0] == 0})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: w.D * dot((1 + u**2) * grad(u), grad(v)), storage="mass", theta=0.5,
-                   dirichlet={"left": 1.0}, defaults={"D": 0.05})
+@pytest.fixture
+def heat(make_heat):
+    """u_t = div(0.05 (1 + u^2) grad u), Crank-Nicolson, u = 1 on "left", 32 cells."""
+    return make_heat(lambda u, v, w: w.D * dot((1 + u**2) * grad(u), grad(v)), 5, theta=0.5, dirichlet={"left": 1.0},
+                     D=0.05)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_residual_and_jacobian_on_cuda_equal_cpu(dtype):
-    p = nonlinear()
+def test_residual_and_jacobian_on_cuda_equal_cpu(dtype, make_square):
+    p = make_square("nonlinear", f=1.0)
     u = torch.rand(3, p.n, dtype=dtype, generator=torch.Generator().manual_seed(0))
     R, J = p.residual_and_jacobian(u)
     Rc, Jc = p.residual_and_jacobian(u.cuda())
@@ -43,8 +36,8 @@ def test_residual_and_jacobian_on_cuda_equal_cpu(dtype):
     torch.testing.assert_close(Jc.values.cpu(), J.values, rtol=tol, atol=tol)
 
 
-def test_gradcheck_residual_on_cuda():
-    p = nonlinear(refine=1)
+def test_gradcheck_residual_on_cuda(make_square):
+    p = make_square("nonlinear", 1, f=1.0)
     u = torch.rand(2, p.n, dtype=F64, device="cuda", requires_grad=True)
     f = torch.rand(2, dtype=F64, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(lambda u, f: p.residual_and_jacobian(u, {"f": f})[1].values, (u, f))
@@ -74,11 +67,11 @@ def test_sparse_solve_gradcheck_on_cuda(solver):
     assert torch.autograd.gradcheck(f, (vals, b))
 
 
-def test_constraint_layers_on_cuda_equal_cpu():
+def test_constraint_layers_on_cuda_equal_cpu(make_square):
     from femoe.experts import HardConstraintMoE, PatchConstraint
     from femoe.layers import HardConstraint
 
-    p = nonlinear()
+    p = make_square("nonlinear", f=1.0)
     B = torch.randn(2, p.n, 6, dtype=F64, generator=torch.Generator().manual_seed(1))
     for layer in (HardConstraint(p), HardConstraintMoE(p, 4, partition="rcb")):
         u, _ = layer(B)
@@ -92,10 +85,10 @@ def test_constraint_layers_on_cuda_equal_cpu():
     torch.testing.assert_close(uc.cpu(), u, rtol=1e-7, atol=1e-8)
 
 
-def test_gradcheck_layers_on_cuda():
+def test_gradcheck_layers_on_cuda(heat):
     from femoe.experts import HardConstraintMoE, PatchConstraint
 
-    p = heat()
+    p = heat
     moe = HardConstraintMoE(p, 2, partition="slab", dt=0.1)
     B = torch.randn(1, 3, p.n, 3, dtype=F64, device="cuda", requires_grad=True)
     u0 = (0.5 + torch.rand(1, p.n, dtype=F64, device="cuda")).requires_grad_(True)

@@ -11,38 +11,22 @@ import warnings
 
 import numpy as np
 import pytest
-import skfem as fe
 import torch
 
 from femoe.errors import ConfigError, ConvergenceError, ConvergenceWarning
 from femoe.experts import HardConstraintMoE
-from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint, LMOptions
-from femoe.problem import Problem
 from femoe.reference import solve
 
 F64 = torch.float64
 
 
-def nonlinear_problem(refine=3, f=10.0):
-    mesh = fe.MeshTri().refined(refine).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
-                   dirichlet={"left": 0.0, "right": 0.0}, defaults={"f": f})
-
-
-def ds_crank_nicolson():
-    from problems.diffusion_sorption_1d import DiffusionSorption1D
-
-    return DiffusionSorption1D().build(n_cells=6, n_saved=3, theta=0.5)
-
-
-def test_a_stalled_expert_stops_early_and_is_flagged():
+def test_a_stalled_expert_stops_early_and_is_flagged(make_diffusion_sorption):
     """The sorption term max(u, 0)^n_f has a kink at u = 0; expert 1's optimum sits on it, so
     ||grad f|| cannot vanish. It used to run 80 iterations (until the damping overflowed);
     now it stops after `patience` (20) iterations without progress, flagged, and the other experts
     stop at their own convergence."""
-    problem = ds_crank_nicolson()
+    problem = make_diffusion_sorption(n_cells=6, n_saved=3, theta=0.5)  # Crank-Nicolson
     layer = HardConstraintMoE(problem, 3, partition="slab", dt=5.0)
     g = torch.Generator().manual_seed(4)
     B = 0.1 * torch.randn(1, 3, problem.n, 3, dtype=F64, generator=g)
@@ -56,12 +40,12 @@ def test_a_stalled_expert_stops_early_and_is_flagged():
     assert float(info.relative_gradient[0, 1]) > 1e-6  # really not at an optimum
 
 
-def test_badly_scaled_basis_converges_on_the_roundoff_floor():
+def test_badly_scaled_basis_converges_on_the_roundoff_floor(make_square):
     """Columns u* + s z and s z (s = 1e5): the field is a cancellation of terms 1e5 times its
     size, so ||grad f|| cannot fall below ~eps ||J||^2 ||w||, above 1e-10 ||grad f(0)||. The
     relative test alone ran such experts to maxiter; the floor stops them once they stop
     improving, converged, with the weights as accurate as the conditioning allows."""
-    problem = nonlinear_problem()
+    problem = make_square("nonlinear", 3, f=10.0)
     exact = torch.tensor(solve(problem)[0])
     g = torch.Generator().manual_seed(0)
     z = torch.randn(problem.n, 2, dtype=F64, generator=g)
@@ -75,8 +59,8 @@ def test_badly_scaled_basis_converges_on_the_roundoff_floor():
     torch.testing.assert_close(u[0], exact, rtol=0, atol=1e-6)
 
 
-def test_float32_defaults_converge_and_match_pihc():
-    problem = nonlinear_problem(refine=2, f=1.0)
+def test_float32_defaults_converge_and_match_pihc(make_square):
+    problem = make_square("nonlinear", 2, f=1.0)
     moe, pihc = HardConstraintMoE(problem, 3, partition="rcb"), HardConstraint(problem)
     assert moe.options == pihc.options  # same defaults, same stopping test
     g = torch.Generator().manual_seed(1)
@@ -96,8 +80,8 @@ def _make(kind, problem, **kw):
 
 
 @pytest.mark.parametrize("kind", ["pihc", "moe"])
-def test_strict_and_raise_policy_raise(kind):
-    problem = nonlinear_problem(refine=2)
+def test_strict_and_raise_policy_raise(kind, make_square):
+    problem = make_square("nonlinear", 2, f=10.0)
     B = torch.randn(1, problem.n, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
     for kw in ({"strict": True}, {"unconverged": "raise"}):
         with pytest.raises(ConvergenceError, match="did not converge"):
@@ -108,17 +92,17 @@ def test_strict_and_raise_policy_raise(kind):
 @pytest.mark.parametrize("kw, match", [({"unconverged": "ignore"}, "unconverged"),
                                        ({"unconverged": "exclude", "strict": True}, "strict"),
                                        ({"patience": 0}, "patience")])
-def test_bad_policy_options(kind, kw, match):
+def test_bad_policy_options(kind, kw, match, make_square):
     with pytest.raises(ConfigError, match=match):
-        _make(kind, nonlinear_problem(refine=2), **kw)
+        _make(kind, make_square("nonlinear", 2, f=10.0), **kw)
 
 
 @pytest.mark.parametrize("kind", ["pihc", "moe"])
-def test_exclude_gives_unconverged_samples_no_gradient(kind):
+def test_exclude_gives_unconverged_samples_no_gradient(kind, make_square):
     """Sample 0 (f = 0.01, nearly linear) converges in 3 iterations, sample 1 (f = 60) does not:
     with "exclude" sample 1 keeps its value but gives no gradient, sample 0's gradient is the
     "flag" one."""
-    problem = nonlinear_problem(refine=2)
+    problem = make_square("nonlinear", 2, f=10.0)
     g = torch.Generator().manual_seed(3)
     B = torch.randn(2, problem.n, 3, dtype=F64, generator=g)
     f = torch.tensor([0.01, 60.0], dtype=F64)
@@ -139,8 +123,8 @@ def test_exclude_gives_unconverged_samples_no_gradient(kind):
 
 
 @pytest.mark.parametrize("kind", ["pihc", "moe"])
-def test_info_measures_the_trust_in_the_backward(kind):
-    problem = nonlinear_problem(refine=2)
+def test_info_measures_the_trust_in_the_backward(kind, make_square):
+    problem = make_square("nonlinear", 2, f=10.0)
     B = torch.randn(2, problem.n, 3, dtype=F64, generator=torch.Generator().manual_seed(5), requires_grad=True)
     layer = _make(kind, problem)
     u, info = layer(B)

@@ -16,22 +16,20 @@ from femoe.experts import HardConstraintMoE, PatchConstraint
 from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint
 from femoe.partition import ExpertPartition, partition_experts
-from femoe.problem import Problem
 
 F64 = torch.float64
 
 
-def heat(refine=4):
-    mesh = fe.MeshLine().refined(refine).with_boundaries({"left": lambda x: x[0] == 0})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: 0.05 * dot(grad(u), grad(v)), storage="mass", theta=1.0,
-                   dirichlet={"left": 1.0})
+@pytest.fixture
+def heat(make_heat):
+    """u_t = 0.05 u_xx, implicit Euler, u = 1 on "left", 16 cells."""
+    return make_heat(lambda u, v, w: 0.05 * dot(grad(u), grad(v)), 4, theta=1.0, dirichlet={"left": 1.0})
 
 
-def poisson(refine=2):
-    mesh = fe.MeshTri().refined(refine).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - v, dirichlet={"left": 0.0, "right": 0.0})
+@pytest.fixture
+def poisson(make_square):
+    """-lap u = 1, u = 0 on "left" and "right", 32 elements."""
+    return make_square("unit_load", 2)
 
 
 LAYERS = {
@@ -65,9 +63,9 @@ BAD_U0 = [
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("case", BAD_U0, ids=[c[0] for c in BAD_U0])
-def test_bad_initial_conditions(kind, case):
+def test_bad_initial_conditions(kind, case, heat):
     _, batch, make, error, match = case
-    pb = heat()
+    pb = heat
     layer = LAYERS[kind](pb)
     with pytest.raises(error, match=match):
         layer(_input(kind, pb, batch), u0=make(pb.n))
@@ -75,8 +73,8 @@ def test_bad_initial_conditions(kind, case):
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("shape", ["n", "1n", "bn"])
-def test_good_initial_conditions_broadcast(kind, shape):
-    pb = heat()
+def test_good_initial_conditions_broadcast(kind, shape, heat):
+    pb = heat
     layer = LAYERS[kind](pb)
     u0 = torch.rand(2, pb.n, dtype=F64, generator=torch.Generator().manual_seed(1))
     ref = {"n": u0[0], "1n": u0[:1], "bn": u0}[shape]
@@ -86,8 +84,8 @@ def test_good_initial_conditions_broadcast(kind, shape):
         torch.testing.assert_close(u[:, 0], ref.expand(2, -1))
 
 
-def _foreign_partitions(pb):
-    other = poisson(refine=3)  # another mesh: other sizes
+def _foreign_partitions(pb, other):
+    # other: a problem on another mesh (other sizes)
     yield "another mesh", partition_experts(other.basis, 2, "rcb"), "built for another mesh"
     # same mesh, another element order: same sizes, other ownership
     mesh = pb.mesh
@@ -98,18 +96,18 @@ def _foreign_partitions(pb):
 
 
 @pytest.mark.parametrize("layer_cls", [HardConstraintMoE, PatchConstraint])
-def test_partition_of_another_mesh_is_refused(layer_cls):
-    pb = poisson()
-    for _, part, match in _foreign_partitions(pb):
+def test_partition_of_another_mesh_is_refused(layer_cls, poisson, make_square):
+    pb = poisson
+    for _, part, match in _foreign_partitions(pb, make_square("unit_load", 3)):
         with pytest.raises(PartitionError, match=match):
             layer_cls(pb, part)
 
 
 @pytest.mark.parametrize("layer_cls", [HardConstraintMoE, PatchConstraint])
-def test_own_partition_without_dirichlet_is_accepted(layer_cls):
+def test_own_partition_without_dirichlet_is_accepted(layer_cls, poisson):
     """A partition of the same basis built without the Dirichlet DOFs is the same ownership:
     accepted, and rebuilt with the problem's Dirichlet DOFs."""
-    pb = poisson()
+    pb = poisson
     part = partition_experts(pb.basis, 2, "rcb")
     layer = layer_cls(pb, part)
     assert isinstance(layer.partition, ExpertPartition)
@@ -119,6 +117,6 @@ def test_own_partition_without_dirichlet_is_accepted(layer_cls):
 
 @pytest.mark.parametrize("layer_cls", [HardConstraintMoE, PatchConstraint])
 @pytest.mark.parametrize("experts", ["two", 2.5, 0, -1, True, None])
-def test_bad_number_of_experts(layer_cls, experts):
+def test_bad_number_of_experts(layer_cls, experts, poisson):
     with pytest.raises(ConfigError, match="experts must be a positive integer"):
-        layer_cls(poisson(), experts)
+        layer_cls(poisson, experts)

@@ -18,26 +18,18 @@ F64 = torch.float64
 BC = {"left": 0.0, "right": "g", "top": 0.0, "bottom": 0.0}
 
 
-def _mesh(refine):
-    return fe.MeshTri().refined(refine).with_defaults()
+@pytest.fixture
+def square(make_square):
+    """``square(form, refine=1)``: "poisson" (-lap u = f) or "nonlinear" (-div((1 + u^2) grad u) = f)
+    on the unit square with the Dirichlet data BC (g = 0 unless given)."""
+    return lambda form, refine=1: make_square(form, refine, dirichlet=BC, g=0.0)
 
 
-def poisson(refine=1):
-    basis = fe.Basis(_mesh(refine), fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - w.f * v, dirichlet=BC, defaults={"g": 0.0})
-
-
-def quasilinear(refine=1):
-    basis = fe.Basis(_mesh(refine), fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v, dirichlet=BC,
-                   defaults={"g": 0.0})
-
-
-def heat():
-    mesh = fe.MeshLine().refined(2).with_boundaries({"left": lambda x: x[0] == 0, "right": lambda x: x[0] == 1})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: dot((w.D + u**2) * grad(u), grad(v)) - v, storage="mass", theta=0.5,
-                   dirichlet={"left": 0.0}, defaults={"D": 0.2})
+@pytest.fixture
+def heat(make_heat):
+    """u_t = div((D + u^2) grad u) + 1, D = 0.2, Crank-Nicolson, u = 0 on "left", 4 cells."""
+    return make_heat(lambda u, v, w: dot((w.D + u**2) * grad(u), grad(v)) - v, 2, theta=0.5,
+                     dirichlet={"left": 0.0}, D=0.2)
 
 
 def _basis(batch, shape, seed=0):
@@ -53,9 +45,9 @@ def _grad_w_norm(layer, B, params, w):
     return torch.autograd.grad(f, w)[0].norm(dim=1)
 
 
-@pytest.mark.parametrize("make", [poisson, quasilinear])
-def test_forward_reaches_a_stationary_point_and_batches(make):
-    pb = make(2)
+@pytest.mark.parametrize("form", ["poisson", "nonlinear"])
+def test_forward_reaches_a_stationary_point_and_batches(form, square):
+    pb = square(form, 2)
     layer = HardConstraint(pb)
     B = _basis(3, (pb.n, 5))
     f = torch.tensor([1.0, 4.0, 9.0], dtype=F64)
@@ -68,9 +60,9 @@ def test_forward_reaches_a_stationary_point_and_batches(make):
         torch.testing.assert_close(ui, u[i], atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("make", [poisson, quasilinear])
-def test_exact_solution_in_span_is_recovered(make):
-    pb = make(3)
+@pytest.mark.parametrize("form", ["poisson", "nonlinear"])
+def test_exact_solution_in_span_is_recovered(form, square):
+    pb = square(form, 3)
     f = torch.tensor([10.0, 20.0], dtype=F64)
     g = torch.tensor([0.5, -0.3], dtype=F64)
     ustar = nonlinear_solve(pb, {"f": f, "g": g}, atol=1e-13, rtol=0)
@@ -94,8 +86,8 @@ def _gradcheck_layer(layer, B, params, fast_mode=False):
     return torch.autograd.gradcheck(fn, (B, *params.values()), fast_mode=fast_mode)
 
 
-def test_gradcheck_linear_wrt_basis_and_params():
-    pb = poisson(1)
+def test_gradcheck_linear_wrt_basis_and_params(square):
+    pb = square("poisson", 1)
     layer = HardConstraint(pb, tol=1e-14)
     B = _basis(2, (pb.n, 3)).requires_grad_(True)
     params = {"f": torch.tensor([2.0, 3.0], dtype=F64, requires_grad=True),
@@ -103,16 +95,16 @@ def test_gradcheck_linear_wrt_basis_and_params():
     assert _gradcheck_layer(layer, B, params)
 
 
-def test_gradcheck_nonlinear_wrt_basis_and_source_field():
-    pb = quasilinear(1)
+def test_gradcheck_nonlinear_wrt_basis_and_source_field(square):
+    pb = square("nonlinear", 1)
     layer = HardConstraint(pb, tol=1e-14)
     B = _basis(2, (pb.n, 3), seed=1).requires_grad_(True)
     f = torch.tensor(np.random.default_rng(0).uniform(2, 6, (2, pb.n)), dtype=F64, requires_grad=True)
     assert _gradcheck_layer(layer, B, {"f": f}, fast_mode=True)
 
 
-def test_gradcheck_time_dependent_wrt_basis_initial_condition_and_param():
-    pb = heat()
+def test_gradcheck_time_dependent_wrt_basis_initial_condition_and_param(heat):
+    pb = heat
     layer = HardConstraint(pb, dt=0.1, tol=1e-14)
     B = (0.5 * _basis(1, (3, pb.n, 3), seed=2)).requires_grad_(True)
     x = torch.as_tensor(pb.doflocs[0])
@@ -128,9 +120,9 @@ def test_gradcheck_time_dependent_wrt_basis_initial_condition_and_param():
     assert torch.autograd.gradcheck(fn, (B, u0, D), fast_mode=True)
 
 
-@pytest.mark.parametrize("make", [poisson, quasilinear])
-def test_implicit_gradient_equals_unrolled_gradient(make):
-    pb = make(2)
+@pytest.mark.parametrize("form", ["poisson", "nonlinear"])
+def test_implicit_gradient_equals_unrolled_gradient(form, square):
+    pb = square(form, 2)
     B = _basis(2, (pb.n, 4), seed=3).requires_grad_(True)
     f = torch.tensor([3.0, 8.0], dtype=F64, requires_grad=True)
     weights = torch.linspace(-1, 1, pb.n, dtype=F64)
@@ -143,10 +135,10 @@ def test_implicit_gradient_equals_unrolled_gradient(make):
         torch.testing.assert_close(gi, gu, atol=1e-6 * gu.abs().max(), rtol=1e-6)
 
 
-def test_exact_hessian_matters_for_nonlinear_and_not_for_linear():
-    B = _basis(1, (poisson(1).n, 3), seed=4)
-    for make, same in ((poisson, True), (quasilinear, False)):
-        pb = make(1)
+def test_exact_hessian_matters_for_nonlinear_and_not_for_linear(square):
+    B = _basis(1, (square("poisson", 1).n, 3), seed=4)
+    for form, same in (("poisson", True), ("nonlinear", False)):
+        pb = square(form, 1)
         f = torch.tensor([30.0], dtype=F64)
         g = {}
         for hessian in ("exact", "gauss_newton"):
@@ -157,8 +149,8 @@ def test_exact_hessian_matters_for_nonlinear_and_not_for_linear():
         assert close == same
 
 
-def test_rows_and_local_dofs_select_what_is_enforced():
-    pb = poisson(2)
+def test_rows_and_local_dofs_select_what_is_enforced(square):
+    pb = square("poisson", 2)
     f = torch.tensor([5.0], dtype=F64)
     B = _basis(1, (pb.n, 4), seed=5)
     free = torch.as_tensor(pb.free_dofs)
@@ -180,15 +172,14 @@ def test_rows_and_local_dofs_select_what_is_enforced():
 
 
 @pytest.mark.parametrize("linear", [True, False])
-def test_time_dependent_recovers_trajectory_in_span(linear):
+def test_time_dependent_recovers_trajectory_in_span(linear, make_heat, heat):
     from femoe.layers import solve_trajectory
 
     if linear:
-        mesh = fe.MeshLine().refined(2).with_boundaries({"left": lambda x: x[0] == 0})
-        pb = Problem(fe.Basis(mesh, fe.ElementLineP1()), lambda u, v, w: w.D * dot(grad(u), grad(v)) - v,
-                     storage="mass", theta=0.5, dirichlet={"left": 0.0}, defaults={"D": 0.2})
+        pb = make_heat(lambda u, v, w: w.D * dot(grad(u), grad(v)) - v, 2, theta=0.5, dirichlet={"left": 0.0},
+                       D=0.2)
     else:
-        pb = heat()
+        pb = heat
     x = torch.as_tensor(pb.doflocs[0])
     u0 = 1.0 + x * (2 - x)
     U, _ = solve_trajectory(pb, u0, 0.1, 3, atol=1e-13, rtol=0)  # (4, n), level 0 = u0
@@ -202,8 +193,8 @@ def test_time_dependent_recovers_trajectory_in_span(linear):
     torch.testing.assert_close(u[0], U, atol=1e-9, rtol=0)
 
 
-def test_unconverged_warns_once_per_layer_and_strict_raises():
-    pb = quasilinear(2)
+def test_unconverged_warns_once_per_layer_and_strict_raises(square):
+    pb = square("nonlinear", 2)
     B = _basis(2, (pb.n, 6), seed=7)
     f = torch.tensor([40.0, 60.0], dtype=F64)
     layer = HardConstraint(pb, maxiter=1)
@@ -222,8 +213,8 @@ def test_unconverged_warns_once_per_layer_and_strict_raises():
         HardConstraint(pb)(B, {"f": f})
 
 
-def test_nonfinite_inputs_raise_before_any_solve():
-    pb = poisson(1)
+def test_nonfinite_inputs_raise_before_any_solve(square, heat):
+    pb = square("poisson", 1)
     layer = HardConstraint(pb)
     B = _basis(2, (pb.n, 3))
     B[1, 4, 2] = float("nan")
@@ -233,23 +224,23 @@ def test_nonfinite_inputs_raise_before_any_solve():
     f[5] = float("inf")
     with pytest.raises(NonFiniteError, match=r"params\['f'\].*index \(5,\)"):
         layer(_basis(2, (pb.n, 3)), {"f": f})
-    hl = HardConstraint(heat(), dt=0.1)
-    u0 = torch.zeros(heat().n, dtype=F64)
+    hl = HardConstraint(heat, dt=0.1)
+    u0 = torch.zeros(heat.n, dtype=F64)
     u0[0] = float("nan")
     with pytest.raises(NonFiniteError, match="u0"):
-        hl(_basis(1, (3, heat().n, 2)), None, u0)
+        hl(_basis(1, (3, heat.n, 2)), None, u0)
     assert layer.last_info is None
 
 
-def test_wrong_shapes_and_options_name_expected_and_received():
-    pb = poisson(1)
+def test_wrong_shapes_and_options_name_expected_and_received(square, heat):
+    pb = square("poisson", 1)
     with pytest.raises(ShapeError, match=rf"B must have shape \(batch, {pb.n}, N\).*received \(2, {pb.n + 1}, 3\)"):
         HardConstraint(pb)(_basis(2, (pb.n + 1, 3)), {"f": 1.0})
     with pytest.raises(ShapeError, match="float32 or float64"):
         HardConstraint(pb)(torch.zeros(2, pb.n, 3, dtype=torch.int64), {"f": 1.0})
     with pytest.raises(ShapeError, match="batch"):
         HardConstraint(pb)(_basis(2, (pb.n, 3)), {"f": torch.ones(3, dtype=F64)})
-    hp = heat()
+    hp = heat
     with pytest.raises(ShapeError, match=r"\(batch, T \+ 1, "):
         HardConstraint(hp, dt=0.1)(_basis(1, (hp.n, 2)), None, torch.zeros(hp.n, dtype=F64))
     with pytest.raises(ShapeError, match="u0 must have shape"):
@@ -263,12 +254,12 @@ def test_wrong_shapes_and_options_name_expected_and_received():
 
 
 @pytest.mark.slow
-def test_full_gradcheck_nonlinear_and_time_dependent():
-    pb = quasilinear(1)
+def test_full_gradcheck_nonlinear_and_time_dependent(square, heat):
+    pb = square("nonlinear", 1)
     B = _basis(2, (pb.n, 3), seed=1).requires_grad_(True)
     f = torch.tensor(np.random.default_rng(0).uniform(2, 6, (2, pb.n)), dtype=F64, requires_grad=True)
     assert _gradcheck_layer(HardConstraint(pb, tol=1e-14), B, {"f": f})
-    hp = heat()
+    hp = heat
     layer = HardConstraint(hp, dt=0.1, tol=1e-14)
     B = (0.5 * _basis(1, (3, hp.n, 3), seed=2)).requires_grad_(True)
     u0 = (1.0 + torch.as_tensor(hp.doflocs[0])).unsqueeze(0).requires_grad_(True)
@@ -277,16 +268,16 @@ def test_full_gradcheck_nonlinear_and_time_dependent():
 
 
 @pytest.mark.parametrize("case", ["steady", "trajectory"])
-def test_coloured_curvature_equals_dense_hessian_in_w(case):
+def test_coloured_curvature_equals_dense_hessian_in_w(case, square, heat):
     from femoe.layers._lm import _hessian
     from femoe.layers._residuals import INITIAL, basis_field
 
     if case == "steady":
-        pb = quasilinear(2)
+        pb = square("nonlinear", 2)
         layer = HardConstraint(pb, rows=torch.as_tensor(pb.free_dofs))
         B, p = _basis(2, (pb.n, 4), seed=8), {"f": torch.tensor([20.0, 30.0], dtype=F64)}
     else:
-        pb = heat()
+        pb = heat
         layer = HardConstraint(pb, dt=0.1)
         B = _basis(2, (3, pb.n, 4), seed=9)
         p = {INITIAL: 1.0 + torch.as_tensor(pb.doflocs[0]).unsqueeze(0)}
@@ -300,8 +291,8 @@ def test_coloured_curvature_equals_dense_hessian_in_w(case):
     torch.testing.assert_close(H, H_dense, atol=1e-10 * H.abs().max(), rtol=1e-10)
 
 
-def test_float32_follows_the_input_with_a_float32_tolerance():
-    pb = quasilinear(2)
+def test_float32_follows_the_input_with_a_float32_tolerance(square):
+    pb = square("nonlinear", 2)
     B = _basis(2, (pb.n, 4), seed=10).float().requires_grad_(True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -313,14 +304,12 @@ def test_float32_follows_the_input_with_a_float32_tolerance():
     assert B.grad.dtype == torch.float32 and torch.isfinite(B.grad).all()
 
 
-def test_mass_row_scale_keeps_the_ridge_small_on_fine_meshes():
+def test_mass_row_scale_keeps_the_ridge_small_on_fine_meshes(make_square):
     # weak-form rows scale like h^d: on a fine mesh the ridge rho ||w||^2 swamps the raw rows
     # and pulls u towards 0; rows divided by M_ii are pointwise residuals and keep the solution
     from femoe.reference import solve
 
-    mesh = fe.MeshTri().refined(5).with_defaults()
-    pb = Problem(fe.Basis(mesh, fe.ElementTriP1()), lambda u, v, w: dot(grad(u), grad(v)) - v,
-                 dirichlet={k: 0.0 for k in mesh.boundaries})
+    pb = make_square("unit_load", 5, dirichlet="all")
     u_ref = torch.as_tensor(solve(pb)[0])
     B = _basis(1, (pb.n, 4), seed=11)
     B[0, :, 0] = u_ref

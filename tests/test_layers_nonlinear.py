@@ -74,15 +74,15 @@ def test_adjoint_gradient_equals_dense_implicit_formula():
     torch.testing.assert_close(gf, expected, atol=1e-11, rtol=1e-9)
 
 
-def _heat():
-    mesh = fe.MeshLine().refined(3).with_boundaries({"left": lambda x: x[0] == 0, "right": lambda x: x[0] == 1})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: dot((w.D + u**2) * grad(u), grad(v)) - w.s * v, storage="mass",
-                   theta=0.5, dirichlet={"left": 0.0}, defaults={"D": 0.1, "s": 1.0})
+@pytest.fixture
+def heat(make_heat):
+    """u_t = div((D + u^2) grad u) + s, D = 0.1, s = 1, Crank-Nicolson, u = 0 on "left", 8 cells."""
+    return make_heat(lambda u, v, w: dot((w.D + u**2) * grad(u), grad(v)) - w.s * v, 3, theta=0.5,
+                     dirichlet={"left": 0.0}, D=0.1, s=1.0)
 
 
-def test_theta_step_matches_reference_and_gradchecks():
-    pb = _heat()
+def test_theta_step_matches_reference_and_gradchecks(heat):
+    pb = heat
     x = torch.as_tensor(pb.doflocs[0])
     u_old = (torch.sin(np.pi * x / 2)).unsqueeze(0).repeat(2, 1).requires_grad_(True)
     D = torch.tensor([0.1, 0.3], dtype=F64, requires_grad=True)
@@ -96,8 +96,8 @@ def test_theta_step_matches_reference_and_gradchecks():
     assert torch.autograd.gradcheck(fn, (u_old, D))
 
 
-def test_trajectory_gradcheck_wrt_initial_condition_and_parameter():
-    pb = _heat()
+def test_trajectory_gradcheck_wrt_initial_condition_and_parameter(heat):
+    pb = heat
     x = torch.as_tensor(pb.doflocs[0])
     u0 = (x * (2 - x)).requires_grad_(True)
     s = torch.tensor(1.5, dtype=F64, requires_grad=True)
@@ -127,7 +127,7 @@ def test_unconverged_newton_warns_or_raises():
         nonlinear_solve(pb, {"f": 50.0})
 
 
-def test_nonfinite_and_shape_errors():
+def test_nonfinite_and_shape_errors(heat):
     pb = _problem(1)
     f = torch.ones(pb.n, dtype=F64)
     f[3] = float("nan")
@@ -136,4 +136,4 @@ def test_nonfinite_and_shape_errors():
     with pytest.raises(ShapeError, match="u0 must have shape"):
         nonlinear_solve(pb, {"f": 1.0}, u0=torch.zeros(pb.n + 1, dtype=F64))
     with pytest.raises(NonFiniteError, match="u_old"):
-        nonlinear_step(_heat(), torch.full((_heat().n,), float("inf"), dtype=F64), 0.1)
+        nonlinear_step(heat, torch.full((heat.n,), float("inf"), dtype=F64), 0.1)

@@ -2,33 +2,28 @@
 
 import numpy as np
 import pytest
-import skfem as fe
 import torch
 
 from femoe.errors import ConfigError, NonFiniteError, ShapeError
 from femoe.helpers import dot, grad
 from femoe.layers import nonlinear_solve, soft_residual_loss, soft_trajectory_loss, solve_trajectory
-from femoe.problem import Problem
 
 F64 = torch.float64
 
 
-def _problem():
-    mesh = fe.MeshTri().refined(2).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot((1 + u**2) * grad(u), grad(v)) - w.f * v,
-                   dirichlet={"left": 0.0, "right": 0.5})
+@pytest.fixture
+def pb(make_square):
+    """-div((1 + u^2) grad u) = f, u = 0 on "left" and 0.5 on "right", f given by each test."""
+    return make_square("nonlinear", 2, dirichlet={"left": 0.0, "right": 0.5})
 
 
-def _heat():
-    mesh = fe.MeshLine().refined(3).with_boundaries({"left": lambda x: x[0] == 0})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: w.D * dot(grad(u), grad(v)) - v, storage="mass", theta=1.0,
-                   dirichlet={"left": 0.0}, defaults={"D": 0.3})
+@pytest.fixture
+def heat(make_heat):
+    """u_t = 0.3 u_xx + 1, implicit Euler, u = 0 on "left", 8 cells."""
+    return make_heat(lambda u, v, w: w.D * dot(grad(u), grad(v)) - v, 3, theta=1.0, dirichlet={"left": 0.0}, D=0.3)
 
 
-def test_zero_at_discrete_solution_and_equal_to_residual_norm():
-    pb = _problem()
+def test_zero_at_discrete_solution_and_equal_to_residual_norm(pb):
     f = torch.tensor([2.0, 7.0], dtype=F64)
     u = nonlinear_solve(pb, {"f": f}, atol=1e-13, rtol=0)
     assert soft_residual_loss(pb, u, {"f": f}).item() < 1e-24
@@ -43,8 +38,7 @@ def test_zero_at_discrete_solution_and_equal_to_residual_norm():
                                ((wts * R[:, free]) ** 2).sum(1).mean())
 
 
-def test_gradient_matches_autograd_of_the_residual_and_gradcheck():
-    pb = _problem()
+def test_gradient_matches_autograd_of_the_residual_and_gradcheck(pb):
     u_hat = torch.tensor(np.random.default_rng(1).random((2, pb.n)), dtype=F64, requires_grad=True)
     f = torch.tensor([1.0, 3.0], dtype=F64, requires_grad=True)
     g = torch.autograd.grad(soft_residual_loss(pb, u_hat, {"f": f}), (u_hat, f))
@@ -54,8 +48,8 @@ def test_gradient_matches_autograd_of_the_residual_and_gradcheck():
     assert torch.autograd.gradcheck(lambda u, f: soft_residual_loss(pb, u, {"f": f}), (u_hat, f))
 
 
-def test_trajectory_loss_zero_on_solution_with_initial_condition_rows():
-    pb = _heat()
+def test_trajectory_loss_zero_on_solution_with_initial_condition_rows(heat):
+    pb = heat
     x = torch.as_tensor(pb.doflocs[0])
     u0 = 1.0 + x
     U, _ = solve_trajectory(pb, u0, 0.1, 3, atol=1e-13, rtol=0)
@@ -70,8 +64,7 @@ def test_trajectory_loss_zero_on_solution_with_initial_condition_rows():
     assert torch.autograd.gradcheck(lambda V, u0: soft_trajectory_loss(pb, V, 0.1, u0=u0), (Vg, u0g))
 
 
-def test_errors():
-    pb = _problem()
+def test_errors(pb, heat):
     with pytest.raises(ShapeError, match="u_hat must have shape"):
         soft_residual_loss(pb, torch.zeros(3, dtype=F64))
     bad = torch.zeros(pb.n, dtype=F64)
@@ -81,4 +74,4 @@ def test_errors():
     with pytest.raises(ConfigError, match="Pick one of"):
         soft_residual_loss(pb, torch.zeros(pb.n, dtype=F64), {"f": 1.0}, reduction="max")
     with pytest.raises(ShapeError, match="U_hat must have shape"):
-        soft_trajectory_loss(_heat(), torch.zeros(1, 1, _heat().n, dtype=F64), 0.1)
+        soft_trajectory_loss(heat, torch.zeros(1, 1, heat.n, dtype=F64), 0.1)

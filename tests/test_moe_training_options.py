@@ -3,37 +3,26 @@ the interface loss weight and the PI-HC warm start (issue 14)."""
 
 import numpy as np
 import pytest
-import skfem as fe
 import torch
 
 from femoe.errors import ConfigError
 from femoe.experts import HardConstraintMoE
 from femoe.helpers import dot, grad
-from femoe.problem import Problem
 from femoe.train.config import config_from_dict
 
 F64 = torch.float64
 
 
-def heat():
-    mesh = fe.MeshLine().refined(4).with_boundaries({"left": lambda x: np.isclose(x[0], 0.0)})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: 0.05 * dot((1 + u**2) * grad(u), grad(v)), storage="mass", theta=1.0,
-                   dirichlet={"left": 1.0})
-
-
-def poisson():
-    mesh = fe.MeshTri().refined(2).with_defaults()
-    return Problem(fe.Basis(mesh, fe.ElementTriP1()), lambda u, v, w: dot(grad(u), grad(v)) - v,
-                   dirichlet={"left": 0.0, "right": 0.0})
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("steady", [True, False])
-def test_info_weights_reproduce_each_owners_output(batch, steady):
+def test_info_weights_reproduce_each_owners_output(batch, steady, make_square, make_heat):
     """``info.weights``: B @ w_k equals the stitched output on every DOF expert k owns (so the
     order of samples, experts and groups in the record is right), and carries the gradient."""
-    p = poisson() if steady else heat()
+    if steady:  # -lap u = 1, u = 0 on "left" and "right"
+        p = make_square("unit_load", 2)
+    else:  # u_t = div(0.05 (1 + u^2) grad u), implicit Euler, u = 1 on "left"
+        p = make_heat(lambda u, v, w: 0.05 * dot((1 + u**2) * grad(u), grad(v)), 4, theta=1.0,
+                      dirichlet={"left": 1.0})
     g = torch.Generator().manual_seed(3)
     layer = HardConstraintMoE(p, 3, partition="rcb" if steady else "slab", **({} if steady else {"dt": 0.1}))
     shape = (batch, p.n, 5) if steady else (batch, 4, p.n, 5)

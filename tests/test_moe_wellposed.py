@@ -24,36 +24,31 @@ F64 = torch.float64
 DT, STEPS = 0.05, 5
 
 
-def steady_problem():
+@pytest.fixture
+def steady_problem(make_square):
     """-div grad u = 1; u = g on "left", 0 on "right", Robin u v on "top" (facet rows)."""
-    mesh = fe.MeshTri().refined(3).with_defaults()
-    basis = fe.Basis(mesh, fe.ElementTriP1())
-    return Problem(basis, lambda u, v, w: dot(grad(u), grad(v)) - v, facets={"top": lambda u, v, w: u * v},
-                   dirichlet={"left": "g", "right": 0.0})
+    return make_square("unit_load", 3, facets={"top": lambda u, v, w: u * v}, dirichlet={"left": "g", "right": 0.0})
 
 
-def heat_problem():
+@pytest.fixture
+def heat_problem(make_heat):
     """u_t = 0.05 u_xx, Crank-Nicolson; u = g on "left", outflow Robin u v on "right"."""
-    mesh = fe.MeshLine().refined(5).with_boundaries({"left": lambda x: np.isclose(x[0], 0.0),
-                                                      "right": lambda x: np.isclose(x[0], 1.0)})
-    basis = fe.Basis(mesh, fe.ElementLineP1())
-    return Problem(basis, lambda u, v, w: 0.05 * dot(grad(u), grad(v)), facets={"right": lambda u, v, w: u * v},
-                   storage="mass", theta=0.5, dirichlet={"left": "g"})
+    return make_heat(lambda u, v, w: 0.05 * dot(grad(u), grad(v)), 5, facets={"right": lambda u, v, w: u * v},
+                     theta=0.5, dirichlet={"left": "g"})
 
 
-def ds_problem(u_left=1.0):
-    """Diffusion-sorption (nonlinear storage, Dirichlet inflow, Robin outflow) on 24 cells."""
-    from problems.diffusion_sorption_1d import DiffusionSorption1D
-
-    return DiffusionSorption1D().build(n_cells=24, n_saved=3, u_left=u_left)
+@pytest.fixture
+def ds_problem(make_diffusion_sorption):
+    """``ds_problem(u_left=1.0)``: diffusion-sorption (nonlinear storage, Dirichlet inflow, Robin
+    outflow) on 24 cells."""
+    return lambda u_left=1.0: make_diffusion_sorption(n_cells=24, n_saved=3, u_left=u_left)
 
 
 def _g(value):
     return {"g": torch.tensor(value, dtype=F64)}
 
 
-def steady_case():
-    problem = steady_problem()
+def steady_case(problem):
     exact = solve(problem, _g(1.0))[0]
     other = solve(problem, _g(3.0))[0]  # every PDE row holds, the Dirichlet rows on "left" do not
     g = torch.Generator().manual_seed(0)
@@ -61,9 +56,9 @@ def steady_case():
     return problem, B[None], dict(params=_g(1.0)), torch.tensor(exact)[None], "rcb"
 
 
-def transient_case(which):
+def transient_case(which, heat_problem, ds_problem):
     if which == "heat":
-        problem = alt = heat_problem()
+        problem = alt = heat_problem
         params_alt = _g(2.5)
         x = problem.doflocs[0]
         u0 = 0.3 + 0.2 * np.sin(3 * x)
@@ -89,8 +84,8 @@ def _solve(problem, B, kw, K, part, dt=None, **opts):
 
 
 @pytest.mark.parametrize("K", [1, 2, 4])
-def test_steady_exact_solution_recovered_for_every_K(K):
-    problem, B, kw, exact, part = steady_case()
+def test_steady_exact_solution_recovered_for_every_K(K, steady_problem):
+    problem, B, kw, exact, part = steady_case(steady_problem)
     u, info, _ = _solve(problem, B, kw, K, part)
     assert info.all_converged
     torch.testing.assert_close(u, exact, rtol=0, atol=1e-8)
@@ -99,15 +94,15 @@ def test_steady_exact_solution_recovered_for_every_K(K):
 
 @pytest.mark.parametrize("K", [1, 2, 4])
 @pytest.mark.parametrize("which", ["heat", "ds"])
-def test_time_dependent_exact_solution_recovered_for_every_K(which, K):
-    problem, B, kw, exact, part, dt = transient_case(which)
+def test_time_dependent_exact_solution_recovered_for_every_K(which, K, heat_problem, ds_problem):
+    problem, B, kw, exact, part, dt = transient_case(which, heat_problem, ds_problem)
     u, info, _ = _solve(problem, B, kw, K, part, dt)
     assert info.all_converged
     torch.testing.assert_close(u, exact, rtol=0, atol=1e-8)
 
 
-def test_steady_own_rows_only_are_underdetermined():
-    problem, B, kw, exact, part = steady_case()
+def test_steady_own_rows_only_are_underdetermined(steady_problem):
+    problem, B, kw, exact, part = steady_case(steady_problem)
     u, _, layer = _solve(problem, B, kw, 4, part, global_rows="none")
     # experts that own no DOF of "left" cannot tell the two columns apart
     left = problem.basis.get_dofs(problem.mesh.boundaries["left"]).all()
@@ -118,18 +113,18 @@ def test_steady_own_rows_only_are_underdetermined():
         assert float(err[layer.partition.owner == k].max()) > 1e-2
 
 
-def test_time_dependent_own_rows_only_are_underdetermined():
+def test_time_dependent_own_rows_only_are_underdetermined(heat_problem, ds_problem):
     # linear rows: every mixture of the two columns satisfies an interior expert's own rows
-    problem, B, kw, exact, part, dt = transient_case("heat")
+    problem, B, kw, exact, part, dt = transient_case("heat", heat_problem, ds_problem)
     u, _, _ = _solve(problem, B, kw, 4, part, dt, global_rows="none", maxiter=300)
     assert float((u - exact).abs().max()) > 1e-2
 
 
-def test_global_initial_rows_determine_the_initial_level():
+def test_global_initial_rows_determine_the_initial_level(heat_problem):
     """A column that satisfies every PDE and boundary row but another initial condition, equal to
     the true one except in the last expert's slab, fools every other expert without global
     initial rows."""
-    problem = heat_problem()
+    problem = heat_problem
     x = problem.doflocs[0]
     u0 = 0.3 + 0.2 * np.sin(3 * x)
     u0_alt = u0 + np.where(x > 0.8, 0.5 * np.sin(np.pi * (x - 0.8) / 0.2) ** 2, 0.0)
@@ -146,8 +141,8 @@ def test_global_initial_rows_determine_the_initial_level():
     assert float((u - ref).abs().max()) > 1e-2
 
 
-def test_boundary_rows_cover_dirichlet_and_facet_dofs():
-    problem = steady_problem()
+def test_boundary_rows_cover_dirichlet_and_facet_dofs(steady_problem):
+    problem = steady_problem
     rows = boundary_rows(problem)
     top = problem.basis.get_dofs(problem.mesh.boundaries["top"]).all()
     assert set(problem.dirichlet_dofs) <= set(rows) and set(top) <= set(rows)
@@ -155,8 +150,8 @@ def test_boundary_rows_cover_dirichlet_and_facet_dofs():
 
 
 @pytest.mark.parametrize("global_rows", ["none", "boundary", "initial", "boundary+initial"])
-def test_one_expert_equals_pihc_for_every_option(global_rows):
-    problem = heat_problem()
+def test_one_expert_equals_pihc_for_every_option(global_rows, heat_problem):
+    problem = heat_problem
     g = torch.Generator().manual_seed(3)
     B = torch.randn(2, 4, problem.n, 4, dtype=F64, generator=g)
     u0 = torch.rand(2, problem.n, dtype=F64, generator=g)
@@ -166,9 +161,9 @@ def test_one_expert_equals_pihc_for_every_option(global_rows):
 
 
 @pytest.mark.parametrize("bad", ["all", "boundary+nothing", "", 3, None])
-def test_global_rows_option_is_validated(bad):
+def test_global_rows_option_is_validated(bad, steady_problem):
     with pytest.raises(ConfigError, match="global_rows"):
-        HardConstraintMoE(steady_problem(), 2, global_rows=bad)
+        HardConstraintMoE(steady_problem, 2, global_rows=bad)
 
 
 GRADCHECK = [pytest.param(1, True), pytest.param(2, True),
@@ -176,11 +171,9 @@ GRADCHECK = [pytest.param(1, True), pytest.param(2, True),
 
 
 @pytest.mark.parametrize("batch, fast", GRADCHECK)
-def test_gradcheck_with_global_rows_time_dependent(batch, fast):
+def test_gradcheck_with_global_rows_time_dependent(batch, fast, make_diffusion_sorption):
     """Nonlinear storage, Dirichlet and Robin rows, global initial rows, 3 experts."""
-    from problems.diffusion_sorption_1d import DiffusionSorption1D
-
-    problem = DiffusionSorption1D().build(n_cells=6, n_saved=3)
+    problem = make_diffusion_sorption(n_cells=6, n_saved=3)
     layer = HardConstraintMoE(problem, 3, partition="slab", dt=5.0)
     g = torch.Generator().manual_seed(3)
     # a field that stays positive: the sorption term max(u, 0)^n_f has a kink at u = 0
