@@ -77,11 +77,54 @@ def distance2_colouring(pattern: CSRPattern) -> np.ndarray:
     return cache["colouring"]
 
 
-def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | None:
+class RowTransform:
+    """Rows ``r -> L^{-1} (s r)``: a fixed lower-triangular ``L`` ``(n, n)`` after row weights
+    ``s`` ``(n,)``, applied along the row axis of ``(batch, n)`` rows or ``(batch, n, N)``
+    Jacobians; differentiable (triangular solves).
+
+    With ``K0 = L L^T`` symmetric positive definite (an energy inner product, e.g. the stiffness
+    matrix; :func:`femoe.train.rows.energy_rows`), ``||L^{-1} r||^2 = r^T K0^{-1} r``: the residual
+    measured in the dual (energy) norm. For ``R(u) = K0 u - f`` that is ``||u - u*||_{K0}^2``, the
+    error itself in the energy norm, where the mass-scaled rows ``R_i / M_ii`` (pointwise
+    strong residuals) weigh an error mode by the square of its eigenvalue: a least-squares fit
+    of those rows keeps smooth errors that the energy rows remove."""
+
+    def __init__(self, L: np.ndarray, s: np.ndarray | None = None):
+        L = np.asarray(L, dtype=np.float64)
+        if L.ndim != 2 or L.shape[0] != L.shape[1]:
+            raise ShapeError(f"a row transform needs a square lower-triangular matrix; got shape {L.shape}")
+        self.n = L.shape[0]
+        self.L = torch.as_tensor(np.tril(L))
+        self.s = None if s is None else torch.as_tensor(np.asarray(s, dtype=np.float64))
+        self._on: dict = {}
+
+    def _tensors(self, like: torch.Tensor):
+        key = (str(like.device), like.dtype)
+        if key not in self._on:
+            self._on[key] = (self.L.to(like.device, like.dtype),
+                             None if self.s is None else self.s.to(like.device, like.dtype))
+        return self._on[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(batch, n)`` or ``(batch, n, N)`` -> the same shape."""
+        L, s = self._tensors(x)
+        y = x if s is None else x * s.reshape(-1, *([1] * (x.dim() - 2)))
+        # one triangular solve with every sample (and column) as a right-hand side: 8x faster
+        # than a solve broadcast over the batch
+        cols = y.movedim(1, -1).reshape(-1, self.n).T  # (n, batch [N])
+        z = torch.linalg.solve_triangular(L, cols, upper=False).T
+        return z.reshape(*y.movedim(1, -1).shape).movedim(-1, 1)
+
+
+def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform | None:
     """Weights of the PDE rows: ``"mass"`` (``1 / M_ii``, see :meth:`Problem.row_scale`), ``None``
-    (the raw weak-form rows) or an array of ``n`` weights."""
+    (the raw weak-form rows), an array of ``n`` weights, or a :class:`RowTransform`."""
     if row_scale is None:
         return None
+    if isinstance(row_scale, RowTransform):
+        if row_scale.n != problem.n:
+            raise ShapeError(f"the row transform has {row_scale.n} rows but the problem has {problem.n}")
+        return row_scale
     if isinstance(row_scale, str):
         if row_scale != "mass":
             raise ProblemError(f"row_scale must be 'mass', None or an array of {problem.n} weights; got {row_scale!r}")
@@ -135,7 +178,9 @@ class SteadyResidual:
     def _select(self, x: torch.Tensor) -> torch.Tensor:
         """Scale the PDE rows (axis 1: ``n`` rows, or ``T n`` for trajectories) and pick the
         enforced ones."""
-        if self.scale is not None:
+        if isinstance(self.scale, RowTransform):
+            x = self.scale(x)
+        elif self.scale is not None:
             s = self.scale.to(x.device, x.dtype).repeat(x.shape[1] // self.n)
             x = x * s.reshape(-1, *([1] * (x.dim() - 2)))
         return x if self.rows is None else x.index_select(1, self.rows.to(x.device))
@@ -247,6 +292,9 @@ class TrajectoryResidual(SteadyResidual):
             raise ProblemError(f"problem {problem.name!r} is steady (no storage term); a trajectory needs one")
         if not dt > 0:
             raise ProblemError(f"dt must be positive; got {dt}")
+        if isinstance(row_scale, RowTransform):
+            raise ProblemError("a row transform (energy rows) applies to steady problems only; a trajectory's "
+                               "rows take row weights ('mass', None or an array)")
         super().__init__(problem, None, dofs, row_scale=row_scale)
         self.rows = rows if rows is None else as_index("rows", rows, 2**62)
         self.ic_rows = as_index("ic_rows", ic_rows, self.n)

@@ -89,7 +89,7 @@ class PIHC(Method):
         super().__init__(task)
         s = task.cfg.solver
         kw = dict(rho=s.rho, tol=s.tol, maxiter=s.maxiter, hessian=s.hessian,
-                  row_scale=task.row_scale.numpy(), unconverged=s.unconverged)
+                  row_scale=task.layer_row_scale(), unconverged=s.unconverged)
         if task.time_dependent:
             kw["dt"] = task.dt
         self._layer_kw = kw

@@ -13,12 +13,25 @@ which rows a basis that cannot satisfy all of them gives up. Two choices (``solv
     row ``i``: interior rows are unchanged, a facet row becomes (to ``O(h)``) its boundary
     condition with weight ``O(1)``, like a Dirichlet row, on every mesh.
 
-Dirichlet rows ``u_i - g_i`` get ``solver.dirichlet_weight`` (1 by default) under both choices.
+``"energy"`` (steady problems)
+    ``r -> L^{-1} r`` with ``K0 = L L^T`` the problem's Jacobian at ``u = 0``, every parameter at
+    its default (1 where it has none), Dirichlet rows and columns replaced by the identity and
+    symmetrised: ``||L^{-1} R||^2 = R^T K0^{-1} R``, the residual in the dual (energy) norm. For a
+    linear diffusion problem with ``K0`` its own stiffness this is the error ``||u - u*||^2_K``:
+    the least-squares member of span(B) is then the Ritz (energy-best) one, and a physics loss
+    in these rows is the energy error, not the strong residual, which weighs an error mode by
+    the square of its eigenvalue. With another coefficient (Darcy's kappa = 1 here) it is that
+    error in an equivalent norm. ``K0`` must be symmetric positive definite (diffusion-type
+    problems); its Cholesky factor is dense (``n <= ENERGY_MAX_N``).
+
+Dirichlet rows ``u_i - g_i`` get ``solver.dirichlet_weight`` (1 by default) under every choice.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from femoe.errors import ConfigError
 
 
 def facet_mass_diagonal(problem) -> np.ndarray:
@@ -36,6 +49,63 @@ def facet_mass_diagonal(problem) -> np.ndarray:
     return diag
 
 
+#: Largest problem (DOFs) for which ``"energy"`` rows are built (a dense ``n x n`` factor)
+ENERGY_MAX_N = 8000
+
+
+def _unit_params(problem) -> dict:
+    """Every declared coefficient at its default, or 1 (constant or one per DOF / element)."""
+    import torch
+
+    out = {}
+    for name, kind in problem.coefficients.items():
+        if name in problem.defaults:
+            continue
+        if kind == "constant":
+            out[name] = torch.ones((), dtype=torch.float64)
+        elif kind == "nodal":
+            out[name] = torch.ones(problem.n, dtype=torch.float64)
+        elif kind == "element":
+            out[name] = torch.ones(problem.mesh.t.shape[1], dtype=torch.float64)
+        else:
+            raise ConfigError(f"energy rows: parameter {name!r} of kind {kind!r} has no default to build the "
+                              "reference operator with; give it a default or use row_weights 'mass' or 'boundary'")
+    return out
+
+
+def energy_rows(problem, dirichlet_weight: float = 1.0):
+    """The ``"energy"`` row transform of a steady problem (see the module docstring)."""
+    import torch
+
+    from femoe.layers import RowTransform
+
+    if problem.is_time_dependent:
+        raise ConfigError("solver.row_weights = 'energy' applies to steady problems; a trajectory's rows take "
+                          "'mass' or 'boundary'")
+    n = problem.n
+    if n > ENERGY_MAX_N:
+        raise ConfigError(f"solver.row_weights = 'energy' builds a dense {n} x {n} factor; at most {ENERGY_MAX_N} "
+                          "DOFs are supported: use 'mass' or 'boundary'")
+    _, J = problem.residual_and_jacobian(torch.zeros(1, n, dtype=torch.float64), _unit_params(problem))
+    import scipy.sparse as sp
+
+    K = sp.csr_matrix((J.values[0].detach().numpy(), J.pattern.indices, J.pattern.indptr), shape=(n, n)).toarray()
+    d = np.asarray(problem.dirichlet_dofs)
+    K[d, :] = 0.0
+    K[:, d] = 0.0
+    K[d, d] = 1.0
+    K = 0.5 * (K + K.T)
+    try:
+        L = np.linalg.cholesky(K)
+    except np.linalg.LinAlgError:
+        raise ConfigError(f"solver.row_weights = 'energy': the Jacobian of {problem.name!r} at u = 0 (parameters at "
+                          "their defaults, 1 where none) is not symmetric positive definite once its Dirichlet "
+                          "rows are eliminated, so it defines no energy norm; use 'mass' or 'boundary'") from None
+    s = np.ones(n)
+    s[d] = dirichlet_weight
+    return RowTransform(L, s)
+
+
 def row_weights(problem, kind: str = "mass", dirichlet_weight: float = 1.0) -> np.ndarray:
     """Weights ``s`` of the ``n`` residual rows (see the module docstring)."""
     if kind == "mass":
@@ -44,6 +114,6 @@ def row_weights(problem, kind: str = "mass", dirichlet_weight: float = 1.0) -> n
         d = problem.mass_diagonal + facet_mass_diagonal(problem)
         s = 1.0 / np.where(d > 0, d, 1.0)
     else:
-        raise ValueError(f"row weights must be 'mass' or 'boundary'; got {kind!r}")
+        raise ValueError(f"row weights must be 'mass' or 'boundary' (or 'energy': energy_rows); got {kind!r}")
     s[np.asarray(problem.dirichlet_dofs)] = dirichlet_weight
     return s

@@ -67,11 +67,17 @@ class Task:
         self.fingerprint = mesh_fingerprint(self.problem)
         basis = self.problem.basis
         self.mass = sp.csr_matrix(_first_field_mass(basis, len(self.problem._tb.layouts)))
-        from femoe.train.rows import row_weights
+        from femoe.train.rows import energy_rows, row_weights
 
-        # the layers' row weights, also used by every method's loss (solver.row_weights)
-        self.row_scale = torch.as_tensor(row_weights(self.problem, cfg.solver.row_weights,
-                                                     cfg.solver.dirichlet_weight))
+        # the layers' row weights, also used by every method's loss (solver.row_weights); "energy"
+        # rows are a transform (a triangular solve), not weights
+        if cfg.solver.row_weights == "energy":
+            self.row_transform = energy_rows(self.problem, cfg.solver.dirichlet_weight)
+            self.row_scale = torch.ones(self.n, dtype=torch.float64)
+        else:
+            self.row_transform = None
+            self.row_scale = torch.as_tensor(row_weights(self.problem, cfg.solver.row_weights,
+                                                         cfg.solver.dirichlet_weight))
         self.train = self.test = None
         self.times = None
         self.sensor_matrix = None  # test-mesh tasks: (n_sensors, m) interpolation of the inputs
@@ -207,6 +213,11 @@ class Task:
             return {}, u0
         return self.spec.layer_params(self.problem, x), None
 
+    def layer_row_scale(self):
+        """What the constraint layers take as ``row_scale``: the row weights, or the transform of
+        ``"energy"`` rows."""
+        return self.row_transform if self.row_transform is not None else self.row_scale.numpy()
+
     # ------------------------------------------------------------------ metrics
     def state(self, u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """The state of a method's output: ``u`` itself, or for lifted problems (the unknown is
@@ -239,6 +250,8 @@ class Task:
                 return R.reshape(u.shape[0], -1)
             ic = u[:, 0] - u0
             return torch.cat([R.reshape(u.shape[0], -1), ic], dim=1)
+        if self.row_transform is not None:
+            return self.row_transform(self.problem.residual(u, params) * scale)
         return self.problem.residual(u, params) * scale
 
 
