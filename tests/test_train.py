@@ -95,6 +95,9 @@ def test_run_writes_metrics_plots_and_predictions_and_predict_matches(tmp_path, 
     for name, r in m["methods"].items():
         assert 0 < r["rel_l2_mean"] < 10 and r["seconds_per_step"] > 0 and r["peak_rss_mb"] > 0
     assert m["methods"]["moe"]["interface_jump"] is not None
+    train_s = sum(r["train_seconds"] for r in m["methods"].values())
+    assert m["wall_seconds"] > train_s  # the whole run: data, training, evaluation
+    assert set(m["load"]) == {"start", "end"}
     for f in ("comparison.png", "training.png", "sample.png", "predictions.xdmf"):
         assert (out / f).stat().st_size > 0
     assert "rel L2 mean" in summary["table"] and "moe" in summary["table"]

@@ -280,6 +280,13 @@ def _write_metrics(path: Path, summary: dict, cfg: Config) -> None:
     tmp.replace(path)
 
 
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not available on this platform
+        return None
+
+
 def run(cfg: Config, *, resume: bool = False, progress: bool = True, isolate: bool = True,
         overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate every method of ``cfg``; returns the metrics (also written to disk).
@@ -292,6 +299,7 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True, isolate: bo
 
     check_device(cfg)
     check_run_folder(cfg, resume=resume, overwrite=overwrite)
+    t_start, load_start = time.perf_counter(), _load()
     with sigterm_as_interrupt():
         out = cfg.run_dir
         out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +322,10 @@ def run(cfg: Config, *, resume: bool = False, progress: bool = True, isolate: bo
                 results[m] = train_and_evaluate(cfg.to_dict(), m, resume, progress)
     preds = {m: r.pop("_predictions") for m, r in results.items()}
     summary = {"config": cfg.to_dict(), "problem": task.spec.name, "n_dofs": task.n,
-               "levels": getattr(task, "n_levels", None), "methods": results, "errors": errors}
+               "levels": getattr(task, "n_levels", None), "methods": results, "errors": errors,
+               # data, training and evaluation of every method (not the plots); the machine's load
+               # average (1, 5, 15 min) before and after says how shared it was
+               "wall_seconds": time.perf_counter() - t_start, "load": {"start": load_start, "end": _load()}}
     _write_metrics(out / "metrics.json", summary, cfg)
     from femoe.train.report import plots, table, write_predictions
 
