@@ -114,3 +114,61 @@ def test_energy_rows_are_refused_where_they_do_not_apply():
     with pytest.raises(ConfigError, match="not supported by the MoE"):
         config_from_dict({"name": "x", "methods": ["pihc", "moe"], "problem": {"name": "darcy_2d"},
                           "solver": {"row_weights": "energy"}})
+
+
+def test_per_sample_energy_rows_give_each_sample_its_own_ritz_member():
+    from femoe.layers import SampleEnergyRows
+
+    pb = poisson(coefficient=True)
+    rows = energy_rows(pb, per_sample=True)
+    assert isinstance(rows, SampleEnergyRows)
+    g = torch.Generator().manual_seed(4)
+    kappa = torch.exp(torch.randn(2, pb.n, dtype=F64, generator=g))
+    free = pb.free_dofs
+    B = torch.randn(2, pb.n, 5, dtype=F64, generator=g)
+    B[:, pb.dirichlet_dofs] = 0.0
+    u, info = HardConstraint(pb, rho=1e-14, tol=1e-14, row_scale=rows)(B, {"kappa": kappa})
+    assert info.all_converged
+    for b in range(2):
+        K = _stiffness(pb, {"kappa": kappa[b:b + 1]})
+        R0 = pb.residual(torch.zeros(1, pb.n, dtype=F64), {"kappa": kappa[b:b + 1]})[0].numpy()
+        ustar = np.zeros(pb.n)
+        ustar[free] = np.linalg.solve(K[np.ix_(free, free)], -R0[free])
+        # the rows' norm is the sample's own inverse-stiffness norm
+        r = torch.randn(1, pb.n, dtype=F64, generator=g)
+        K0 = K.copy()
+        d = pb.dirichlet_dofs
+        K0[d, :], K0[:, d] = 0, 0
+        K0[d, d] = 1
+        y = rows(r, {"kappa": kappa[b:b + 1]})
+        np.testing.assert_allclose(float((y**2).sum()), float(r[0] @ torch.as_tensor(np.linalg.solve(K0, r[0].numpy()))),
+                                   rtol=1e-10)
+        Bb = B[b].numpy()
+        ritz = Bb @ np.linalg.solve(Bb.T @ K @ Bb, Bb.T @ K @ ustar)
+        np.testing.assert_allclose(u[b].numpy(), ritz, atol=1e-9 * np.abs(ritz).max())
+
+
+def test_gradcheck_with_per_sample_energy_rows():
+    pb = poisson(coefficient=True)
+    layer = HardConstraint(pb, tol=1e-14, row_scale=energy_rows(pb, per_sample=True))
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(2, pb.n, 3, dtype=F64, generator=g).requires_grad_(True)
+    kappa = (1.0 + torch.rand(2, pb.n, dtype=F64, generator=g)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda B, kappa: layer(B, {"kappa": kappa})[0], (B, kappa), fast_mode=True)
+
+
+def test_per_sample_factors_follow_the_parameter_values():
+    pb = poisson(coefficient=True)
+    rows = energy_rows(pb, per_sample=True)
+    g = torch.Generator().manual_seed(6)
+    kappa = 1.0 + torch.rand(1, pb.n, dtype=F64, generator=g)
+    r = torch.randn(1, pb.n, dtype=F64, generator=g)
+    with torch.no_grad():
+        y1 = rows(r, {"kappa": kappa})
+        kappa.mul_(3.0)  # the same tensor, other values: the cached factor must not be reused
+        y2 = rows(r, {"kappa": kappa})
+        y3 = energy_rows(pb, per_sample=True)(r, {"kappa": kappa})
+    torch.testing.assert_close(y2, y3)
+    free, d = pb.free_dofs, pb.dirichlet_dofs  # K_ff scales with kappa (L_ff^{-1} by 1/sqrt(3)), the
+    torch.testing.assert_close(y2[:, free], y1[:, free] / 3.0**0.5)  # Dirichlet block is the identity
+    torch.testing.assert_close(y2[:, d], y1[:, d])

@@ -105,8 +105,9 @@ class RowTransform:
                              None if self.s is None else self.s.to(like.device, like.dtype))
         return self._on[key]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(batch, n)`` or ``(batch, n, N)`` -> the same shape."""
+    def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """``x`` ``(batch, n)`` or ``(batch, n, N)`` -> the same shape (``p``: the parameters, unused
+        by a fixed transform)."""
         L, s = self._tensors(x)
         y = x if s is None else x * s.reshape(-1, *([1] * (x.dim() - 2)))
         # one triangular solve with every sample (and column) as a right-hand side: 8x faster
@@ -114,6 +115,71 @@ class RowTransform:
         cols = y.movedim(1, -1).reshape(-1, self.n).T  # (n, batch [N])
         z = torch.linalg.solve_triangular(L, cols, upper=False).T
         return z.reshape(*y.movedim(1, -1).shape).movedim(-1, 1)
+
+
+class SampleEnergyRows(RowTransform):
+    """Energy rows of each sample's own operator: ``r -> L_p^{-1} (s r)`` with ``K(p) = L_p L_p^T``
+    the problem's Jacobian at ``u = 0`` for that sample's parameters ``p`` (Dirichlet rows and
+    columns eliminated, symmetrised), so that for a linear problem ``||L_p^{-1} R||^2`` is the
+    sample's energy error exactly. One dense Cholesky factor per sample, computed once per
+    parameter tensor (cached while the same tensors are passed: the iterations of one solve and
+    the loss of one step) and differentiable with respect to the parameters."""
+
+    def __init__(self, problem: Problem, s: np.ndarray | None = None):
+        self.problem = problem
+        self.n = problem.n
+        self.s = None if s is None else torch.as_tensor(np.asarray(s, dtype=np.float64))
+        self._on: dict = {}
+        self._key = None
+        self._L = None
+        d = np.asarray(problem.dirichlet_dofs)
+        keep = np.ones(self.n, dtype=bool)
+        keep[d] = False
+        self._keep = torch.as_tensor(keep)
+        self._dirichlet = torch.as_tensor(d)
+
+    def factors(self, p: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
+        """``L_p`` ``(batch, n, n)`` (or batch 1 when no parameter has a batch). Reused while the
+        parameters' values are equal to the last ones' (compared, not identified) and none needs
+        a gradient; recomputed (with its graph) otherwise."""
+        tensors = {k: v for k, v in (p or {}).items() if isinstance(v, torch.Tensor)}
+        grad_needed = torch.is_grad_enabled() and any(v.requires_grad for v in tensors.values())
+        if not grad_needed and self._key is not None:
+            old, dev, dt = self._key
+            if (dev, dt) == (str(like.device), like.dtype) and old.keys() == tensors.keys() and all(
+                    old[k].shape == v.shape and torch.equal(old[k], v.detach()) for k, v in tensors.items()):
+                return self._L
+        pb, n = self.problem, self.n
+        _, J = pb.residual_and_jacobian(like.new_zeros(1, n), dict(p or {}))
+        pat = pb.pattern
+        rows = torch.as_tensor(pat.rows, device=like.device)
+        cols = torch.as_tensor(pat.indices, device=like.device)
+        vals = J.values.to(like.dtype)
+        K = vals.new_zeros(vals.shape[0], n, n).index_put((torch.arange(vals.shape[0], device=like.device)[:, None],
+                                                          rows[None, :], cols[None, :]), vals, accumulate=True)
+        keep = self._keep.to(like.device).to(like.dtype)
+        K = K * keep[:, None] * keep[None, :]
+        K = K + torch.diag(1.0 - keep)
+        K = 0.5 * (K + K.transpose(1, 2))
+        L, info = torch.linalg.cholesky_ex(K)
+        if bool((info != 0).any()):
+            raise ProblemError(f"energy rows: the Jacobian of {pb.name!r} at u = 0 for sample "
+                               f"{int((info != 0).nonzero()[0, 0])} is not symmetric positive definite once its "
+                               "Dirichlet rows are eliminated, so it defines no energy norm")
+        if not grad_needed:
+            self._key = ({k: v.detach().clone() for k, v in tensors.items()}, str(like.device), like.dtype)
+            self._L = L.detach()
+        return L
+
+    def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
+        L = self.factors(p, x)
+        s = None if self.s is None else self.s.to(x.device, x.dtype)
+        y = x if s is None else x * s.reshape(-1, *([1] * (x.dim() - 2)))
+        if L.shape[0] != y.shape[0]:
+            L = L.expand(y.shape[0], -1, -1)
+        if y.dim() == 2:
+            return torch.linalg.solve_triangular(L, y.unsqueeze(-1), upper=False).squeeze(-1)
+        return torch.linalg.solve_triangular(L, y, upper=False)
 
 
 def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform | None:
@@ -175,11 +241,11 @@ class SteadyResidual:
         shape[axis] = self.n
         return x.new_zeros(shape).index_copy(axis, self.dofs.to(x.device), x)
 
-    def _select(self, x: torch.Tensor) -> torch.Tensor:
+    def _select(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
         """Scale the PDE rows (axis 1: ``n`` rows, or ``T n`` for trajectories) and pick the
         enforced ones."""
         if isinstance(self.scale, RowTransform):
-            x = self.scale(x)
+            x = self.scale(x, p)
         elif self.scale is not None:
             s = self.scale.to(x.device, x.dtype).repeat(x.shape[1] // self.n)
             x = x * s.reshape(-1, *([1] * (x.dim() - 2)))
@@ -193,7 +259,7 @@ class SteadyResidual:
     def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         R = self.problem.residual(self._embed(u, 1), p, t=self.t).reshape(-1, self.n)
         self._check_batch(R, u)
-        return self._select(R)
+        return self._select(R, p)
 
     def prepare_curvature(self) -> None:
         """Compute the column colouring :meth:`curvature` needs (once; cached on the pattern)."""
@@ -244,13 +310,13 @@ class SteadyResidual:
 
     def _full_residual(self, x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         """The enforced rows for a field on all ``n`` DOFs."""
-        return self._select(self.problem.residual(x, p, t=self.t).reshape(-1, self.n))
+        return self._select(self.problem.residual(x, p, t=self.t).reshape(-1, self.n), p)
 
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         R, J = self.problem.residual_and_jacobian(self._embed(u, 1), p, t=self.t)
         R = R.reshape(-1, self.n)
         self._check_batch(R, u)
-        return self._select(R), self._select(jac_times(J, self._embed(B, 1)))
+        return self._select(R, p), self._select(jac_times(J, self._embed(B, 1)), p)
 
 
 class TrajectoryResidual(SteadyResidual):

@@ -35,7 +35,7 @@ warm_start = 0                       # train the first steps through one PI-HC s
 rho = 1e-4
 tol = 1e-8
 maxiter = 100
-row_weights = "mass"                 # basis-mode row weights: "mass" (1/M_ii), "boundary" or "energy" (steady)
+row_weights = "mass"                 # basis-mode row weights: "mass" (1/M_ii), "boundary", "energy" or "energy_sample" (steady)
 dirichlet_weight = 1.0               # weight of the Dirichlet rows u_i - g_i (PDE rows: see above)
 unconverged = "flag"                 # basis mode, unconverged solves: "flag", "exclude" (no gradient), "raise"
 
@@ -253,7 +253,7 @@ _RULES: dict[str, Any] = {
     "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0),
     "experts.loss": ("stitched", "experts", "both"),
     "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
-    "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary", "energy"), "solver.dirichlet_weight": _gt(0),
+    "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary", "energy", "energy_sample"), "solver.dirichlet_weight": _gt(0),
     "solver.unconverged": ("flag", "exclude", "raise"),
     "train.epochs": _ge(1), "train.batch_size": _ge(1), "train.lr": _gt(0), "train.lr_final": _gt(0),
     "train.schedule": SCHEDULES, "train.lr_hold": _ge(1),
@@ -377,8 +377,8 @@ def validate(cfg: Config) -> None:
                           + (_nearest(bad[0], METHODS) if bad else ""))
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods lists a method twice: {cfg.methods}")
-    if cfg.solver.row_weights == "energy" and "moe" in cfg.methods:
-        raise ConfigError("solver.row_weights = 'energy' is not supported by the MoE (each expert enforces a "
+    if cfg.solver.row_weights.startswith("energy") and "moe" in cfg.methods:
+        raise ConfigError(f"solver.row_weights = {cfg.solver.row_weights!r} is not supported by the MoE (each expert enforces a "
                           "subset of the rows, and the energy norm couples all of them); drop 'moe' from methods "
                           "or use 'mass' or 'boundary'")
     if cfg.experts.partition == "metis" and {"moe", "patch"} & set(cfg.methods):

@@ -23,6 +23,10 @@ which rows a basis that cannot satisfy all of them gives up. Two choices (``solv
     the square of its eigenvalue. With another coefficient (Darcy's kappa = 1 here) it is that
     error in an equivalent norm. ``K0`` must be symmetric positive definite (diffusion-type
     problems); its Cholesky factor is dense (``n <= ENERGY_MAX_N``).
+``"energy_sample"`` (steady problems)
+    The same with each sample's own Jacobian at ``u = 0`` (its parameters: Darcy's kappa), so
+    that for a linear problem the rows are exactly that sample's energy error; one dense
+    Cholesky factor per sample and training step.
 
 Dirichlet rows ``u_i - g_i`` get ``solver.dirichlet_weight`` (1 by default) under every choice.
 """
@@ -73,16 +77,25 @@ def _unit_params(problem) -> dict:
     return out
 
 
-def energy_rows(problem, dirichlet_weight: float = 1.0):
-    """The ``"energy"`` row transform of a steady problem (see the module docstring)."""
+def energy_rows(problem, dirichlet_weight: float = 1.0, per_sample: bool = False):
+    """The ``"energy"`` row transform of a steady problem (see the module docstring); with
+    ``per_sample`` (``"energy_sample"``) each sample's own operator (its parameters) instead of
+    the reference one, factorised per sample (:class:`femoe.layers.SampleEnergyRows`)."""
     import torch
 
-    from femoe.layers import RowTransform
+    from femoe.layers import RowTransform, SampleEnergyRows
 
     if problem.is_time_dependent:
         raise ConfigError("solver.row_weights = 'energy' applies to steady problems; a trajectory's rows take "
                           "'mass' or 'boundary'")
     n = problem.n
+    if per_sample:
+        if n > ENERGY_MAX_N:
+            raise ConfigError(f"solver.row_weights = 'energy_sample' factorises a dense {n} x {n} matrix per sample; "
+                              f"at most {ENERGY_MAX_N} DOFs are supported: use 'energy', 'mass' or 'boundary'")
+        s = np.ones(n)
+        s[np.asarray(problem.dirichlet_dofs)] = dirichlet_weight
+        return SampleEnergyRows(problem, s)
     if n > ENERGY_MAX_N:
         raise ConfigError(f"solver.row_weights = 'energy' builds a dense {n} x {n} factor; at most {ENERGY_MAX_N} "
                           "DOFs are supported: use 'mass' or 'boundary'")

@@ -71,8 +71,9 @@ class Task:
 
         # the layers' row weights, also used by every method's loss (solver.row_weights); "energy"
         # rows are a transform (a triangular solve), not weights
-        if cfg.solver.row_weights == "energy":
-            self.row_transform = energy_rows(self.problem, cfg.solver.dirichlet_weight)
+        if cfg.solver.row_weights in ("energy", "energy_sample"):
+            self.row_transform = energy_rows(self.problem, cfg.solver.dirichlet_weight,
+                                             per_sample=cfg.solver.row_weights == "energy_sample")
             self.row_scale = torch.ones(self.n, dtype=torch.float64)
         else:
             self.row_transform = None
@@ -251,7 +252,7 @@ class Task:
             ic = u[:, 0] - u0
             return torch.cat([R.reshape(u.shape[0], -1), ic], dim=1)
         if self.row_transform is not None:
-            return self.row_transform(self.problem.residual(u, params) * scale)
+            return self.row_transform(self.problem.residual(u, params) * scale, params)
         return self.problem.residual(u, params) * scale
 
 
