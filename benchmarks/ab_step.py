@@ -1,0 +1,142 @@
+"""Training-step time of each method, this checkout against another commit, interleaved.
+
+    OMP_NUM_THREADS=1 python benchmarks/ab_step.py --base 92ff878 [--config problems/configs/ds_cpu.toml]
+        [--trained results/ds_cpu_s0] [--methods soft pihc moe patch] [--rounds 3] [--steps 5]
+
+The shared machine's load drifts, so two versions timed one after the other are not comparable.
+Here the base commit is checked out in a temporary git worktree, and for every method the two
+versions alternate, each in a fresh subprocess (base, head, base, head, ...; ``--rounds`` pairs):
+a subprocess builds the config's task, the method, loads the trained network of ``--trained``
+(the step cost late in training, where the solves start close to their answer), takes one
+warm-up step and times ``--steps`` trainer steps (``loss_of``, ``backward``, gradient clipping,
+Adam at the config's learning rate) on the first training batch; its time is the median step.
+Per method and version the figure is the median over rounds; the ratios (base / head, and
+PI-HC / soft, MoE / PI-HC, patch / soft per version) are from these medians. The load average is
+recorded before every subprocess.
+
+Writes ``benchmarks/results/ab_step.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _worker(args) -> None:
+    import torch
+
+    from femoe.train.config import load_config
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+    from femoe.train.trainer import loss_of
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = load_config(args.config)
+    task = Task(cfg)
+    m = build_method(args.method, task)
+    if args.trained:
+        m.load_network(Path(args.trained) / args.method / "checkpoint.pt")
+    opt = torch.optim.Adam(m.parameters(), cfg.train.lr)
+    b = cfg.train.batch_size
+    x, y = task.train.inputs[:b], task.train.solutions[:b]
+    times, info = [], {}
+    for s in range(args.steps + 1):
+        t = time.perf_counter()
+        m.train_step = s
+        opt.zero_grad()
+        loss, _, info = loss_of(task, m, x, y)
+        loss.backward()
+        if cfg.train.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.train.clip_grad)
+        opt.step()
+        if s:
+            times.append(time.perf_counter() - t)
+    print("RESULT " + json.dumps({"median": statistics.median(times), "times": times,
+                                   "info": {k: float(v) for k, v in info.items()}}))
+
+
+def _run(src: Path, args, method: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--method", method, "--config", args.config,
+           "--steps", str(args.steps)] + (["--trained", args.trained] if args.trained else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(src)}
+    load = [round(x, 2) for x in os.getloadavg()]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{method} at {src} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return {**json.loads(lines[-1][7:]), "load_before": load}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=False, help="the commit to compare with (git ref)")
+    ap.add_argument("--config", default=str(ROOT / "problems/configs/ds_cpu.toml"))
+    ap.add_argument("--trained", default=str(ROOT / "results/ds_cpu_s0"), help="run folder with <method>/checkpoint.pt "
+                    "('' for untrained networks)")
+    ap.add_argument("--methods", nargs="+", default=["soft", "pihc", "moe", "patch"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", default=str(HERE / "results" / "ab_step.json"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        _worker(args)
+        return
+    if not args.base:
+        ap.error("--base is required")
+    git = ["git", "-C", str(ROOT)]
+    base_sha = subprocess.run(git + ["rev-parse", "--short", args.base], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    head_sha = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    dirty = subprocess.run(git + ["status", "--short", "--", "femoe", "problems"], capture_output=True,
+                           text=True).stdout.split("\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = Path(tmp) / "base"
+        subprocess.run(git + ["worktree", "add", "--detach", str(wt), base_sha], check=True, capture_output=True)
+        try:
+            runs = {m: {"base": [], "head": []} for m in args.methods}
+            for m in args.methods:
+                for r in range(args.rounds):
+                    for version, src in (("base", wt), ("head", ROOT)):
+                        res = _run(src, args, m)
+                        runs[m][version].append(res)
+                        print(f"{m} round {r} {version}: {res['median']:.4f} s/step (load {res['load_before']})",
+                              flush=True)
+        finally:
+            subprocess.run(git + ["worktree", "remove", "--force", str(wt)], capture_output=True)
+    med = {m: {v: statistics.median(x["median"] for x in rs) for v, rs in d.items()} for m, d in runs.items()}
+
+    def ratios(v):
+        out = {}
+        for a, b in (("pihc", "soft"), ("moe", "pihc"), ("patch", "soft")):
+            if a in med and b in med:
+                out[f"{a}_over_{b}"] = med[a][v] / med[b][v]
+        return out
+
+    doc = {"command": "OMP_NUM_THREADS=1 python benchmarks/ab_step.py " + " ".join(sys.argv[1:]),
+           "base": base_sha, "head": head_sha, "uncommitted_at_head": [ln[3:] for ln in dirty if ln.strip()],
+           "config": args.config, "trained": args.trained, "steps": args.steps, "rounds": args.rounds,
+           "seconds_per_step": med, "speedup_head_over_base": {m: d["base"] / d["head"] for m, d in med.items()},
+           "ratios": {"base": ratios("base"), "head": ratios("head")}, "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    print(json.dumps({k: doc[k] for k in ("seconds_per_step", "speedup_head_over_base", "ratios")}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
