@@ -192,3 +192,29 @@ def test_moe_basis_adjoint_backward_equals_the_double_backward(name, batch, monk
     g_ref = _layer_grad(layer, B, params, u0, loss_w)
     assert g_fast.abs().max() > 0
     torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+
+
+def test_the_basis_backward_reuses_the_last_linearisation_of_the_solve(monkeypatch):
+    pb, kw, B, params, u0 = _case("heat", 2, False)
+    layer = HardConstraint(pb, dt=0.1, tol=1e-13)
+    calls = []
+    original = Problem.trajectory_residual_and_jacobians
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Problem, "trajectory_residual_and_jacobians", counted)
+    Bl = B.clone().requires_grad_(True)
+    u, info = layer(Bl, params, u0)
+    forward_calls = len(calls)
+    u.square().sum().backward()
+    # the backward at w* reuses the LM's last accepted evaluation (iterations + 1 in forward)
+    assert forward_calls == int(info.iterations.max()) + 1
+    assert len(calls) == forward_calls
+    # another basis is evaluated afresh, not taken from the cache: as a fresh layer does
+    B2 = B + 0.1 * torch.randn(B.shape, dtype=F64, generator=torch.Generator().manual_seed(9))
+    u2, _ = layer(B2, params, u0)
+    u3, _ = HardConstraint(pb, dt=0.1, tol=1e-13)(B2, params, u0)
+    assert not torch.allclose(u2, u.detach())
+    torch.testing.assert_close(u2, u3, rtol=0, atol=0)

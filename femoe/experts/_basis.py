@@ -369,7 +369,7 @@ class _FoldedModel:
             pu = self._p(p)
             p0, u0u = model._split(pu)
             Uu = g.unfold(patch, 2)
-            _, P, Q = model.problem.trajectory_residual_and_jacobians(Uu, model.dt, p0, t0=model.t0)
+            _, P, Q = model._linearization(model._embed(Uu, 2), p0)
             vals = model._stacked_values(P.values, Q.values, model._weights(u0u), batch, T)
             st = model._stacked_structure(T)
             idx = st[("idx", str(vals.device))]

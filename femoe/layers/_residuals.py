@@ -417,11 +417,30 @@ class TrajectoryResidual(SteadyResidual):
     # call. Without gradients, J_w is one sparse product: the rows' Jacobian with respect to the
     # whole trajectory (block bidiagonal in the levels, row-scaled, enforced rows only, initial
     # rows appended) as one CSR matrix per sample, applied to B (see _stacked_jacobian).
+    def _linearization(self, U: torch.Tensor, p: Mapping[str, Any]):
+        """``(R, P, Q)`` of the levels ``U`` (all DOFs; parameters without the initial condition),
+        reusing the last evaluation made without gradients when ``U`` and every parameter tensor
+        are equal to its own (compared by value): the implicit backward at ``w*`` then finds the
+        LM's last accepted evaluation instead of assembling it again."""
+        tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
+        grad = torch.is_grad_enabled() and (U.requires_grad or any(v.requires_grad for v in tensors.values()))
+        last = self.__dict__.get("_last_linearization")
+        if not grad and last is not None:
+            U_last, p_last, out = last
+            if (U_last.shape == U.shape and U_last.dtype == U.dtype and U_last.device == U.device
+                    and torch.equal(U_last, U) and p_last.keys() == tensors.keys()
+                    and all(p_last[k].shape == v.shape and torch.equal(p_last[k], v) for k, v in tensors.items())):
+                return out
+        out = self.problem.trajectory_residual_and_jacobians(U, self.dt, p, t0=self.t0)
+        if not grad:
+            self._last_linearization = (U.detach().clone(), {k: v.detach().clone() for k, v in tensors.items()}, out)
+        return out
+
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         p, u0 = self._split(p)
         U = self._embed(u, 2)
         batch, T = U.shape[0], U.shape[1] - 1
-        R, P, Q = self.problem.trajectory_residual_and_jacobians(U, self.dt, p, t0=self.t0)
+        R, P, Q = self._linearization(U, p)
         if P.batch_size != batch * (T + 1):
             raise ShapeError(f"the parameters have batch {P.batch_size // (T + 1)} but the basis has batch {batch}")
         c = self._weights(u0)
@@ -553,7 +572,7 @@ class TrajectoryResidual(SteadyResidual):
         T = L - 1
         with torch.no_grad():
             u = basis_field(B, w)
-            _, P, Q = self.problem.trajectory_residual_and_jacobians(self._embed(u, 2), self.dt, p0, t0=self.t0)
+            _, P, Q = self._linearization(self._embed(u, 2), p0)
             vals = self._stacked_values(P.values, Q.values, self._weights(u0), batch, T)
             idx = self._stacked_structure(T)[("idx", str(vals.device))]
             rows, cols = idx["entry_pos"], idx["cols"]
