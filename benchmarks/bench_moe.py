@@ -28,10 +28,12 @@ before it (Linux: the high-water mark VmHWM is reset through /proc/self/clear_re
 gc + malloc_trim; glibc told to return blocks >= 64 KiB to the OS). It counts torch's tensor
 storage and everything else; it excludes B, the setup and the imports.
 
-Writes benchmarks/results/moe.json and benchmarks/results/moe_time_per_step.png.
+Writes benchmarks/results/moe.json and benchmarks/results/moe_time_per_step.png (``--name``
+changes the stem: the beyond-the-memory-wall sizes are ``--name moe_scale``).
 
     python benchmarks/bench_moe.py                 # default, ~8 minutes on 2 slow cores
     python benchmarks/bench_moe.py --ds 100x11 1000x11 1000x101 --sides 32 100 317 --batch-large 2
+    python benchmarks/bench_moe.py --name moe_scale --ds 990x101 9900x101 --sides --K 4 --batch-large 6 --large 1
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--large", type=int, default=10000)
     ap.add_argument("--maxiter", type=int, default=30)
     ap.add_argument("--steps", type=int, default=2, help="training steps per subprocess (time = fastest)")
+    ap.add_argument("--name", default="moe", help="results name: benchmarks/results/<name>.json and "
+                    "<name>_time_per_step.png (default moe)")
     ap.add_argument("--worker", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -227,10 +231,11 @@ def main(argv: list[str] | None = None) -> None:
             dofs = (int(size.split("x")[0]) + 1) * int(size.split("x")[1]) if case == "ds" else int(size) ** 2
             batch = args.batch_large if dofs >= args.large else args.batch
             results += run_size(case, size, args.K, batch, args.N, args.maxiter, args.steps)
-    png = RESULTS / "moe_time_per_step.png"
+    png = RESULTS / f"{args.name}_time_per_step.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, png)
-    path = write("moe", dict(
+    path = write(args.name, dict(
+        command="python benchmarks/bench_moe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         benchmark="PI-HC-MoE vs PI-HC: time per training step (forward+backward), inference, peak memory",
         cases={"ds": "diffusion_sorption_1d, constrained DOFs = (n_cells+1) * n_saved, spatial experts (METIS/auto)",
                "2d": "-div((1+u^2) grad u) = f, zero Dirichlet, MeshTri.init_tensor side x side, P1"},
