@@ -13,7 +13,7 @@
 from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, Hessian, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._newton import NewtonSolveInfo, nonlinear_solve, nonlinear_step, solve_trajectory
-from femoe.layers._residuals import RowTransform, SampleEnergyRows, SteadyResidual, TrajectoryResidual
+from femoe.layers._residuals import RowTransform, SampleEnergyRows, SteadyResidual, TrajectoryResidual, energy_factor
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SteadyResidual",
     "TrajectoryResidual",
     "Unconverged",
+    "energy_factor",
     "least_squares_solve",
     "nonlinear_solve",
     "nonlinear_step",

@@ -77,6 +77,30 @@ def distance2_colouring(pattern: CSRPattern) -> np.ndarray:
     return cache["colouring"]
 
 
+def energy_factor(problem: Problem, params: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors ``L`` ``(batch, n, n)`` of ``K(p)``: the problem's Jacobian at ``u = 0`` for
+    the parameters ``p``, Dirichlet rows and columns replaced by the identity, symmetrised (in
+    ``like``'s dtype and device; differentiable with respect to the parameters). Raises
+    :class:`ProblemError` where ``K(p)`` is not symmetric positive definite."""
+    n = problem.n
+    _, J = problem.residual_and_jacobian(like.new_zeros(1, n), dict(params or {}))
+    pat, vals = problem.pattern, J.values.to(like.dtype)
+    b = vals.shape[0]
+    rows = torch.as_tensor(pat.rows, device=like.device)
+    cols = torch.as_tensor(pat.indices, device=like.device)
+    K = vals.new_zeros(b, n, n).index_put((torch.arange(b, device=like.device)[:, None], rows[None, :], cols[None, :]),
+                                         vals, accumulate=True)
+    keep = torch.ones(n, dtype=like.dtype, device=like.device)
+    keep[torch.as_tensor(problem.dirichlet_dofs, device=like.device)] = 0.0
+    K = K * keep[:, None] * keep[None, :] + torch.diag(1.0 - keep)
+    L, info = torch.linalg.cholesky_ex(0.5 * (K + K.transpose(1, 2)))
+    if bool((info != 0).any()):
+        raise ProblemError(f"energy rows: the Jacobian of {problem.name!r} at u = 0 (sample "
+                           f"{int((info != 0).nonzero()[0, 0])}) is not symmetric positive definite once its "
+                           "Dirichlet rows are eliminated, so it defines no energy norm")
+    return L
+
+
 class RowTransform:
     """Rows ``r -> L^{-1} (s r)``: a fixed lower-triangular ``L`` ``(n, n)`` after row weights
     ``s`` ``(n,)``, applied along the row axis of ``(batch, n)`` rows or ``(batch, n, N)``
@@ -89,97 +113,59 @@ class RowTransform:
     strong residuals) weigh an error mode by the square of its eigenvalue: a least-squares fit
     of those rows keeps smooth errors that the energy rows remove."""
 
-    def __init__(self, L: np.ndarray, s: np.ndarray | None = None):
-        L = np.asarray(L, dtype=np.float64)
-        if L.ndim != 2 or L.shape[0] != L.shape[1]:
-            raise ShapeError(f"a row transform needs a square lower-triangular matrix; got shape {L.shape}")
-        self.n = L.shape[0]
-        self.L = torch.as_tensor(np.tril(L))
+    def __init__(self, L: np.ndarray | None, s: np.ndarray | None = None, n: int | None = None):
+        if L is not None:
+            L = np.asarray(L, dtype=np.float64)
+            if L.ndim != 2 or L.shape[0] != L.shape[1]:
+                raise ShapeError(f"a row transform needs a square lower-triangular matrix; got shape {L.shape}")
+        self.n = L.shape[0] if L is not None else int(n)
+        self.L = None if L is None else torch.as_tensor(np.tril(L))
         self.s = None if s is None else torch.as_tensor(np.asarray(s, dtype=np.float64))
-        self._on: dict = {}
 
-    def _tensors(self, like: torch.Tensor):
-        key = (str(like.device), like.dtype)
-        if key not in self._on:
-            self._on[key] = (self.L.to(like.device, like.dtype),
-                             None if self.s is None else self.s.to(like.device, like.dtype))
-        return self._on[key]
+    def factor(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+        """``L`` ``(n, n)`` in ``like``'s dtype and device (``p``: the parameters, unused here)."""
+        return self.L.to(like.device, like.dtype)
 
     def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
-        """``x`` ``(batch, n)`` or ``(batch, n, N)`` -> the same shape (``p``: the parameters, unused
-        by a fixed transform)."""
-        L, s = self._tensors(x)
-        y = x if s is None else x * s.reshape(-1, *([1] * (x.dim() - 2)))
-        # one triangular solve with every sample (and column) as a right-hand side: 8x faster
-        # than a solve broadcast over the batch
+        """``x`` ``(batch, n)`` or ``(batch, n, N)`` -> the same shape."""
+        L = self.factor(p, x)
+        y = x if self.s is None else x * self.s.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 2)))
+        if L.dim() == 3:  # one factor per sample: a batched solve
+            L = L.expand(y.shape[0], -1, -1)
+            z = torch.linalg.solve_triangular(L, y if y.dim() == 3 else y.unsqueeze(-1), upper=False)
+            return z if y.dim() == 3 else z.squeeze(-1)
+        # one factor: a single solve with every sample (and column) as a right-hand side
         cols = y.movedim(1, -1).reshape(-1, self.n).T  # (n, batch [N])
         z = torch.linalg.solve_triangular(L, cols, upper=False).T
         return z.reshape(*y.movedim(1, -1).shape).movedim(-1, 1)
 
 
 class SampleEnergyRows(RowTransform):
-    """Energy rows of each sample's own operator: ``r -> L_p^{-1} (s r)`` with ``K(p) = L_p L_p^T``
-    the problem's Jacobian at ``u = 0`` for that sample's parameters ``p`` (Dirichlet rows and
-    columns eliminated, symmetrised), so that for a linear problem ``||L_p^{-1} R||^2`` is the
-    sample's energy error exactly. One dense Cholesky factor per sample, computed once per
-    parameter tensor (cached while the same tensors are passed: the iterations of one solve and
-    the loss of one step) and differentiable with respect to the parameters."""
+    """Energy rows of each sample's own operator: ``r -> L_p^{-1} (s r)`` with ``L_p`` from
+    :func:`energy_factor` for that sample's parameters ``p``, so that for a linear problem
+    ``||L_p^{-1} R||^2`` is the sample's energy error exactly. One dense Cholesky factor per
+    sample, reused while the parameters' values are equal to the last ones' (compared, not
+    identified: the iterations of one solve, the loss of one step) and none needs a gradient;
+    recomputed with its graph otherwise."""
 
     def __init__(self, problem: Problem, s: np.ndarray | None = None):
+        super().__init__(None, s, n=problem.n)
         self.problem = problem
-        self.n = problem.n
-        self.s = None if s is None else torch.as_tensor(np.asarray(s, dtype=np.float64))
-        self._on: dict = {}
-        self._key = None
-        self._L = None
-        d = np.asarray(problem.dirichlet_dofs)
-        keep = np.ones(self.n, dtype=bool)
-        keep[d] = False
-        self._keep = torch.as_tensor(keep)
-        self._dirichlet = torch.as_tensor(d)
+        self._last = None
 
-    def factors(self, p: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
-        """``L_p`` ``(batch, n, n)`` (or batch 1 when no parameter has a batch). Reused while the
-        parameters' values are equal to the last ones' (compared, not identified) and none needs
-        a gradient; recomputed (with its graph) otherwise."""
+    def factor(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
         tensors = {k: v for k, v in (p or {}).items() if isinstance(v, torch.Tensor)}
         grad_needed = torch.is_grad_enabled() and any(v.requires_grad for v in tensors.values())
-        if not grad_needed and self._key is not None:
-            old, dev, dt = self._key
-            if (dev, dt) == (str(like.device), like.dtype) and old.keys() == tensors.keys() and all(
+        if not grad_needed and self._last is not None:
+            old, where, L = self._last
+            if where == (str(like.device), like.dtype) and old.keys() == tensors.keys() and all(
                     old[k].shape == v.shape and torch.equal(old[k], v.detach()) for k, v in tensors.items()):
-                return self._L
-        pb, n = self.problem, self.n
-        _, J = pb.residual_and_jacobian(like.new_zeros(1, n), dict(p or {}))
-        pat = pb.pattern
-        rows = torch.as_tensor(pat.rows, device=like.device)
-        cols = torch.as_tensor(pat.indices, device=like.device)
-        vals = J.values.to(like.dtype)
-        K = vals.new_zeros(vals.shape[0], n, n).index_put((torch.arange(vals.shape[0], device=like.device)[:, None],
-                                                          rows[None, :], cols[None, :]), vals, accumulate=True)
-        keep = self._keep.to(like.device).to(like.dtype)
-        K = K * keep[:, None] * keep[None, :]
-        K = K + torch.diag(1.0 - keep)
-        K = 0.5 * (K + K.transpose(1, 2))
-        L, info = torch.linalg.cholesky_ex(K)
-        if bool((info != 0).any()):
-            raise ProblemError(f"energy rows: the Jacobian of {pb.name!r} at u = 0 for sample "
-                               f"{int((info != 0).nonzero()[0, 0])} is not symmetric positive definite once its "
-                               "Dirichlet rows are eliminated, so it defines no energy norm")
+                return L
+        L = energy_factor(self.problem, p, like)
         if not grad_needed:
-            self._key = ({k: v.detach().clone() for k, v in tensors.items()}, str(like.device), like.dtype)
-            self._L = L.detach()
+            values = {k: v.detach().clone() for k, v in tensors.items()}
+            self._last = (values, (str(like.device), like.dtype), L.detach())
         return L
-
-    def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
-        L = self.factors(p, x)
-        s = None if self.s is None else self.s.to(x.device, x.dtype)
-        y = x if s is None else x * s.reshape(-1, *([1] * (x.dim() - 2)))
-        if L.shape[0] != y.shape[0]:
-            L = L.expand(y.shape[0], -1, -1)
-        if y.dim() == 2:
-            return torch.linalg.solve_triangular(L, y.unsqueeze(-1), upper=False).squeeze(-1)
-        return torch.linalg.solve_triangular(L, y, upper=False)
 
 
 def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform | None:

@@ -80,43 +80,31 @@ def _unit_params(problem) -> dict:
 def energy_rows(problem, dirichlet_weight: float = 1.0, per_sample: bool = False):
     """The ``"energy"`` row transform of a steady problem (see the module docstring); with
     ``per_sample`` (``"energy_sample"``) each sample's own operator (its parameters) instead of
-    the reference one, factorised per sample (:class:`femoe.layers.SampleEnergyRows`)."""
+    the reference one, factorised per sample (:class:`femoe.layers.SampleEnergyRows`). Both
+    factorise with :func:`femoe.layers.energy_factor`."""
     import torch
 
-    from femoe.layers import RowTransform, SampleEnergyRows
+    from femoe.errors import ProblemError
+    from femoe.layers import RowTransform, SampleEnergyRows, energy_factor
 
+    kind = "energy_sample" if per_sample else "energy"
     if problem.is_time_dependent:
-        raise ConfigError("solver.row_weights = 'energy' applies to steady problems; a trajectory's rows take "
+        raise ConfigError(f"solver.row_weights = {kind!r} applies to steady problems; a trajectory's rows take "
                           "'mass' or 'boundary'")
     n = problem.n
-    if per_sample:
-        if n > ENERGY_MAX_N:
-            raise ConfigError(f"solver.row_weights = 'energy_sample' factorises a dense {n} x {n} matrix per sample; "
-                              f"at most {ENERGY_MAX_N} DOFs are supported: use 'energy', 'mass' or 'boundary'")
-        s = np.ones(n)
-        s[np.asarray(problem.dirichlet_dofs)] = dirichlet_weight
-        return SampleEnergyRows(problem, s)
     if n > ENERGY_MAX_N:
-        raise ConfigError(f"solver.row_weights = 'energy' builds a dense {n} x {n} factor; at most {ENERGY_MAX_N} "
+        raise ConfigError(f"solver.row_weights = {kind!r} builds a dense {n} x {n} factor; at most {ENERGY_MAX_N} "
                           "DOFs are supported: use 'mass' or 'boundary'")
-    _, J = problem.residual_and_jacobian(torch.zeros(1, n, dtype=torch.float64), _unit_params(problem))
-    import scipy.sparse as sp
-
-    K = sp.csr_matrix((J.values[0].detach().numpy(), J.pattern.indices, J.pattern.indptr), shape=(n, n)).toarray()
-    d = np.asarray(problem.dirichlet_dofs)
-    K[d, :] = 0.0
-    K[:, d] = 0.0
-    K[d, d] = 1.0
-    K = 0.5 * (K + K.T)
-    try:
-        L = np.linalg.cholesky(K)
-    except np.linalg.LinAlgError:
-        raise ConfigError(f"solver.row_weights = 'energy': the Jacobian of {problem.name!r} at u = 0 (parameters at "
-                          "their defaults, 1 where none) is not symmetric positive definite once its Dirichlet "
-                          "rows are eliminated, so it defines no energy norm; use 'mass' or 'boundary'") from None
     s = np.ones(n)
-    s[d] = dirichlet_weight
-    return RowTransform(L, s)
+    s[np.asarray(problem.dirichlet_dofs)] = dirichlet_weight
+    if per_sample:
+        return SampleEnergyRows(problem, s)
+    try:
+        L = energy_factor(problem, _unit_params(problem), torch.zeros((), dtype=torch.float64))
+    except ProblemError as exc:
+        raise ConfigError(f"solver.row_weights = 'energy' (parameters at their defaults, 1 where none): {exc}; "
+                          "use 'mass' or 'boundary'") from None
+    return RowTransform(L[0].numpy(), s)
 
 
 def row_weights(problem, kind: str = "mass", dirichlet_weight: float = 1.0) -> np.ndarray:
