@@ -1,0 +1,66 @@
+"""PI-HC on a trained basis with other row weights, without retraining (issue 14, Darcy).
+
+    OMP_NUM_THREADS=1 python benchmarks/rows_swap.py
+
+For each trained PI-HC checkpoint below (present after its ``femoe run``), the test error of the
+layer with the rows it was trained with and with the other steady choices of
+``solver.row_weights`` ("mass", "energy", "energy_sample"): whether the rows, not the basis,
+decide how far from the reference the chosen member of span(B) lies.
+
+* ``results/darcy_cpu/pihc`` (``problems/configs/darcy_cpu.toml``, mass rows);
+* ``results/darcy_cpu_energy_long/pihc`` (``problems/configs/darcy_cpu_energy_long.toml``).
+
+Writes ``benchmarks/results/rows_swap.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUNS = {"darcy_cpu": "problems/configs/darcy_cpu.toml",
+        "darcy_cpu_energy_long": "problems/configs/darcy_cpu_energy_long.toml"}
+
+
+def main() -> None:
+    from femoe.train.config import config_from_dict, load_config
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+
+    torch.set_num_threads(1)
+    out = {"command": "OMP_NUM_THREADS=1 python benchmarks/rows_swap.py", "runs": {}}
+    for run, config in RUNS.items():
+        ckpt = ROOT / "results" / run / "pihc" / "checkpoint.pt"
+        if not ckpt.is_file():
+            print(f"skip {run}: {ckpt} is missing (femoe run {config})")
+            continue
+        base = load_config(ROOT / config)
+        res = {"trained_with": base.solver.row_weights, "checkpoint": str(ckpt.relative_to(ROOT)), "rel_l2": {}}
+        for rows in ("mass", "energy", "energy_sample"):
+            d = base.to_dict()
+            d["solver"]["row_weights"] = rows
+            d["data"]["dir"] = str(base.data_dir)
+            d["methods"] = ["pihc"]
+            task = Task(config_from_dict(d))
+            m = build_method("pihc", task)
+            m.load_network(ckpt)
+            m.eval()
+            with torch.no_grad():
+                u, _ = m(task.test.inputs)
+            res["rel_l2"][rows] = float(task.relative_l2(u, task.test.solutions).mean())
+            print(f"{run} (trained with {base.solver.row_weights}) evaluated with {rows}: {res['rel_l2'][rows]:.4f}",
+                  flush=True)
+        out["runs"][run] = res
+    path = ROOT / "benchmarks" / "results" / "rows_swap.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
