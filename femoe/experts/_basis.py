@@ -41,7 +41,8 @@ from torch import nn
 
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
-from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field, jac_times
+from femoe.layers._residuals import (INITIAL, SteadyResidual, TrajectoryResidual, basis_adjoint_parts, basis_field,
+                                     jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition
@@ -358,77 +359,64 @@ class _FoldedModel:
         if not (self.time_dependent and g.ic_global):
             return None
         model = g.model
-        bK, S, N = B.shape
-        K, nl, n = g.K, g.nl_max, self.g.problem.n
+        bK, _, N = B.shape
+        K, nl = g.K, g.nl_max
         batch = bK // K
         with torch.no_grad():
             u = basis_field(B, w)
             patch, _ = g.split(u)
             L = patch.shape[1]
             T = L - 1
-            pu = self._p(p)
-            p0, u0u = model._split(pu)
-            Uu = g.unfold(patch, 2)
-            _, P, Q = model._linearization(model._embed(Uu, 2), p0)
-            vals = model._stacked_values(P.values, Q.values, model._weights(u0u), batch, T)
-            st = model._stacked_structure(T)
-            idx = st[("idx", str(vals.device))]
-            rows, cols = idx["entry_pos"], idx["cols"]
-            mu, ncu, nrows = int(st["n_rows"]), L * g.union.n, g.n_union_rows(T)
+            p0, u0u = model._split(self._p(p))
+            _, P, Q = model._linearization(model._embed(g.unfold(patch, 2), 2), p0)
+            Mu, MTu, _, ncu = model._stacked_operator(P.values, Q.values, model._weights(u0u), batch, T)
+            nrows = g.n_union_rows(T)
             m = g.row_index(T, B.device)[0].shape[1]
             c = g.ic_model._weights(p[INITIAL])
             if c.dim():
                 c = c.expand(batch, -1).repeat_interleave(K, 0)
 
-            def M(x):  # (bK, S) -> (bK, m + n)
+            def M(x):  # (bK, S) -> (bK, m + n): the union rows through the union, then c on level 0
                 xu = g.unfold(x[:, :L * nl].reshape(bK, L, nl), 2).reshape(batch, ncu)
-                ru = xu.new_zeros(batch, mu).index_add_(1, rows, vals * xu[:, cols])
-                return torch.cat([g.fold_rows(ru, T), c * x[:, L * nl:]], dim=1)
+                return torch.cat([g.fold_rows(Mu(xu), T), c * x[:, L * nl:]], dim=1)
 
             def MT(y):  # (bK, m + n) -> (bK, S)
-                yu = g.unfold_rows(y[:, :m], T, nrows)
-                xu = yu.new_zeros(batch, ncu).index_add_(1, cols, vals * yu[:, rows])
+                xu = MTu(g.unfold_rows(y[:, :m], T, nrows))
                 return torch.cat([g.fold(xu.reshape(batch, L, -1), 2).reshape(bK, -1), c * y[:, m:]], dim=1)
 
-            Bd = B.detach()
-            a = MT(r_star.detach())
-            H = model.hessian_matrix(Uu, pu, g.unfold_rows(r_star[:, :m], T, nrows))
-            if H is None:
-                HB, Sc = None, B.new_zeros(bK, N, N)
-            else:
-                Bu = g.unfold(g.split(Bd)[0], 2)  # (batch, L, n_union, N)
-                HBu = jac_times(H, Bu.reshape(-1, g.union.n, N)).reshape(Bu.shape)
-                HB = torch.cat([g.fold(HBu, 2).reshape(bK, -1, N), Bd.new_zeros(bK, n, N)], dim=1)
-                Sc = Bd.transpose(1, 2) @ HB
-
-        def vjp(v: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                c2 = MT(M((Bd @ v.unsqueeze(-1)).squeeze(-1)))
-                if HB is not None:
-                    c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
-                return -(a.unsqueeze(-1) * v.unsqueeze(1) + c2.unsqueeze(-1) * w.unsqueeze(1))
-
-        return Sc, vjp
+            HB = self._hessian_times_basis(u, B, p, r_star)
+            if HB is not None:  # the global initial rows are linear: no Hessian on level 0's part
+                HB = torch.cat([HB.reshape(bK, -1, N), B.new_zeros(bK, B.shape[1] - L * nl, N)], dim=1)
+        return basis_adjoint_parts(B.detach(), w, MT(r_star.detach()), M, MT, HB, B.shape)
 
     def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:
         """Per expert ``B_k^T H_k B_k``: one Hessian of the union (block diagonal by expert),
         contracted with each expert's own basis. The global initial rows are linear in the
         field and add nothing."""
+        HB = self._hessian_times_basis(u, B, p, rbar)
+        N = B.shape[-1]
+        if HB is None:
+            return B.new_zeros(B.shape[0], N, N)
+        Bk = self.g.split(B.detach())[0]
+        return Bk.reshape(Bk.shape[0], -1, N).transpose(1, 2) @ HB.reshape(Bk.shape[0], -1, N)
+
+    def _hessian_times_basis(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any],
+                             rbar: torch.Tensor) -> torch.Tensor | None:
+        """Per expert ``H_k B_k`` on its patch part, folded ``(batch K, [T+1,] nl_max, N)``: one
+        Hessian of the union (block diagonal by expert) applied to the unfolded bases (``None``
+        when the residual is linear in the field)."""
         g = self.g
         u, _ = g.split(u)
-        B, _ = g.split(B)
+        B, _ = g.split(B.detach())
         T = self._T(u)
         axis = 2 if self.time_dependent else 1
         m = g.row_index(T, rbar.device)[0].shape[1]
         H = g.model.hessian_matrix(g.unfold(u, axis), self._p(p), g.unfold_rows(rbar[:, :m], T, g.n_union_rows(T)))
-        N = B.shape[-1]
         if H is None:
-            return B.new_zeros(B.shape[0], N, N)
-        Bu = g.unfold(B.detach(), axis)  # (batch, [L,] n_union, N)
-        HB = jac_times(H, Bu.reshape(-1, g.union.n, N)).reshape(Bu.shape)
-        Bk, HBk = g.fold(Bu, axis), g.fold(HB, axis)  # (batch K, [L,] nl_max, N)
-        S = Bk.reshape(Bk.shape[0], -1, N).transpose(1, 2) @ HBk.reshape(Bk.shape[0], -1, N)
-        return S
+            return None
+        Bu = g.unfold(B, axis)  # (batch, [L,] n_union, N)
+        HB = jac_times(H, Bu.reshape(-1, g.union.n, B.shape[-1])).reshape(Bu.shape)
+        return g.fold(HB, axis)
 
 
 class HardConstraintMoE(nn.Module):

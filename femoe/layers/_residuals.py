@@ -54,6 +54,25 @@ def basis_field(B: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (B @ w.reshape(shape)).squeeze(-1)
 
 
+def basis_adjoint_parts(B: torch.Tensor, w: torch.Tensor, a: torch.Tensor, M, MT, HB: torch.Tensor | None,
+                        shape: torch.Size):
+    """``(S, vjp)`` of a ``basis_adjoint`` (see :meth:`TrajectoryResidual.basis_adjoint`) from the
+    basis ``B`` ``(batch, k, N)`` flattened over the field's entries, ``w*``, ``a = M^T r*``, the
+    products ``M`` and ``M^T`` of the rows' Jacobian with respect to the field, and ``H_r B``
+    (``None`` for a residual linear in the field): ``S = B^T H_r B`` and
+    ``vjp(v) = -(a v^T + (M^T M B v + H_r B v) w*^T)`` reshaped to ``shape`` (the layer's basis)."""
+    S = B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1]) if HB is None else B.transpose(1, 2) @ HB
+
+    def vjp(v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            c2 = MT(M((B @ v.unsqueeze(-1)).squeeze(-1)))
+            if HB is not None:
+                c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
+            return -(a.unsqueeze(-1) * v.unsqueeze(1) + c2.unsqueeze(-1) * w.unsqueeze(1)).reshape(shape)
+
+    return S, vjp
+
+
 def distance2_colouring(pattern: CSRPattern) -> np.ndarray:
     """Greedy colouring of the columns of ``pattern`` such that no two columns of one colour
     have an entry in the same row (cached on the pattern).
@@ -285,14 +304,23 @@ class SteadyResidual:
         """``B^T [d2/du2 (rbar . r(u))] B``, shape ``(batch, N, N)``: the second-order term of the
         Hessian of ``1/2 ||r(B w)||^2`` at ``u = B w`` when ``rbar = r(u)`` (see
         :meth:`hessian_matrix`)."""
+        HB = self.hessian_times_basis(u, B, p, rbar)
+        N = B.shape[-1]
+        if HB is None:
+            return B.new_zeros(B.shape[0], N, N)
+        return B.detach().reshape(B.shape[0], -1, N).transpose(1, 2) @ HB.reshape(B.shape[0], -1, N)
+
+    def hessian_times_basis(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any],
+                            rbar: torch.Tensor) -> torch.Tensor | None:
+        """``[d2/du2 (rbar . r(u))] B`` on the basis' DOFs, shaped like ``B`` (``None`` when the
+        residual is linear in ``u``; see :meth:`hessian_matrix`)."""
         H = self.hessian_matrix(u, p, rbar)
         if H is None:
-            return B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1])
-        Bf = self._embed(B, B.dim() - 2).detach()
-        Bf = Bf.reshape(-1, self.n, B.shape[-1])
-        HB = jac_times(H, Bf)
-        S = Bf.transpose(1, 2) @ HB
-        return S.reshape(B.shape[0], -1, B.shape[-1], B.shape[-1]).sum(1)
+            return None
+        axis = B.dim() - 2
+        Bf = self._embed(B.detach(), axis)
+        HB = jac_times(H, Bf.reshape(-1, self.n, B.shape[-1])).reshape(Bf.shape)
+        return HB if self.dofs is None else HB.index_select(axis, self.dofs.to(HB.device))
 
     def _full_residual(self, x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         """The enforced rows for a field on all ``n`` DOFs."""
@@ -540,6 +568,22 @@ class TrajectoryResidual(SteadyResidual):
         M = torch.sparse_csr_tensor(crow, col, vals.reshape(-1), (batch * m, batch * nc), check_invariants=False)
         return (M @ X).reshape(batch, m, N)
 
+    def _stacked_operator(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int):
+        """``(M, M^T, m, nc)``: products of the stacked Jacobian (:meth:`_stacked_structure`) with
+        vectors, ``(batch, nc) -> (batch, m)`` and back, by gather and scatter (any device)."""
+        vals = self._stacked_values(Pv, Qv, c, batch, T)
+        st = self._stacked_structure(T)
+        idx = st[("idx", str(vals.device))]
+        rows, cols, m, nc = idx["entry_pos"], idx["cols"], int(st["n_rows"]), int(st["n_cols"])
+
+        def M(x):
+            return x.new_zeros(batch, m).index_add_(1, rows, vals * x[:, cols])
+
+        def MT(y):
+            return y.new_zeros(batch, nc).index_add_(1, cols, vals * y[:, rows])
+
+        return M, MT, m, nc
+
     def basis_adjoint(self, w: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], r_star: torch.Tensor):
         """The implicit backward's pieces with respect to ``B`` alone, without differentiating the
         assembly: ``(S, vjp)``.
@@ -555,41 +599,11 @@ class TrajectoryResidual(SteadyResidual):
         through the assembly costs several; exact-Hessian backward only."""
         p0, u0 = self._split(p)
         batch, L, nl, N = B.shape
-        T = L - 1
         with torch.no_grad():
             u = basis_field(B, w)
             _, P, Q = self._linearization(self._embed(u, 2), p0)
-            vals = self._stacked_values(P.values, Q.values, self._weights(u0), batch, T)
-            idx = self._stacked_structure(T)[("idx", str(vals.device))]
-            rows, cols = idx["entry_pos"], idx["cols"]
-            m, nc = int(self._stacked_structure(T)["n_rows"]), L * nl
-
-            def Mx(x):  # (batch, nc) -> (batch, m)
-                return x.new_zeros(batch, m).index_add_(1, rows, vals * x[:, cols])
-
-            def MTy(y):  # (batch, m) -> (batch, nc)
-                return y.new_zeros(batch, nc).index_add_(1, cols, vals * y[:, rows])
-
+            M, MT, _, nc = self._stacked_operator(P.values, Q.values, self._weights(u0), batch, L - 1)
             Bf = B.detach().reshape(batch, nc, N)
-            a = MTy(r_star.detach())
-            H = self.hessian_matrix(u, p, r_star)
-            if H is None:
-                HB, S = None, B.new_zeros(batch, N, N)
-            else:
-                Bfull = self._embed(B.detach(), 2).reshape(batch * L, self.n, N)
-                HB = jac_times(H, Bfull).reshape(batch, L, self.n, N)
-                if self.dofs is not None:
-                    HB = HB.index_select(2, self.dofs.to(HB.device))
-                HB = HB.reshape(batch, nc, N)
-                S = Bf.transpose(1, 2) @ HB
-
-        def vjp(v: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                Bv = (Bf @ v.unsqueeze(-1)).squeeze(-1)
-                c2 = MTy(Mx(Bv))
-                if HB is not None:
-                    c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
-                g = -(a.unsqueeze(-1) * v.unsqueeze(1) + c2.unsqueeze(-1) * w.unsqueeze(1))
-            return g.reshape(B.shape)
-
-        return S, vjp
+            HB = self.hessian_times_basis(u, B, p, r_star)
+            HB = None if HB is None else HB.reshape(batch, nc, N)
+        return basis_adjoint_parts(Bf, w, MT(r_star.detach()), M, MT, HB, B.shape)
