@@ -84,7 +84,7 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
     r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
     # K_eij = sum_q sum_ab phi_dx[a,i,e,q] D[a,b,s,e,q] phi[b,j,e,q]
     S, E, Q = D.shape[2], D.shape[3], D.shape[4]
-    if "phi_pair" in t:  # one matmul per element, (s, (q a b)) x ((q a b), (i j)): 3-4x faster
+    if "phi_pair" in t:  # one batched matmul over elements, (s, (q a b)) x ((q a b), (i j))
         Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * J * J)
         K = torch.bmm(Dp, t["phi_pair"]).reshape(E, S, tb.n_local, tb.n_local).transpose(0, 1)
         return r, K

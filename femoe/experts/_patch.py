@@ -75,9 +75,10 @@ class PatchConstraint(nn.Module):
         backward); ``"levels"`` marches level by level, each step its own Newton solve given the
         constrained previous level (small per-level systems, dense Cholesky on a GPU). Both solve
         the same equations; the tolerances apply to the whole trajectory's interior residual or
-        to each step's. ``"auto"``: space-time on the CPU (5x faster than the march on
-        ``ds_cpu``), levels elsewhere (a GPU has no sparse direct solver; iterating on the
-        space-time system is not measured).
+        to each step's. ``"auto"``: space-time on the CPU (with it and the session's
+        shared speed-ups a ``ds_cpu`` patch-mode training step went from 1.9-2.9 s to 0.4-0.5 s,
+        ``benchmarks/ab_step.py``), levels elsewhere (a GPU has no sparse direct solver; iterating
+        on the space-time system is not measured).
     """
 
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
@@ -242,7 +243,7 @@ class PatchConstraint(nn.Module):
         opts = self._opts
         if opts["linear_solver"] == "auto" and U_hat.device.type == "cpu":
             # the space-time Jacobian is block-bidiagonal and very sparse: "auto" would factorise it
-            # densely up to 2000 unknowns (64 cells x 25 levels: 4x slower than SuperLU)
+            # densely up to 2000 unknowns (the default problem's 64 cells x 25 levels: 1,500)
             opts = {**opts, "linear_solver": "superlu"}
         if not self._checked_singular:  # each step's block is J_II of that level: probe one level
             opts = {**opts, "what": f"PatchConstraint on {pb.name!r}"}
