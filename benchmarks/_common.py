@@ -38,6 +38,33 @@ def machine() -> dict:
     return info
 
 
+def load() -> list[float]:
+    """The machine's load average (1, 5, 15 min), rounded: how shared it was."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def training_step(trainer, inputs, solutions):
+    """A function taking one optimiser step of ``trainer`` (a :class:`femoe.train.trainer.Trainer`)
+    on a fixed batch, as its training loop does (``loss_of``, ``backward``, gradient clipping,
+    ``opt.step``); it returns the step's info record."""
+    import torch
+
+    from femoe.train.trainer import loss_of
+
+    method, tc = trainer.method, trainer.cfg.train
+
+    def step():
+        trainer.opt.zero_grad(set_to_none=True)
+        loss, _, info = loss_of(trainer.task, method, inputs, solutions, trainer.levels)
+        loss.backward()
+        if tc.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), tc.clip_grad)
+        trainer.opt.step()
+        return info
+
+    return step
+
+
 def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
     for _ in range(warmup):

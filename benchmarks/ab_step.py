@@ -6,10 +6,10 @@
 The shared machine's load drifts, so two versions timed one after the other are not comparable.
 Here the base commit is checked out in a temporary git worktree, and for every method the two
 versions alternate, each in a fresh subprocess (base, head, base, head, ...; ``--rounds`` pairs):
-a subprocess builds the config's task, the method, loads the trained network of ``--trained``
-(the step cost late in training, where the solves start close to their answer), takes one
-warm-up step and times ``--steps`` trainer steps (``loss_of``, ``backward``, gradient clipping,
-Adam at the config's learning rate) on the first training batch; its time is the median step.
+a subprocess builds the config's trainer, loads the trained network of ``--trained`` (the step
+cost late in training, where the solves start close to their answer), takes one warm-up step
+and times ``--steps`` trainer steps (``_common.training_step``, as ``profile_step.py``) on the
+first training batch; its time is the median step.
 Per method and version the figure is the median over rounds; the ratios (base / head, and
 PI-HC / soft, MoE / PI-HC, patch / soft per version) are from these medians. The load average is
 recorded before every subprocess.
@@ -31,38 +31,31 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _common import load, training_step  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _worker(args) -> None:
     import torch
 
     from femoe.train.config import load_config
-    from femoe.train.methods import build_method
-    from femoe.train.task import Task
-    from femoe.train.trainer import loss_of
+    from femoe.train.trainer import Trainer
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     cfg = load_config(args.config)
-    task = Task(cfg)
-    m = build_method(args.method, task)
+    trainer = Trainer(cfg, args.method)
     if args.trained:
-        m.load_network(Path(args.trained) / args.method / "checkpoint.pt")
-    opt = torch.optim.Adam(m.parameters(), cfg.train.lr)
-    b = cfg.train.batch_size
-    x, y = task.train.inputs[:b], task.train.solutions[:b]
-    times, info = [], {}
-    for s in range(args.steps + 1):
+        trainer.method.load_network(Path(args.trained) / args.method / "checkpoint.pt")
+    trainer.method.train()
+    b, train = cfg.train.batch_size, trainer.task.train
+    step = training_step(trainer, train.inputs[:b], train.solutions[:b])
+    step()  # warm-up (factorisations, patterns, caches)
+    times = []
+    for _ in range(args.steps):
         t = time.perf_counter()
-        m.train_step = s
-        opt.zero_grad()
-        loss, _, info = loss_of(task, m, x, y)
-        loss.backward()
-        if cfg.train.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.train.clip_grad)
-        opt.step()
-        if s:
-            times.append(time.perf_counter() - t)
+        info = step()
+        times.append(time.perf_counter() - t)
     print("RESULT " + json.dumps({"median": statistics.median(times), "times": times,
                                    "info": {k: float(v) for k, v in info.items()}}))
 
@@ -71,12 +64,12 @@ def _run(src: Path, args, method: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--method", method, "--config", args.config,
            "--steps", str(args.steps)] + (["--trained", args.trained] if args.trained else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(src)}
-    load = [round(x, 2) for x in os.getloadavg()]
+    load_before = load()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{method} at {src} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return {**json.loads(lines[-1][7:]), "load_before": load}
+    return {**json.loads(lines[-1][7:]), "load_before": load_before}
 
 
 def main() -> None:

@@ -6,8 +6,8 @@
 The parent launches ``torchrun --nproc-per-node P`` on this file for each ``P`` in ``--procs``
 (gloo, one thread per rank). Every rank builds the same diffusion-sorption problem
 (``problems/diffusion_sorption_1d`` at ``--size`` cells x levels), the same random basis ``B``
-(batch x levels x n x N, seed 0; it stands in for the network output, as in
-``benchmarks/bench_moe.py``) and a :class:`~femoe.experts.HardConstraintMoE` with
+(batch x levels x n x N, seed 0, standing in for the network output) and initial values, all
+from ``benchmarks/bench_moe.py``'s set-up and a :class:`~femoe.experts.HardConstraintMoE` with
 ``distributed=True`` for ``P > 1``: each rank solves its share of the experts (``femoe.experts.
 distributed``). A step is the layer's forward, ``(u * u).mean().backward()`` and the gradient
 all-reduce of ``sync_gradients``; time per step = the median of ``--steps`` steps after one
@@ -34,24 +34,26 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from _common import load  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _worker(args) -> None:
     import torch
 
+    from bench_moe import _build
+
     from femoe.experts import HardConstraintMoE
     from femoe.experts import distributed as fdist
-    from problems import get_problem
 
     torch.set_num_threads(1)
     rank, world = fdist.init("gloo")
-    cells, levels = map(int, args.size.split("x"))
-    problem = get_problem("diffusion_sorption_1d").build(n_cells=cells, n_saved=levels)
-    g = torch.Generator().manual_seed(0)
-    B = torch.randn(args.batch, levels, problem.n, args.basis, dtype=torch.float64, generator=g)
-    u0 = (0.2 * torch.rand(args.batch, 1, dtype=torch.float64, generator=g)).expand(args.batch, problem.n).contiguous()
-    layer = HardConstraintMoE(problem, args.experts, partition="slab", dt=500.0 / (levels - 1), maxiter=args.maxiter,
-                              distributed=world > 1)
+    problem, lkw, B, ckw, _ = _build("ds", args.size, args.batch, args.basis)  # bench_moe's set-up
+    u0 = ckw["u0"]
+    layer = HardConstraintMoE(problem, args.experts, partition="slab", maxiter=args.maxiter, distributed=world > 1,
+                              **lkw)
     B.requires_grad_(True)
     times, its = [], []
     for s in range(args.steps + 1):
@@ -84,12 +86,12 @@ def _launch(P: int, args, out: Path) -> dict:
            "--size", args.size, "--experts", str(args.experts), "--batch", str(args.batch), "--basis", str(args.basis),
            "--steps", str(args.steps), "--maxiter", str(args.maxiter), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    load0 = os.getloadavg()
+    load0 = load()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         raise SystemExit(f"torchrun with {P} process(es) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     res = torch.load(out, weights_only=False)
-    res["load_before"], res["load_after"] = [round(x, 2) for x in load0], [round(x, 2) for x in os.getloadavg()]
+    res["load_before"], res["load_after"] = load0, load()
     return res
 
 
@@ -110,7 +112,6 @@ def main() -> None:
     if args.worker:
         _worker(args)
         return
-    sys.path.insert(0, str(HERE))
     from _common import machine
 
     runs: dict[int, list[dict]] = {P: [] for P in args.procs}

@@ -44,9 +44,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+from _common import load, training_step  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _git_state() -> dict:
@@ -88,7 +86,7 @@ def main() -> None:
 
     from femoe.train.config import load_config
     from femoe.train.task import Task
-    from femoe.train.trainer import Trainer, loss_of
+    from femoe.train.trainer import Trainer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "problems/configs/ds_cpu.toml"))
@@ -126,27 +124,20 @@ def main() -> None:
         "n_basis": cfg.network.n_basis, "experts": cfg.experts.k, "solver": vars(cfg.solver),
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "data_generation_seconds_8_plus_1_samples": round(data_seconds, 2),
-        "git": _git_state(), "load_at_start": _load(), "methods": {},
+        "git": _git_state(), "load_at_start": load(), "methods": {},
     }
     for name in args.methods.split(","):
         trainer = Trainer(cfg, name, task)
-        method, opt = trainer.method, trainer.opt
+        method = trainer.method
         if args.trained:
             method.load_network(Path(args.trained) / name / "checkpoint.pt")
         method.train()
         inputs = task.train.inputs[:batch]
         sols = task.train.solutions[:batch]
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss, _, info = loss_of(task, method, inputs, sols, trainer.levels)
-            loss.backward()
-            if tc.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), tc.clip_grad)
-            opt.step()
-            return info
+        step = training_step(trainer, inputs, sols)
 
-        load0 = _load()
+        load0 = load()
         step()  # warm-up (factorisations, patterns, caches)
         times, infos = [], []
         for _ in range(args.steps):
@@ -167,11 +158,11 @@ def main() -> None:
             "seconds_per_step_all": [round(x, 4) for x in times],
             "seconds_per_step_under_cprofile": round(profiled, 4),
             "step_info": infos[-1] if infos else {},
-            "load_before": load0, "load_after": _load(),
+            "load_before": load0, "load_after": load(),
             "top_cumulative": _top(stats, "cumulative"),
             "top_total": _top(stats, "tottime"),
         }
-        print(name, out["methods"][name]["seconds_per_step_median"], "s/step; load", _load(), flush=True)
+        print(name, out["methods"][name]["seconds_per_step_median"], "s/step; load", load(), flush=True)
     m = {k: v["seconds_per_step_median"] for k, v in out["methods"].items()}
     ratios = {}
     if "soft" in m and "pihc" in m:
@@ -181,7 +172,7 @@ def main() -> None:
     if "patch" in m and "soft" in m:
         ratios["patch_over_soft"] = round(m["patch"] / m["soft"], 2)
     out["ratios"] = ratios
-    out["load_at_end"] = _load()
+    out["load_at_end"] = load()
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str))
