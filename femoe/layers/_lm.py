@@ -192,16 +192,17 @@ def _normal_solve(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(A, g)
 
 
-def _roundoff_floor(jn: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor,
+def _roundoff_floor(A: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: torch.Tensor,
                     rho: float) -> torch.Tensor:
     """Round-off level of ``g = J^T r + rho w`` for each element's own scale.
 
     The rows are sums of terms of about the size of the field's contribution ``|J w|`` and of
     the data ``|r(0)|``, so the computed ``r`` carries an error of about
     ``eps (||J|| ||w|| + ||r(0)|| + ||r||)`` and ``g`` that error times ``||J||``.
-    ``jn`` is ``||J||_F`` per element.
+    ``||J||_F^2 = trace(J^T J)``, read off the normal matrix ``A = J^T J``.
     """
     eps = torch.finfo(w.dtype).eps
+    jn = torch.diagonal(A.detach(), dim1=1, dim2=2).sum(1).clamp_min(0).sqrt()
     wn = torch.linalg.vector_norm(w.detach(), dim=1)
     rn = torch.linalg.vector_norm(r.detach(), dim=1)
     return eps * (jn * (jn * wn + r0norm + rn) + rho * wn)
@@ -223,20 +224,20 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     w = B.new_zeros(batch, N)
 
     def evaluate(w):
-        # J_w is needed only here (and its Frobenius norm for the round-off floor): the loop
-        # keeps the N x N normal matrix, not the (rows x N) Jacobian
+        # J_w is needed only here: the loop keeps the N x N normal matrix, not the (rows x N)
+        # Jacobian (whose Frobenius norm the round-off floor reads off A's trace)
         r, J = model.linearize(basis_field(B, w), B, p)
         f = 0.5 * (r * r).sum(1) + 0.5 * o.rho * (w * w).sum(1)
         g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
         A = J.transpose(1, 2) @ J
-        return r, torch.linalg.matrix_norm(J.detach()), f, g, A
+        return r, f, g, A
 
-    r, jn, f, g, A = evaluate(w)
+    r, f, g, A = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
     g0 = gnorm.detach().clone()
     r0 = torch.linalg.vector_norm(r.detach(), dim=1)
     target = torch.clamp(o.relative_tolerance(B.dtype) * g0, min=o.atol)
-    floor = _roundoff_floor(jn, w, r, r0, o.rho)
+    floor = _roundoff_floor(A, w, r, r0, o.rho)
     scale = torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
     mu, mu_max = o.damping * scale, 1e16 * scale
     nu = torch.full_like(mu, 2.0)
@@ -252,7 +253,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             break
         d = -_normal_solve(A + (o.rho + mu)[:, None, None] * eye, g)
         d = torch.where(active[:, None], d, torch.zeros_like(d))
-        r_t, jn_t, f_t, g_t, A_t = evaluate(w + d)
+        r_t, f_t, g_t, A_t = evaluate(w + d)
         pred = 0.5 * (d * (mu[:, None] * d - g)).sum(1).detach()
         gain = (f - f_t).detach() / torch.where(pred > 0, pred, torch.ones_like(pred))
         # Near the optimum f(w) - f(w + d) drops below the round-off of f and the gain ratio is
@@ -263,7 +264,6 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         a1 = accept[:, None]
         w = torch.where(a1, w + d, w)
         r = torch.where(a1, r_t, r)
-        jn = torch.where(accept, jn_t, jn)
         f = torch.where(accept, f_t, f)
         g = torch.where(a1, g_t, g)
         A = torch.where(a1[:, :, None], A_t, A)
@@ -272,7 +272,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         mu = torch.where(accept, mu * shrink, torch.where(active, mu * nu, mu))
         nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
         iterations += active.to(torch.int64)
-        floor = torch.where(accept, _roundoff_floor(jn, w, r, r0, o.rho), floor)
+        floor = torch.where(accept, _roundoff_floor(A, w, r, r0, o.rho), floor)
         # progress: since the last progress, f decreased by 1e-8 relative or ||g|| by 10 % (the
         # anchors only decrease, so an oscillating gradient at a kink does not count twice; a
         # Gauss-Newton iteration converging linearly, as on large-residual rows, counts)
