@@ -111,9 +111,12 @@ def test_energy_rows_are_refused_where_they_do_not_apply():
         energy_rows(heat)
     from femoe.train.config import config_from_dict
 
-    with pytest.raises(ConfigError, match="not supported by the MoE"):
+    with pytest.raises(ConfigError, match="row_weights"):  # a name outside the choices
         config_from_dict({"name": "x", "methods": ["pihc", "moe"], "problem": {"name": "darcy_2d"},
-                          "solver": {"row_weights": "energy"}})
+                          "solver": {"row_weights": "energies"}})
+    # the MoE takes them (one block per expert: tests/test_energy_rows_moe.py)
+    config_from_dict({"name": "x", "methods": ["pihc", "moe"], "problem": {"name": "darcy_2d"},
+                      "solver": {"row_weights": "energy_sample"}})
 
 
 def test_per_sample_energy_rows_give_each_sample_its_own_ritz_member():

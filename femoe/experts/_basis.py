@@ -41,8 +41,8 @@ from torch import nn
 
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
-from femoe.layers._residuals import (INITIAL, SteadyResidual, TrajectoryResidual, basis_adjoint_parts, basis_field,
-                                     jac_times)
+from femoe.layers._residuals import (INITIAL, RowTransform, SteadyResidual, TrajectoryResidual, basis_adjoint_parts,
+                                     basis_field, jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition
@@ -179,7 +179,9 @@ class _ExpertGroup:
         self.own_flat = torch.as_tensor(np.concatenate([k * self.nl_max + p for k, p in enumerate(own_pos)]))
         self.own_glob = torch.as_tensor(np.concatenate(self.owned_global))
         self.union_to_global = torch.as_tensor(u.union_to_global)
-        if row_scale is not None and not isinstance(row_scale, str):
+        if isinstance(row_scale, RowTransform):  # energy rows: one block per expert (additive Schwarz)
+            row_scale = row_scale.for_experts(u, self.rows_union, self.rows_global)
+        elif row_scale is not None and not isinstance(row_scale, str):
             row_scale = np.asarray(row_scale)[u.union_to_global]  # given on the parent's DOFs
         if self.time_dependent:
             if self.ic_global:

@@ -13,11 +13,14 @@
 from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, Hessian, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._newton import NewtonSolveInfo, nonlinear_solve, nonlinear_step, solve_trajectory
-from femoe.layers._residuals import RowTransform, SampleEnergyRows, SteadyResidual, TrajectoryResidual, energy_factor
+from femoe.layers._residuals import (BlockEnergyRows, EnergyRows, RowTransform, SampleEnergyRows, SteadyResidual,
+                                     TrajectoryResidual, energy_factor, energy_matrix)
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss
 
 __all__ = [
     "Backward",
+    "BlockEnergyRows",
+    "EnergyRows",
     "HardConstraint",
     "Hessian",
     "LMOptions",
@@ -29,6 +32,7 @@ __all__ = [
     "TrajectoryResidual",
     "Unconverged",
     "energy_factor",
+    "energy_matrix",
     "least_squares_solve",
     "nonlinear_solve",
     "nonlinear_step",

@@ -18,7 +18,7 @@ The MoE layer implements the same two methods with the expert index folded into 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -96,11 +96,10 @@ def distance2_colouring(pattern: CSRPattern) -> np.ndarray:
     return cache["colouring"]
 
 
-def energy_factor(problem: Problem, params: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
-    """Cholesky factors ``L`` ``(batch, n, n)`` of ``K(p)``: the problem's Jacobian at ``u = 0`` for
-    the parameters ``p``, Dirichlet rows and columns replaced by the identity, symmetrised (in
-    ``like``'s dtype and device; differentiable with respect to the parameters). Raises
-    :class:`ProblemError` where ``K(p)`` is not symmetric positive definite."""
+def energy_matrix(problem: Problem, params: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+    """``K(p)`` ``(batch, n, n)``, dense: the problem's Jacobian at ``u = 0`` for the parameters
+    ``p``, Dirichlet rows and columns replaced by the identity, symmetrised (in ``like``'s dtype and
+    device; differentiable with respect to the parameters)."""
     n = problem.n
     _, J = problem.residual_and_jacobian(like.new_zeros(1, n), dict(params or {}))
     pat, vals = problem.pattern, J.values.to(like.dtype)
@@ -112,12 +111,25 @@ def energy_factor(problem: Problem, params: Mapping[str, Any] | None, like: torc
     keep = torch.ones(n, dtype=like.dtype, device=like.device)
     keep[torch.as_tensor(problem.dirichlet_dofs, device=like.device)] = 0.0
     K = K * keep[:, None] * keep[None, :] + torch.diag(1.0 - keep)
-    L, info = torch.linalg.cholesky_ex(0.5 * (K + K.transpose(1, 2)))
+    return 0.5 * (K + K.transpose(1, 2))
+
+
+def _cholesky(K: torch.Tensor, what: str) -> torch.Tensor:
+    """Lower Cholesky factors of the symmetric matrices ``K`` ``(..., m, m)``; raises
+    :class:`ProblemError` naming ``what`` where one is not positive definite."""
+    L, info = torch.linalg.cholesky_ex(K)
     if bool((info != 0).any()):
-        raise ProblemError(f"energy rows: the Jacobian of {problem.name!r} at u = 0 (sample "
-                           f"{int((info != 0).nonzero()[0, 0])}) is not symmetric positive definite once its "
-                           "Dirichlet rows are eliminated, so it defines no energy norm")
+        where = tuple(int(i) for i in (info != 0).nonzero()[0])
+        raise ProblemError(f"energy rows: {what} (batch index {where}) is not symmetric positive definite once its "
+                           "Dirichlet rows are eliminated, so it defines no energy norm; use row weights 'mass' or "
+                           "'boundary'")
     return L
+
+
+def energy_factor(problem: Problem, params: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors ``L`` ``(batch, n, n)`` of :func:`energy_matrix` ``K(p) = L L^T``. Raises
+    :class:`ProblemError` where ``K(p)`` is not symmetric positive definite."""
+    return _cholesky(energy_matrix(problem, params, like), f"the Jacobian of {problem.name!r} at u = 0")
 
 
 class RowTransform:
@@ -145,10 +157,13 @@ class RowTransform:
         """``L`` ``(n, n)`` in ``like``'s dtype and device (``p``: the parameters, unused here)."""
         return self.L.to(like.device, like.dtype)
 
+    def _weighted(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.s is None else x * self.s.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 2)))
+
     def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
         """``x`` ``(batch, n)`` or ``(batch, n, N)`` -> the same shape."""
         L = self.factor(p, x)
-        y = x if self.s is None else x * self.s.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 2)))
+        y = self._weighted(x)
         if L.dim() == 3:  # one factor per sample: a batched solve
             L = L.expand(y.shape[0], -1, -1)
             z = torch.linalg.solve_triangular(L, y if y.dim() == 3 else y.unsqueeze(-1), upper=False)
@@ -158,21 +173,43 @@ class RowTransform:
         z = torch.linalg.solve_triangular(L, cols, upper=False).T
         return z.reshape(*y.movedim(1, -1).shape).movedim(-1, 1)
 
+    def for_experts(self, union, rows_union: Sequence[np.ndarray], rows_global: Sequence[np.ndarray]) -> "RowTransform":
+        """The transform of a mixture of experts' union problem, whose expert ``k`` enforces the
+        union rows ``rows_union[k]`` (the parent's rows ``rows_global[k]``). A general ``L``
+        couples rows of different experts, which no expert could evaluate on its own: only
+        energy rows (:class:`EnergyRows`) have an expert-local form."""
+        raise ProblemError("this row transform couples the rows of different experts, so the mixture of experts "
+                           "cannot apply it; use energy rows (femoe.train.rows.energy_rows) or row weights")
 
-class SampleEnergyRows(RowTransform):
-    """Energy rows of each sample's own operator: ``r -> L_p^{-1} (s r)`` with ``L_p`` from
-    :func:`energy_factor` for that sample's parameters ``p``, so that for a linear problem
-    ``||L_p^{-1} R||^2`` is the sample's energy error exactly. One dense Cholesky factor per
-    sample, reused while the parameters' values are equal to the last ones' (compared, not
-    identified: the iterations of one solve, the loss of one step) and none needs a gradient;
-    recomputed with its graph otherwise."""
 
-    def __init__(self, problem: Problem, s: np.ndarray | None = None):
-        super().__init__(None, s, n=problem.n)
+class EnergyRows(RowTransform):
+    """Energy rows of a fixed reference operator: ``L`` the Cholesky factor of
+    :func:`energy_matrix` at the parameters ``params`` (:func:`femoe.train.rows.energy_rows`:
+    every coefficient at its default, 1 where it has none)."""
+
+    def __init__(self, problem: Problem, params: Mapping[str, Any], s: np.ndarray | None = None):
+        L = energy_factor(problem, params, torch.zeros((), dtype=torch.float64))[0]
+        super().__init__(L.numpy(), s)
         self.problem = problem
+        self.params = dict(params)
+
+    def for_experts(self, union, rows_union, rows_global) -> "BlockEnergyRows":
+        """The experts' (additive Schwarz) form of these rows: :class:`BlockEnergyRows`."""
+        return BlockEnergyRows(self.problem, union, rows_union, rows_global, self._union_weights(union), self.params)
+
+    def _union_weights(self, union) -> np.ndarray | None:
+        return None if self.s is None else self.s.numpy()[np.asarray(union.union_to_global)]
+
+
+class _ValueCache:
+    """The last factor computed from parameter tensors, reused while their values equal the last
+    ones' (compared, not identified: the iterations of one solve, the loss of one step) and none
+    needs a gradient; recomputed (with its graph) otherwise."""
+
+    def __init__(self):
         self._last = None
 
-    def factor(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+    def get(self, p: Mapping[str, Any] | None, like: torch.Tensor, build) -> torch.Tensor:
         tensors = {k: v for k, v in (p or {}).items() if isinstance(v, torch.Tensor)}
         grad_needed = torch.is_grad_enabled() and any(v.requires_grad for v in tensors.values())
         if not grad_needed and self._last is not None:
@@ -180,11 +217,107 @@ class SampleEnergyRows(RowTransform):
             if where == (str(like.device), like.dtype) and old.keys() == tensors.keys() and all(
                     old[k].shape == v.shape and torch.equal(old[k], v.detach()) for k, v in tensors.items()):
                 return L
-        L = energy_factor(self.problem, p, like)
+        L = build(p, like)
         if not grad_needed:
             values = {k: v.detach().clone() for k, v in tensors.items()}
             self._last = (values, (str(like.device), like.dtype), L.detach())
         return L
+
+
+class SampleEnergyRows(EnergyRows):
+    """Energy rows of each sample's own operator: ``r -> L_p^{-1} (s r)`` with ``L_p`` from
+    :func:`energy_factor` for that sample's parameters ``p``, so that for a linear problem
+    ``||L_p^{-1} R||^2`` is the sample's energy error exactly. One dense Cholesky factor per
+    sample, cached by value (:class:`_ValueCache`)."""
+
+    def __init__(self, problem: Problem, s: np.ndarray | None = None):
+        RowTransform.__init__(self, None, s, n=problem.n)
+        self.problem = problem
+        self.params = None  # each sample's own
+        self._cache = _ValueCache()
+
+    def factor(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+        return self._cache.get(p, like, lambda q, x: energy_factor(self.problem, q, x))
+
+
+class BlockEnergyRows(RowTransform):
+    """Energy rows of a mixture of experts, one block per expert (additive Schwarz).
+
+    Expert ``k`` enforces the parent's rows ``O_k`` (its own DOFs' rows and the global boundary
+    rows). Its rows are ``L_k^{-1} (s r)_{O_k}`` with ``K[O_k, O_k] = L_k L_k^T``: the block of the
+    energy operator ``K`` (:func:`energy_matrix`, Dirichlet rows eliminated) on those rows, i.e.
+    the stiffness of expert ``k``'s subdomain with every other DOF held at zero. For a linear
+    problem ``R(u) = K u - f``, ``||L_k^{-1} R_{O_k}||^2`` is the energy error of ``u`` against the
+    solution of the subdomain's Dirichlet problem with ``u``'s own values on the rest of the mesh,
+    and the sum over experts is ``R^T P_AS R`` with ``P_AS = sum_k E_k K_kk^{-1} E_k^T`` the
+    one-level additive Schwarz preconditioner: a norm equivalent to the global energy rows'
+    ``R^T K^{-1} R`` that each expert evaluates from its own rows. Union rows no expert enforces
+    are passed through weighted only (no expert reads them).
+
+    Parameters
+    ----------
+    problem : Problem
+        The parent problem (the blocks are cut from its ``K``).
+    union : PatchUnion
+        The experts' union problem (the rows this transform acts on: ``union.n``).
+    rows_union, rows_global : sequence of int arrays
+        Expert ``k``'s enforced rows in union numbering (sorted, inside its patch) and the same
+        rows in the parent's numbering.
+    s : array, optional
+        Row weights on the union's DOFs (Dirichlet weight).
+    params : mapping, optional
+        Fixed parameters of the reference operator; ``None``: each sample's own (one factor per
+        sample and expert, cached by value).
+    """
+
+    def __init__(self, problem: Problem, union, rows_union: Sequence[np.ndarray], rows_global: Sequence[np.ndarray],
+                 s: np.ndarray | None = None, params: Mapping[str, Any] | None = None):
+        super().__init__(None, s, n=union.n)
+        self.problem = problem
+        self.params = None if params is None else dict(params)
+        K, m = len(rows_union), max(int(np.size(r)) for r in rows_union)
+        idx = np.zeros((K, m), dtype=np.int64)
+        gidx = np.zeros((K, m), dtype=np.int64)
+        mask = np.zeros((K, m), dtype=bool)
+        for k, (ru, rg) in enumerate(zip(rows_union, rows_global)):
+            ru, rg = np.asarray(ru), np.asarray(rg)
+            if ru.shape != rg.shape or np.any(np.diff(ru) <= 0):
+                raise ShapeError(f"expert {k}: its union rows must be sorted and match its parent rows one to one")
+            idx[k, : ru.size], gidx[k, : rg.size], mask[k, : ru.size] = ru, rg, True
+        if np.unique(idx[mask]).size != int(mask.sum()):
+            raise ShapeError("two experts share a union row; each expert's rows must lie in its own patch")
+        self.idx, self.gidx, self.mask = torch.as_tensor(idx), torch.as_tensor(gidx), torch.as_tensor(mask)
+        self._cache = _ValueCache()
+        self._fixed = None
+
+    def _build(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+        """``(batch, K, m, m)`` factors of the experts' blocks (padding: identity)."""
+        Kd = energy_matrix(self.problem, p, like)
+        g = self.gidx.to(like.device)
+        Kb = Kd[:, g[:, :, None], g[:, None, :]]  # (batch, K, m, m)
+        mk = self.mask.to(like.device, like.dtype)
+        Kb = Kb * (mk[:, :, None] * mk[:, None, :]) + torch.diag_embed(1.0 - mk)
+        return _cholesky(Kb, f"an expert's block of the Jacobian of {self.problem.name!r} at u = 0")
+
+    def factor(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
+        if self.params is None:
+            return self._cache.get(p, like, self._build)
+        if self._fixed is None:
+            self._fixed = self._build(self.params, torch.zeros((), dtype=torch.float64))
+        return self._fixed.to(like.device, like.dtype)
+
+    def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """``x`` ``(batch, n_union)`` or ``(batch, n_union, N)`` -> the same shape."""
+        y = self._weighted(x)
+        L = self.factor(p, x)
+        b, (K, m) = y.shape[0], self.idx.shape
+        flat = self.idx.to(y.device).reshape(-1)
+        sel = self.mask.to(y.device).reshape(-1)
+        yb = y.index_select(1, flat).reshape(b, K, m, -1)
+        yb = yb * self.mask.to(y.device, y.dtype).reshape(1, K, m, 1)
+        z = torch.linalg.solve_triangular(L.expand(b, -1, -1, -1), yb, upper=False)  # (b, K, m, cols)
+        z = z.reshape(b, K * m, *y.shape[2:])
+        return y.index_copy(1, flat[sel], z[:, sel])
 
 
 def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform | None:

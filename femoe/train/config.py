@@ -377,10 +377,6 @@ def validate(cfg: Config) -> None:
                           + (_nearest(bad[0], METHODS) if bad else ""))
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods lists a method twice: {cfg.methods}")
-    if cfg.solver.row_weights.startswith("energy") and "moe" in cfg.methods:
-        raise ConfigError(f"solver.row_weights = {cfg.solver.row_weights!r} is not supported by the MoE (each expert enforces a "
-                          "subset of the rows, and the energy norm couples all of them); drop 'moe' from methods "
-                          "or use 'mass' or 'boundary'")
     if cfg.experts.partition == "metis" and {"moe", "patch"} & set(cfg.methods):
         import importlib.util
 

@@ -81,11 +81,10 @@ def energy_rows(problem, dirichlet_weight: float = 1.0, per_sample: bool = False
     """The ``"energy"`` row transform of a steady problem (see the module docstring); with
     ``per_sample`` (``"energy_sample"``) each sample's own operator (its parameters) instead of
     the reference one, factorised per sample (:class:`femoe.layers.SampleEnergyRows`). Both
-    factorise with :func:`femoe.layers.energy_factor`."""
-    import torch
-
+    factorise with :func:`femoe.layers.energy_factor`. The mixture of experts applies them per
+    expert (:class:`femoe.layers.BlockEnergyRows`)."""
     from femoe.errors import ProblemError
-    from femoe.layers import RowTransform, SampleEnergyRows, energy_factor
+    from femoe.layers import EnergyRows, SampleEnergyRows
 
     kind = "energy_sample" if per_sample else "energy"
     if problem.is_time_dependent:
@@ -100,11 +99,10 @@ def energy_rows(problem, dirichlet_weight: float = 1.0, per_sample: bool = False
     if per_sample:
         return SampleEnergyRows(problem, s)
     try:
-        L = energy_factor(problem, _unit_params(problem), torch.zeros((), dtype=torch.float64))
+        return EnergyRows(problem, _unit_params(problem), s)
     except ProblemError as exc:
         raise ConfigError(f"solver.row_weights = 'energy' (parameters at their defaults, 1 where none): {exc}; "
                           "use 'mass' or 'boundary'") from None
-    return RowTransform(L[0].numpy(), s)
 
 
 def row_weights(problem, kind: str = "mass", dirichlet_weight: float = 1.0) -> np.ndarray:
