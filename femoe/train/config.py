@@ -80,7 +80,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from femoe.errors import ConfigError, FemoeError
 
-METHODS = ("soft", "pihc", "moe", "patch")
+METHODS = ("soft", "pihc", "moe", "patch", "pihc_patch")
 SCHEDULES = ("exponential", "staircase", "cosine", "constant")  # train.schedule (see trainer.lr_factor)
 
 
@@ -377,7 +377,7 @@ def validate(cfg: Config) -> None:
                           + (_nearest(bad[0], METHODS) if bad else ""))
     if len(set(cfg.methods)) != len(cfg.methods):
         raise ConfigError(f"methods lists a method twice: {cfg.methods}")
-    if cfg.experts.partition == "metis" and {"moe", "patch"} & set(cfg.methods):
+    if cfg.experts.partition == "metis" and {"moe", "patch", "pihc_patch"} & set(cfg.methods):
         import importlib.util
 
         if importlib.util.find_spec("pymetis") is None:

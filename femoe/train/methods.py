@@ -210,12 +210,7 @@ class Patch(Method):
 
     def __init__(self, task: Task):
         super().__init__(task)
-        from femoe.experts import PatchConstraint
-
-        e, s = task.cfg.experts, task.cfg.solver
-        kw = {"dt": task.dt} if task.time_dependent else {}
-        self.layer = PatchConstraint(task.problem, e.k, partition=e.partition, seed=e.seed, rtol=s.patch_rtol,
-                                     atol=1e-12, **kw)
+        self.layer = _patch_layer(task)
 
     def forward(self, inputs, levels=None):
         U = self.network_output(inputs, levels)[..., 0]
@@ -224,7 +219,45 @@ class Patch(Method):
         return u, {"iterations": float(info.iterations.float().mean()), "unconverged": int((~info.converged).sum())}
 
 
-METHOD_CLASSES = {"soft": Soft, "pihc": PIHC, "moe": MoE, "patch": Patch}
+def _patch_layer(task: Task):
+    """Patch mode with the run's experts (``[experts]``) and solver (``solver.patch_rtol``)."""
+    from femoe.experts import PatchConstraint
+
+    e, s = task.cfg.experts, task.cfg.solver
+    kw = {"dt": task.dt} if task.time_dependent else {}
+    return PatchConstraint(task.problem, e.k, partition=e.partition, seed=e.seed, rtol=s.patch_rtol, atol=1e-12, **kw)
+
+
+class PIHCPatch(PIHC):
+    """PI-HC, then patch mode on its field (``"pihc_patch"``).
+
+    Trained exactly as PI-HC (same network, rows and loss: with the same seed its network is
+    PI-HC's). At evaluation the PI-HC field ``u_hc = B w*`` is the patch layer's input: each
+    expert solves the weak form exactly on its patch interior with ``u_hc``'s values on the
+    interface. For a linear symmetric problem (Darcy) the error of the result is the discrete
+    harmonic extension of ``u_hc``'s interface error, which has the least energy of all fields
+    with those interface values, so its energy error is at most PI-HC's; for a trajectory
+    (diffusion-sorption) each level is solved in turn from the corrected previous level. The
+    gradient of the training loss does not pass through the patch solve.
+    """
+
+    name = "pihc_patch"
+
+    def __init__(self, task: Task):
+        super().__init__(task)
+        self.patch = _patch_layer(task)
+
+    def forward(self, inputs, levels=None):
+        u, info = super().forward(inputs, levels)
+        if self.training:
+            return u, info
+        params, u0 = self.task.layer_args(inputs)
+        u, pinfo = self.patch(u, params, u0) if u0 is not None else self.patch(u, params)
+        return u, {**info, "patch_iterations": float(pinfo.iterations.float().mean()),
+                   "unconverged": info["unconverged"] + int((~pinfo.converged).sum())}
+
+
+METHOD_CLASSES = {"soft": Soft, "pihc": PIHC, "moe": MoE, "patch": Patch, "pihc_patch": PIHCPatch}
 
 
 def build_method(name: str, task: Task) -> Method:
