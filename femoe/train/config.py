@@ -30,6 +30,8 @@ loss = "experts"                     # MoE training loss: "experts" (each expert
                                      # whole mesh), "stitched" (the output) or "both"
 interface_loss_weight = 1.0          # MoE loss: weight of the rows at interface DOFs
 warm_start = 0                       # train the first steps through one PI-HC solve
+time_windows = 1                     # MoE on trajectories: time windows, each with its own
+                                     # experts (spatio-temporal experts); 1: the whole trajectory
 
 [solver]
 rho = 1e-4
@@ -130,6 +132,10 @@ class ExpertsConfig:
     # interface rows then dominate the loss and, on ds_cpu, train a poor basis: 25-50 % against
     # 6-7 %, docs/results.md) or "both"
     loss: str = "experts"
+    # PI-HC-MoE on trajectories: the levels cut into this many time windows, each with its own
+    # experts (spatio-temporal experts, femoe.experts.TimeWindows), marched in order; 1: one set
+    # of experts over the whole trajectory
+    time_windows: int = 1
 
 
 @dataclass
@@ -250,7 +256,7 @@ _RULES: dict[str, Any] = {
     "network.n_basis": _ge(1), "network.width": _ge(1), "network.depth": _ge(1), "network.sensors": _ge(1),
     "network.fourier_scale": _ge(0),
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
-    "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0),
+    "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0), "experts.time_windows": _ge(1),
     "experts.loss": ("stitched", "experts", "both"),
     "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
     "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary", "energy", "energy_sample"), "solver.dirichlet_weight": _gt(0),

@@ -169,39 +169,64 @@ class MoE(PIHC):
         e = task.cfg.experts
         if e.interface_loss_weight != 1.0:
             w = torch.ones(task.n, dtype=torch.float64)
-            w[torch.from_numpy(np.array(self.layer.partition.interface, dtype=np.int64))] = \
+            part = self.layer.layers[0].partition if hasattr(self.layer, "layers") else self.layer.partition
+            w[torch.from_numpy(np.array(part.interface, dtype=np.int64))] = \
                 float(np.sqrt(e.interface_loss_weight))  # rows are squared in the loss
             self.loss_dof_weight = w
         self.single = PIHC._make_layer(self, task, self._layer_kw) if e.warm_start > 0 else None
         self._expert_fields = None
 
     def _make_layer(self, task: Task, kw):
-        from femoe.experts import HardConstraintMoE
+        from femoe.experts import HardConstraintMoE, TimeWindows
 
         e = task.cfg.experts
-        return HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw)
+        if e.time_windows == 1:
+            return HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw)
+        if not task.time_dependent or task.lifted:
+            raise ConfigError("experts.time_windows applies to trajectories whose unknown is the state (not a "
+                              "steady problem, not a lifted one: u = u0 + s(t) z spans the whole trajectory)")
+        part = HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw).partition
+        return TimeWindows(lambda t0: HardConstraintMoE(task.problem, part, t0=t0, **kw), task.n_levels - 1,
+                           task.dt, e.time_windows)
 
     def _constraint(self) -> nn.Module:
         warm = self.single is not None and self.training and self.train_step < self.task.cfg.experts.warm_start
         return self.single if warm else self.layer
 
     def _extra(self, B, info):
+        from femoe.experts import WindowsInfo
+
         self._expert_fields = None
-        if not hasattr(info, "interface_jump"):  # the warm start's single solve
+        windowed = isinstance(info, WindowsInfo)
+        if not windowed and not hasattr(info, "interface_jump"):  # the warm start's single solve
             return {"warm_start": True}
+        parts = info.windows if windowed else (info,)
+        spans = info.edges if windowed else ((0, None),)
+        starts = info.starts if windowed else (None,)
         if self.training and self.task.cfg.experts.loss != "stitched":
-            # every expert's weights on the whole mesh: (batch, K, [T+1,] n)
-            w = torch.cat([wg for _, wg in info.weights], 1)
-            self._expert_fields = torch.einsum("b...N,bkN->bk...", B, w)
-        return {"interface_jump": float(info.interface_jump.max())}
+            # every expert's weights on the whole mesh (per window: its levels), (batch, K, [L,] n),
+            # with the window's first level and initial state
+            self._expert_fields = []
+            for part, (a, b), start in zip(parts, spans, starts):
+                w = torch.cat([wg for _, wg in part.weights], 1)
+                Bw = B if b is None else B[:, a:b + 1]
+                self._expert_fields.append((torch.einsum("b...N,bkN->bk...", Bw, w), a, start))
+        return {"interface_jump": max(float(p.interface_jump.max()) for p in parts)}
 
     def physics_loss(self, r, params, u0):
         mode = self.task.cfg.experts.loss
         if self._expert_fields is None or mode == "stitched":
             return r.square().mean()
-        fields = self._expert_fields
-        experts = torch.stack([self.task.residual(fields[:, k], params, u0, self.loss_dof_weight).square().mean()
-                               for k in range(fields.shape[1])]).mean()
+        t = self.task
+        terms, weights = [], []
+        for fields, a, start in self._expert_fields:
+            init, t0 = (u0, 0.0) if start is None else (start, a * t.dt)
+            for k in range(fields.shape[1]):
+                rk = t.residual(fields[:, k], params, init, self.loss_dof_weight, t0=t0)
+                terms.append(rk.square().mean())
+                weights.append(1.0 if start is None else fields.shape[2] - 1)  # windows: by their steps
+        w = torch.tensor(weights, dtype=terms[0].dtype, device=terms[0].device)
+        experts = (torch.stack(terms) * w).sum() / w.sum()
         return experts if mode == "experts" else 0.5 * (experts + r.square().mean())
 
 

@@ -239,14 +239,14 @@ class Task:
         return torch.as_tensor(np.sqrt(num / np.maximum(den, 1e-300)))
 
     def residual(self, u: torch.Tensor, params: dict, u0: torch.Tensor | None,
-                 dof_weight: torch.Tensor | None = None) -> torch.Tensor:
+                 dof_weight: torch.Tensor | None = None, t0: float = 0.0) -> torch.Tensor:
         """Mass-normalised weak-form residual rows (and initial-condition rows) of a field;
         ``dof_weight`` ``(n,)`` multiplies every level's row of each DOF (not the initial rows)."""
         scale = self.row_scale.to(u.device, u.dtype)
         if dof_weight is not None:
             scale = scale * dof_weight.to(u.device, u.dtype)
         if self.time_dependent:
-            R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params) * scale
+            R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params, t0=t0) * scale
             if self.ic_by_construction:  # the state's level 0 is u0 whatever u[:, 0] is
                 return R.reshape(u.shape[0], -1)
             ic = u[:, 0] - u0
