@@ -303,7 +303,8 @@ class BlockEnergyRows(RowTransform):
         if self.params is None:
             return self._cache.get(p, like, self._build)
         if self._fixed is None:
-            self._fixed = self._build(self.params, torch.zeros((), dtype=torch.float64))
+            cpu = torch.zeros((), dtype=torch.float64)  # cpu: the factor is built once, then moved
+            self._fixed = self._build(self.params, cpu)
         return self._fixed.to(like.device, like.dtype)
 
     def __call__(self, x: torch.Tensor, p: Mapping[str, Any] | None = None) -> torch.Tensor:
