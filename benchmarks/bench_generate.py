@@ -70,8 +70,8 @@ def bench_batched(workers: int, n_seq_small: int = 8, n_batch_small: int = 127, 
     """Batched vs one-at-a-time diffusion-sorption reference (see the module documentation)."""
     from femoe.data import generate
     from femoe.data.generate import sample_rng, shard_size
-    from problems import get_problem
-    from problems.diffusion_sorption_1d import march, march_batch
+    from femoe.problems import get_problem
+    from femoe.problems.diffusion_sorption_1d import march, march_batch
 
     spec = get_problem("diffusion_sorption_1d")
     sizes = {
@@ -137,7 +137,7 @@ _POOL: dict = {}
 
 
 def _pool_init() -> None:
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     _POOL["problem"] = get_problem("diffusion_sorption_1d").build()
 
@@ -147,13 +147,13 @@ def _pool_ready(_: int = 0) -> int:
 
 
 def _pool_march(x: np.ndarray) -> float:
-    from problems.diffusion_sorption_1d import march
+    from femoe.problems.diffusion_sorption_1d import march
 
     return float(march(_POOL["problem"], x)[1][-1, -1])
 
 
 def _pool_march_batch(X: np.ndarray) -> float:
-    from problems.diffusion_sorption_1d import march_batch
+    from femoe.problems.diffusion_sorption_1d import march_batch
 
     return float(march_batch(_POOL["problem"], X)[1][:, -1, -1].sum())
 
@@ -166,7 +166,7 @@ def bench_pool(workers: int, n: int = 16) -> dict:
     from multiprocessing import get_context
 
     from femoe.data.generate import _shards, sample_rng, shard_size
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     spec = get_problem("diffusion_sorption_1d")
     problem = spec.build()
@@ -188,8 +188,8 @@ def bench_pool(workers: int, n: int = 16) -> dict:
 
 
 def bench_refinement() -> dict:
-    from problems import get_problem
-    from problems.diffusion_sorption_1d import march
+    from femoe.problems import get_problem
+    from femoe.problems.diffusion_sorption_1d import march
 
     spec = get_problem("diffusion_sorption_1d")
     problem = spec.build()

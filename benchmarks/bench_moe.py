@@ -82,7 +82,7 @@ def _build(case: str, size: str, batch: int, N: int):
 
     g = torch.Generator().manual_seed(0)
     if case == "ds":
-        from problems import get_problem
+        from femoe.problems import get_problem
 
         n_cells, n_saved = map(int, size.split("x"))
         problem = get_problem("diffusion_sorption_1d").build(n_cells=n_cells, n_saved=n_saved)

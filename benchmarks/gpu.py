@@ -36,7 +36,7 @@ from _common import machine  # noqa: E402
 
 from femoe.experts import HardConstraintMoE, PatchConstraint  # noqa: E402
 from femoe.layers import HardConstraint  # noqa: E402
-from problems import get_problem  # noqa: E402
+from femoe.problems import get_problem  # noqa: E402
 
 F64 = torch.float64
 T_END = 500.0

@@ -32,7 +32,7 @@ def main() -> None:
     from femoe.layers import HardConstraint
     from femoe.train.config import load_config
     from femoe.train.task import Task
-    from problems.navier_stokes_2d import VorticitySolver
+    from femoe.problems.navier_stokes_2d import VorticitySolver
 
     torch.set_num_threads(1)
     cfg = load_config(ROOT / "problems/configs/ns_cpu.toml")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from femoe.problems import get_problem
 from femoe.reference.newton import solve_transient
 from femoe.train.config import load_config
 from femoe.train.task import Task
-from problems import get_problem
 
 
 def floors(task: Task) -> dict:

@@ -1,6 +1,6 @@
 """A small pseudo-spectral solver of 2D vorticity Navier-Stokes on the periodic unit square.
 
-Independent check of :mod:`problems.navier_stokes_2d`: ``omega_t + u . grad omega = nu lap omega``,
+Independent check of :mod:`femoe.problems.navier_stokes_2d`: ``omega_t + u . grad omega = nu lap omega``,
 ``u = (psi_y, -psi_x)``, ``-lap psi = omega``; numpy FFTs on an ``N x N`` grid, 2/3-rule
 dealiasing, classical RK4 in time. Used by ``tests/test_problems_navier_stokes.py`` (slow) and
 ``benchmarks/bench_generate.py``.
@@ -56,7 +56,7 @@ def compare_with_fem(seed: int = 0, N: int = 256, substeps: int = 16) -> dict:
 
     import skfem as fe
 
-    from problems.navier_stokes_2d import SPEC, VorticitySolver, energy_enstrophy, evaluate_field
+    from femoe.problems.navier_stokes_2d import SPEC, VorticitySolver, energy_enstrophy, evaluate_field
 
     problem = SPEC.build()
     p = problem.config

@@ -86,7 +86,7 @@ def rows_floor(base: dict) -> dict:
     reference, per theta: no method whose output satisfies those rows can do better."""
     from femoe.train.config import config_from_dict
     from femoe.train.task import Task
-    from problems.diffusion_sorption_1d import SPEC, _Operator
+    from femoe.problems.diffusion_sorption_1d import SPEC, _Operator
 
     d = copy.deepcopy(base)
     d["data"]["dir"] = str(ROOT / "data" / "ds_cpu")

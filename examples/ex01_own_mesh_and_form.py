@@ -19,16 +19,15 @@ is compared with femoe's Newton reference solve.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import skfem as fe
 import torch
 
 import femoe
 from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint
+from femoe.meshes import MESH_DIR
 
-MESH = Path(__file__).resolve().parents[1] / "meshes" / "plate_with_holes.msh"
+MESH = MESH_DIR / "plate_with_holes.msh"  # the bundled meshes ship with femoe (femoe.meshes)
 
 
 def residual(u, v, w):  # scikit-fem's (u, v, w) style, linear in the test function v

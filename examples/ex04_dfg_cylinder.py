@@ -43,9 +43,10 @@ import torch
 import femoe
 from femoe.boundary import reaction
 from femoe.helpers import ddot, div, dot, grad, mul
+from femoe.meshes import MESH_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-MESH = ROOT / "meshes" / "dfg_cylinder.msh"
+MESH = MESH_DIR / "dfg_cylinder.msh"
 H, D, NU, U_M = 0.41, 0.1, 1e-3, 0.3
 U_MEAN = 2 * U_M / 3
 REFERENCE = {"c_D": 5.57953523384, "c_L": 0.010618948146, "dp": 0.11752016697}

@@ -7,16 +7,12 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from femoe.errors import ParameterError
 from femoe.problem import Problem
-
-#: bundled meshes (``meshes/`` beside the ``problems`` package)
-MESH_DIR = Path(__file__).resolve().parent.parent / "meshes"
 
 
 @dataclass(frozen=True)
@@ -221,7 +217,7 @@ class ProblemSpec(ABC):
         """What the data files record about the problem."""
         return {
             "problem": self.name,
-            "mesh_file": self.mesh_file or f"(built in by problems.{self.name}; see its docstring)",
+            "mesh_file": self.mesh_file or f"(built in by femoe.problems.{self.name}; see its docstring)",
             "element": self.element,
             "parameters": json.dumps(problem.config, sort_keys=True),
             "steady": self.steady,

@@ -46,10 +46,11 @@ import skfem as fe
 
 from femoe.helpers import dot, grad
 from femoe.mesh import read_mesh
+from femoe.meshes import MESH_DIR
 from femoe.problem import Problem
+from femoe.problems._base import Param, ProblemSpec, positive
+from femoe.problems.diffusion_sorption_1d import random_fourier_field
 from femoe.reference import solve
-from problems._base import MESH_DIR, Param, ProblemSpec, positive
-from problems.diffusion_sorption_1d import random_fourier_field
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ from scipy.linalg import solve_banded
 from femoe.errors import ConvergenceError, ParameterError
 from femoe.helpers import dot, grad
 from femoe.problem import Problem
-from problems._base import Param, ProblemSpec, nonnegative, open_unit, positive, positive_int
+from femoe.problems._base import Param, ProblemSpec, nonnegative, open_unit, positive, positive_int
 
 log = logging.getLogger(__name__)
 

@@ -82,8 +82,9 @@ from femoe.assembly.fields import Field
 from femoe.errors import MeshError, NonFiniteError
 from femoe.helpers import dot, grad
 from femoe.mesh import read_mesh
+from femoe.meshes import MESH_DIR
 from femoe.problem import Problem
-from problems._base import MESH_DIR, Param, ProblemSpec, nonnegative, positive, positive_int
+from femoe.problems._base import Param, ProblemSpec, nonnegative, positive, positive_int
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import skfem as fe
 
 from femoe.helpers import dot, grad, sin, cos
 from femoe.problem import Problem
+from femoe.problems._base import Param, ProblemSpec
 from femoe.reference import solve
-from problems._base import Param, ProblemSpec
 
 _PI = np.pi
 

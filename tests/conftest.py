@@ -10,7 +10,7 @@ otherwise leak into the next one.
 - ``make_heat(form, refine, theta, dirichlet, ...)``: P1 on the unit interval
   ``MeshLine().refined(refine)`` with the tags "left" (x = 0) and "right" (x = 1), mass storage
   (``u_t`` + the given spatial integrand), the theta scheme.
-- ``make_diffusion_sorption(**params)``: ``problems.diffusion_sorption_1d`` built with ``params``.
+- ``make_diffusion_sorption(**params)``: ``femoe.problems.diffusion_sorption_1d`` built with ``params``.
 """
 
 from collections.abc import Callable, Mapping
@@ -57,7 +57,7 @@ def _heat(form: Callable, refine: int, *, theta: float, dirichlet: Mapping[str, 
 
 
 def _diffusion_sorption(**params: Any) -> Problem:
-    from problems.diffusion_sorption_1d import DiffusionSorption1D
+    from femoe.problems.diffusion_sorption_1d import DiffusionSorption1D
 
     return DiffusionSorption1D().build(**params)
 
@@ -82,5 +82,5 @@ def make_heat() -> Callable[..., Problem]:
 @pytest.fixture
 def make_diffusion_sorption() -> Callable[..., Problem]:
     """``make_diffusion_sorption(**params)``: the registered diffusion-sorption problem
-    (``problems.diffusion_sorption_1d``) built with ``params`` (``n_cells``, ``n_saved``, ...)."""
+    (``femoe.problems.diffusion_sorption_1d``) built with ``params`` (``n_cells``, ``n_saved``, ...)."""
     return _diffusion_sorption

@@ -9,7 +9,7 @@ import pytest
 from femoe.cli import main
 from femoe.data import generate, read_dataset
 from femoe.errors import DataError
-from problems import get_problem
+from femoe.problems import get_problem
 
 # a small transient problem: 32 cells, 5 saved levels
 DS_SMALL = ["--param", "n_cells=32", "--param", "T=20", "--param", "n_saved=5", "--param", "substeps=8",

@@ -10,8 +10,8 @@ import pytest
 from femoe.data import generate, read_dataset
 from femoe.data.generate import _shards, shard_size
 from femoe.errors import ConvergenceError
-from problems import get_problem
-from problems.diffusion_sorption_1d import _Operator, march, march_batch
+from femoe.problems import get_problem
+from femoe.problems.diffusion_sorption_1d import _Operator, march, march_batch
 
 SPEC = get_problem("diffusion_sorption_1d")
 SMALL = {"n_cells": 32, "T": 20.0, "n_saved": 5, "substeps": 8, "grading": 2}
@@ -74,7 +74,7 @@ def test_an_unconverged_sample_is_an_error_naming_it():
     assert exc.value.info["samples"] == [11]
     # finite but no convergence in 30 iterations (a solve that keeps moving sample 4): the
     # others converge and are frozen, sample 4 alone is named
-    import problems.diffusion_sorption_1d as ds
+    import femoe.problems.diffusion_sorption_1d as ds
 
     solve = ds._solve_spd_tridiagonal_blocks
 

@@ -31,7 +31,7 @@ def heat():
 
 
 def navier_stokes(grid=3):
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     return get_problem("navier_stokes_2d").build(grid=grid, n_steps=2, T=0.5, lift="paper")
 

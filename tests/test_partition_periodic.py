@@ -11,7 +11,7 @@ from femoe.partition._graph import centroids
 
 
 def _periodic(grid):
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     return get_problem("navier_stokes_2d").build(grid=grid, n_steps=1, T=0.1)
 

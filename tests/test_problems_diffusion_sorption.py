@@ -9,8 +9,8 @@ import scipy.sparse as sp
 import torch
 from scipy.integrate import solve_ivp
 
-from problems import get_problem
-from problems.diffusion_sorption_1d import _Operator, march, retardation, storage_value
+from femoe.problems import get_problem
+from femoe.problems.diffusion_sorption_1d import _Operator, march, retardation, storage_value
 
 SPEC = get_problem("diffusion_sorption_1d")
 

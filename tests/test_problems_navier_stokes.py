@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from problems import get_problem
-from problems.navier_stokes_2d import VorticitySolver, energy_enstrophy
+from femoe.problems import get_problem
+from femoe.problems.navier_stokes_2d import VorticitySolver, energy_enstrophy
 
 SPEC = get_problem("navier_stokes_2d")
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ import pytest
 
 from femoe.errors import ConfigError, ParameterError
 from femoe.problem import Problem
-from problems import PROBLEMS, ProblemSpec, get_problem
+from femoe.problems import PROBLEMS, ProblemSpec, get_problem
 
 
 def test_registry_lists_the_four_problems():
@@ -13,7 +13,7 @@ def test_registry_lists_the_four_problems():
     for name in PROBLEMS:
         spec = get_problem(name)
         assert isinstance(spec, ProblemSpec) and spec.name == name
-        assert spec.__class__.__module__.startswith("problems.")
+        assert spec.__class__.__module__.startswith("femoe.problems.")
         assert "PDE" in __import__(spec.__class__.__module__, fromlist=["x"]).__doc__
 
 
@@ -85,8 +85,9 @@ def test_spec_interface(name, overrides):
 
 def test_a_regular_install_ships_the_bundled_meshes_and_configs():
     """A non-editable ``pip install .`` has no repository beside it: every mesh file a bundled
-    problem reads (``problems._base.MESH_DIR``) and every bundled config must be package data
-    (pyproject's packages and package-data), or ``femoe solve``/``femoe run`` fail there."""
+    problem reads (``femoe.meshes.MESH_DIR``) and every bundled config must be package data of
+    ``femoe.meshes`` / ``femoe.problems`` (pyproject's packages, package-dir and package-data), or
+    ``femoe solve``/``femoe run`` fail there."""
     import fnmatch
     import sys
     from pathlib import Path
@@ -96,21 +97,26 @@ def test_a_regular_install_ships_the_bundled_meshes_and_configs():
     else:  # pragma: no cover
         import tomli as tomllib
 
-    from problems._base import MESH_DIR
+    import femoe.problems
+    from femoe.meshes import MESH_DIR
 
     root = Path(__file__).resolve().parents[1]
     st = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    include = st["packages"]["find"]["include"]
-    data = st["package-data"]
+    packages, package_dir, data = st["packages"], st["package-dir"], st["package-data"]
     assert MESH_DIR.resolve() == (root / "meshes").resolve()
-    for pkg, folder, pattern in (("meshes", root / "meshes", "*.msh"), ("problems", root / "problems", "configs/*.toml")):
+    assert femoe.problems.CONFIG_DIR.resolve() == (root / "problems" / "configs").resolve()
+    for pkg, folder, pattern in (("femoe.meshes", root / "meshes", "*.msh"),
+                                 ("femoe.problems", root / "problems", "configs/*.toml")):
         assert (folder / "__init__.py").is_file(), f"{folder} must be a package to be installed"
-        assert any(fnmatch.fnmatch(pkg, p) for p in include), f"{pkg} is not in packages.find.include"
+        assert pkg in packages, f"{pkg} is not in tool.setuptools.packages"
+        assert (root / package_dir[pkg]).resolve() == folder.resolve(), f"package-dir does not map {pkg} to {folder}"
         files = sorted(folder.glob(pattern))
         assert files
         for f in files:
             rel = f.relative_to(folder).as_posix()
             assert any(fnmatch.fnmatch(rel, p) for p in data.get(pkg, [])), f"{rel} is not package data of {pkg}"
+    # no top-level package of those names is installed beside femoe
+    assert not {"problems", "meshes"} & {p.split(".")[0] for p in packages}
     # the files the bundled problems read by default are among them
     for name in ("plate_with_holes.msh", "periodic_square.msh"):
         assert (MESH_DIR / name).is_file()

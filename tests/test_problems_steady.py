@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from problems import get_problem
-from problems.poisson_mms import exact
+from femoe.problems import get_problem
+from femoe.problems.poisson_mms import exact
 
 
 def _l2_error(problem, u, amplitude):

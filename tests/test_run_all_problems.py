@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from femoe.problems import PROBLEMS
 from femoe.train.config import METHODS, load_config
 from femoe.train.run import run
-from problems import PROBLEMS
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -9,7 +9,7 @@ from tests.test_train import tiny
 
 def test_boundary_row_weights_scale_facet_rows_like_dirichlet_rows():
     from femoe.train.rows import row_weights
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     p = get_problem("diffusion_sorption_1d").build(n_cells=128, n_saved=3, substeps=8)
     mass, bnd = row_weights(p, "mass"), row_weights(p, "boundary", dirichlet_weight=10.0)

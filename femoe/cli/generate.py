@@ -14,7 +14,7 @@ from femoe.cli._params import add_param_option, parse_params
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``generate`` command to the ``femoe`` parser."""
-    from problems import PROBLEMS
+    from femoe.problems import PROBLEMS
 
     parser = subparsers.add_parser(
         "generate",

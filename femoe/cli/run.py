@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "problems" / "configs" / "default.toml"
+from femoe.problems import CONFIG_DIR
+
+#: the bundled default run (package data of femoe.problems, so a regular install has it too)
+DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 
 
 def register(sub) -> None:
@@ -17,7 +19,7 @@ def register(sub) -> None:
                     "split, print a table and write results/<name>/ (metrics.json, PNG plots, VTU/XDMF "
                     "predictions, checkpoints and logs).")
     p.add_argument("config", nargs="?", default=None,
-                   help=f"TOML run configuration (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
+                   help="TOML run configuration (default: the bundled problems/configs/default.toml)")
     p.add_argument("--resume", action="store_true",
                    help="continue each method from its last checkpoint (refused if the config changed)")
     p.add_argument("--overwrite", action="store_true",

@@ -21,7 +21,7 @@ DEFAULT_PROBLEM = "darcy_2d"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``solve`` command to the ``femoe`` parser."""
-    from problems import PROBLEMS
+    from femoe.problems import PROBLEMS
 
     parser = subparsers.add_parser(
         "solve",
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("skfem").setLevel(logging.WARNING)  # scikit-fem logs every assembly at INFO
     from femoe.data.generate import _check_out
     from femoe.mesh import write_fields
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     check_seed(args.seed)
     spec = get_problem(args.problem)

@@ -6,7 +6,7 @@ seed only, not on the number of worker processes, their scheduling, the shard si
 interruptions.
 
 Shards: the samples still to do are cut into shards of consecutive indices, and each shard is
-solved in one call of the problem's :meth:`~problems._base.ProblemSpec.reference_batch` (for
+solved in one call of the problem's :meth:`~femoe.problems.ProblemSpec.reference_batch` (for
 diffusion-sorption: all samples of the shard advanced together by one batched Newton per time
 step); with ``workers > 1`` the shards go to a process pool. A batched solver computes each
 sample exactly as it would alone (bit for bit), so the files do not depend on the shard size.
@@ -74,7 +74,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(name: str, params: dict[str, Any]) -> None:
     import torch
 
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     torch.set_num_threads(1)
     spec = get_problem(name)
@@ -104,7 +104,7 @@ def _solve_shard(split: str, indices: list[int], seed: int
 
 
 def _has_batched_solver(spec) -> bool:
-    from problems._base import ProblemSpec
+    from femoe.problems import ProblemSpec
 
     return type(spec).reference_batch is not ProblemSpec.reference_batch
 
@@ -139,7 +139,7 @@ def generate(
     Parameters
     ----------
     problem
-        A name from :data:`problems.PROBLEMS`.
+        A name from :data:`femoe.problems.PROBLEMS`.
     out
         Output folder (created if needed).
     n_train, n_test
@@ -173,7 +173,7 @@ def generate(
     femoe.errors.ParameterError
         A parameter outside its physical range.
     """
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     from femoe import __version__
 

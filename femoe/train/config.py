@@ -231,7 +231,7 @@ def _partitioners() -> list[str]:
 
 
 def _problems() -> list[str]:
-    from problems import PROBLEMS
+    from femoe.problems import PROBLEMS
 
     return list(PROBLEMS)
 
@@ -389,7 +389,7 @@ def validate(cfg: Config) -> None:
         if importlib.util.find_spec("pymetis") is None:
             raise ConfigError("experts.partition = 'metis' needs pymetis, which is not installed: pip install "
                               "pymetis, or use partition = 'auto' (rcb without pymetis) or 'rcb'")
-    from problems import get_problem
+    from femoe.problems import get_problem
 
     spec = get_problem(cfg.problem.name)
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):

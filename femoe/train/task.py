@@ -57,7 +57,7 @@ class Task:
     """
 
     def __init__(self, cfg: Config, *, load_data: bool = True):
-        from problems import get_problem
+        from femoe.problems import get_problem
 
         self.cfg = cfg
         self.spec = get_problem(cfg.problem.name)
@@ -241,7 +241,8 @@ class Task:
     def residual(self, u: torch.Tensor, params: dict, u0: torch.Tensor | None,
                  dof_weight: torch.Tensor | None = None, t0: float = 0.0) -> torch.Tensor:
         """Mass-normalised weak-form residual rows (and initial-condition rows) of a field;
-        ``dof_weight`` ``(n,)`` multiplies every level's row of each DOF (not the initial rows)."""
+        ``dof_weight`` ``(n,)`` multiplies every level's row of each DOF (not the initial rows).
+        Trajectories: ``u``'s level 0 is at time ``t0`` (a time window's first level)."""
         scale = self.row_scale.to(u.device, u.dtype)
         if dof_weight is not None:
             scale = scale * dof_weight.to(u.device, u.dtype)
