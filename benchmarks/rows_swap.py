@@ -10,6 +10,12 @@ decide how far from the reference the chosen member of span(B) lies.
 * ``results/darcy_cpu/pihc`` (``problems/configs/darcy_cpu.toml``, mass rows);
 * ``results/darcy_cpu_energy_long/pihc`` (``problems/configs/darcy_cpu_energy_long.toml``).
 
+Then the MoE layer (4 METIS experts) on the basis of ``results/darcy_cpu_energy_sample/pihc``
+(``problems/configs/darcy_cpu_energy_sample.toml``, PI-HC trained with each sample's energy
+rows), with each choice of rows, the energy ones in their per-expert (additive Schwarz) form
+(:class:`femoe.layers.BlockEnergyRows`): do local experts pick as good a member of that span as
+the single solve?
+
 Writes ``benchmarks/results/rows_swap.json``.
 """
 
@@ -57,6 +63,28 @@ def main() -> None:
             print(f"{run} (trained with {base.solver.row_weights}) evaluated with {rows}: {res['rel_l2'][rows]:.4f}",
                   flush=True)
         out["runs"][run] = res
+    moe_run = "darcy_cpu_energy_sample"
+    ckpt = ROOT / "results" / moe_run / "pihc" / "checkpoint.pt"
+    if ckpt.is_file():
+        base = load_config(ROOT / f"problems/configs/{moe_run}.toml")
+        res = {"basis": str(ckpt.relative_to(ROOT)), "experts": base.experts.k, "partition": base.experts.partition,
+               "rel_l2": {}}
+        for method, rows in (("pihc", "energy_sample"), ("moe", "energy_sample"), ("moe", "energy"), ("moe", "mass")):
+            d = base.to_dict()
+            d["solver"]["row_weights"] = rows
+            d["data"]["dir"] = str(base.data_dir)
+            d["methods"] = [method]
+            task = Task(config_from_dict(d))
+            m = build_method(method, task)
+            m.load_network(ckpt)
+            m.eval()
+            with torch.no_grad():
+                u, _ = m(task.test.inputs)
+            res["rel_l2"][f"{method}_{rows}"] = float(task.relative_l2(u, task.test.solutions).mean())
+            print(f"{moe_run} basis, {method} with {rows} rows: {res['rel_l2'][f'{method}_{rows}']:.4f}", flush=True)
+        out["moe_on_pihc_basis"] = res
+    else:
+        print(f"skip the MoE swap: {ckpt} is missing (femoe run problems/configs/{moe_run}.toml --methods pihc)")
     path = ROOT / "benchmarks" / "results" / "rows_swap.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
