@@ -108,4 +108,4 @@ def test_gpu_profile_script_runs_on_the_cpu():
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "== pihc on cpu" in res.stdout and "== moe4 on cpu" in res.stdout
-    assert "_LeastSquares" in res.stdout
+    assert "_ImplicitRoot" in res.stdout

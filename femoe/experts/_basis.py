@@ -41,7 +41,7 @@ from torch import nn
 
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
-from femoe.layers._residuals import (INITIAL, RowTransform, SteadyResidual, TrajectoryResidual, basis_adjoint_parts,
+from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TrajectoryResidual, basis_adjoint_parts,
                                      basis_field, jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
@@ -291,7 +291,7 @@ class _ExpertGroup:
         return self.own_glob.to(u.device), flat.index_select(-1, self.own_flat.to(u.device))
 
 
-class _FoldedModel:
+class _FoldedModel(ResidualModel):
     """The residual-model interface of :func:`least_squares_solve` for a folded expert group.
 
     Rows of expert ``k`` (one batch entry): its rows of the union's residual (:meth:`_ExpertGroup.

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from femoe.errors import ProblemError, ShapeError
-from femoe.layers._newton import NewtonSolveInfo, _NewtonSolve, _options, _report, _System
+from femoe.layers import NewtonRoot, NewtonSolveInfo, NewtonSystem, check_newton, implicit_root, newton_options
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     expert_partition, split_params)
 from femoe.partition import ExpertPartition
@@ -113,7 +113,7 @@ class PatchConstraint(nn.Module):
         sub.sort_indices()
         self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
         self._sub_pos = torch.as_tensor(sub.data.astype(np.int64) - 1)
-        self._opts = _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts)
+        self._opts = newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts)
         # a patch that nothing anchors (no interface, no Dirichlet DOF: K = 1 on a pure Neumann
         # problem) is singular; checked on the first solve, the property is structural
         self._probes = problem.null_space_probes(interior)
@@ -166,11 +166,11 @@ class PatchConstraint(nn.Module):
         opts = self._opts
         if not self._checked_singular:
             opts = {**opts, "probes": self._probes, "what": f"PatchConstraint on {pb.name!r}"}
-        system = _System(res, res_jac, names, static, opts, info_out)
-        x = _NewtonSolve.apply(system, fixed.detach().index_select(1, I), *tensors)
+        system = NewtonSystem(res, res_jac, names, static, opts, info_out)
+        x = implicit_root(NewtonRoot(system, fixed.detach().index_select(1, I)), *tensors)
         info = info_out[0]
         self._checked_singular = True
-        _report(info, self.strict, f"PatchConstraint on {pb.name!r}")
+        check_newton(info, self.strict, f"PatchConstraint on {pb.name!r}")
         return self._assemble(x, user, t), info
 
     # ------------------------------------------------------------------ space-time solve
@@ -248,12 +248,12 @@ class PatchConstraint(nn.Module):
         if not self._checked_singular:  # each step's block is J_II of that level: probe one level
             opts = {**opts, "what": f"PatchConstraint on {pb.name!r}"}
             self._check_first_level(U_hat, params, u0)
-        system = _System(res, res_jac, names, static, opts, info_out)
+        system = NewtonSystem(res, res_jac, names, static, opts, info_out)
         x0 = U_hat[:, 1:].detach().index_select(2, I).reshape(batch, T * nI)
-        x = _NewtonSolve.apply(system, x0, *tensors)
+        x = implicit_root(NewtonRoot(system, x0), *tensors)
         info = info_out[0]
         self._checked_singular = True
-        _report(info, self.strict, f"PatchConstraint on {pb.name!r}")
+        check_newton(info, self.strict, f"PatchConstraint on {pb.name!r}")
         return levels(x, user), info
 
     def _check_first_level(self, U_hat: torch.Tensor, params: dict, u0: torch.Tensor) -> None:

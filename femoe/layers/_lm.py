@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-from torch.autograd.function import once_differentiable
-
-from femoe.errors import ConfigError
-from femoe.layers._residuals import basis_field
+from femoe.errors import ConfigError, ProblemError
+from femoe.layers._implicit import ImplicitProblem, implicit_root
+from femoe.layers._residuals import ResidualModel, basis_field
 from femoe.layers._validate import join_params, split_params
 
 log = logging.getLogger(__name__)
@@ -330,74 +329,72 @@ def _adjoint_residual(out: torch.Tensor, H: torch.Tensor, v: torch.Tensor, gbar:
     out.copy_(torch.where(gn > 0, res / gn.clamp_min(1e-300), torch.zeros_like(gn)))
 
 
-class _LeastSquares(torch.autograd.Function):
-    """Forward: batched LM under ``no_grad``; backward: the implicit function theorem."""
+class LeastSquaresRoot(ImplicitProblem):
+    """The LM weights as an :class:`ImplicitProblem` over the inputs ``(B, *parameter tensors)``.
 
-    @staticmethod
-    def forward(ctx, model, opts: LMOptions, names, static, info_out, B, *tensors):
-        p = join_params(names, tensors, static)
-        w, A_gn, r, info = _lm(model, B.detach(), p, opts)
-        info_out.append(info)
-        ctx.model, ctx.opts, ctx.names, ctx.static = model, opts, names, static
-        ctx.adjoint_residual = info.adjoint_residual
-        ctx.save_for_backward(w, A_gn, r, B, *tensors)
+    At the optimum the gradient vanishes: ``G(w*, theta) = grad_w f(w*; B, p) = 0`` with
+    ``G = J_w^T r + rho w``, ``J_w = dr/dw = (dr/du) B``. The adjoint matrix is the exact Hessian
+    ``H = dG/dw = J_w^T J_w + sum_i r_i d2 r_i / dw2 + rho I`` (symmetric), so the backward solves
+    ``H v = gbar`` (one ``N x N`` system per batch element) and takes ``-(dG/dtheta)^T v``, a
+    vector-Jacobian product of ``G`` (itself autograd of ``f``: a double backward through the
+    residual). ``J_w^T J_w`` is kept from the forward; the second term is ``B^T [d2/du2 (r* . r)] B``,
+    whose ``n x n`` middle factor has the Jacobian's sparsity and is recovered by a few coloured
+    Hessian-vector products (:meth:`ResidualModel.curvature`; a model without it falls back to
+    ``N`` Hessian-vector products in ``w``). It vanishes for linear problems, where
+    ``hessian="gauss_newton"`` skips it. When only ``B`` needs a gradient (training) a model's
+    :meth:`ResidualModel.basis_adjoint` gives that term and ``(dG/dB)^T v`` from one linearisation,
+    without the double backward. The relative residual ``||H v - gbar|| / ||gbar||`` of the adjoint
+    solve goes into ``info.adjoint_residual`` (the backward's own accuracy; the distance of ``w*``
+    from the optimum is ``info.weight_error``).
+    """
+
+    def __init__(self, model: ResidualModel, opts: LMOptions, names, static, info_out: list):
+        self.model, self.opts, self.names, self.static, self.info_out = model, opts, names, static, info_out
+        self._vjp = None
+
+    def _p(self, inputs) -> dict:
+        return join_params(self.names, list(inputs[1:]), self.static)
+
+    def solve(self, inputs):
+        w, self.A_gn, self.r_star, info = _lm(self.model, inputs[0], self._p(inputs), self.opts)
+        self.info_out.append(info)
+        self.info = info
         return w
 
-    # At the optimum the gradient vanishes: G(w*, theta) = grad_w f(w*; B, p) = 0 with
-    #     G = J_w^T r + rho w,   J_w = dr/dw = (dr/du) B.
-    # Differentiating, H dw* + (dG/dtheta) dtheta = 0 with the exact Hessian
-    #     H = dG/dw = J_w^T J_w + sum_i r_i d2 r_i / dw2 + rho I,
-    # so dw*/dtheta = -H^{-1} dG/dtheta and, for a loss L with gbar = dL/dw*,
-    #     dL/dtheta = -(dG/dtheta)^T H^{-1} gbar = -(dG/dtheta)^T v,   H v = gbar
-    # (H is symmetric). v needs one N x N solve per batch element; -(dG/dtheta)^T v is one
-    # vector-Jacobian product of G, itself obtained by autograd from f, w.r.t. B and the
-    # parameter tensors (double backward through the residual). J_w^T J_w is kept from forward;
-    # the second term is B^T [d2/du2 (r* . r)] B, whose n x n middle factor has the Jacobian's
-    # sparsity and is recovered by a few coloured Hessian-vector products (model.curvature;
-    # models without it fall back to N Hessian-vector products in w). It vanishes for linear
-    # problems, where hessian="gauss_newton" skips it. The relative residual ||H v - gbar|| /
-    # ||gbar|| of the adjoint solve is written into info.adjoint_residual (a measure of the
-    # backward's own accuracy; the distance of w* from the optimum is info.weight_error).
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_w):
-        w, A_gn, r_star, B, *tensors = ctx.saved_tensors
-        needs = ctx.needs_input_grad[5:]
-        if not any(needs):
-            return (None,) * (5 + len(needs))
-        o, model = ctx.opts, ctx.model
-        N = w.shape[1]
-        eye = torch.eye(N, dtype=w.dtype, device=w.device)
-        adjoint = None
-        if needs[0] and not any(needs[1:]) and o.hessian is Hessian.EXACT and hasattr(model, "basis_adjoint"):
-            # only B needs a gradient (the training case): the model gives the exact Hessian's
-            # second-order term and (dG/dB)^T v from one linearisation, no double backward
-            adjoint = model.basis_adjoint(w, B, join_params(ctx.names, tensors, ctx.static), r_star)
-        if adjoint is not None:
-            S, vjp = adjoint
-            H = A_gn + o.rho * eye + S
-            v = torch.linalg.solve(H, grad_w)
-            _adjoint_residual(ctx.adjoint_residual, H, v, grad_w)
-            return (None, None, None, None, None, vjp(v), *([None] * len(tensors)))
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(nd) for t, nd in zip([B, *tensors], needs)]
-            wl = w.detach().requires_grad_(True)
-            p = join_params(ctx.names, leaves[1:], ctx.static)
-            r = model.residual(basis_field(leaves[0], wl), p)
-            f = 0.5 * (r * r).sum() + 0.5 * o.rho * (wl * wl).sum()
-            (G,) = torch.autograd.grad(f, wl, create_graph=True)
-            H = A_gn + o.rho * eye
-            if o.hessian is Hessian.EXACT and hasattr(model, "curvature"):
-                H = H + model.curvature(basis_field(B, w), B, p, r_star)
-            elif o.hessian is Hessian.EXACT:
-                H = _hessian(G, wl, o.hvp_chunk)
-            v = torch.linalg.solve(H, grad_w)
-            _adjoint_residual(ctx.adjoint_residual, H, v, grad_w)
-            wrt = [leaf for leaf, nd in zip(leaves, needs) if nd]
-            grads = iter(torch.autograd.grad(G, wrt, grad_outputs=-v, allow_unused=True))
-        out = [next(grads) if nd else None for nd in needs]
-        out = [torch.zeros_like(t) if (g is None and nd) else g for g, t, nd in zip(out, [B, *tensors], needs)]
-        return (None, None, None, None, None, *out)
+    def _gradient(self, w, inputs):
+        """``G(w; B, p)`` with its graph (in ``w`` and the inputs)."""
+        wl = w.detach().requires_grad_(True)
+        r = self.model.residual(basis_field(inputs[0], wl), self._p(inputs))
+        f = 0.5 * (r * r).sum() + 0.5 * self.opts.rho * (wl * wl).sum()
+        (G,) = torch.autograd.grad(f, wl, create_graph=True)
+        return G, wl
+
+    def optimality(self, w, inputs):
+        return self._gradient(w, inputs)[0]
+
+    def adjoint(self, w, inputs, g, needs):
+        o, model = self.opts, self.model
+        B, p = inputs[0], self._p(inputs)
+        H = self.A_gn + o.rho * torch.eye(w.shape[1], dtype=w.dtype, device=w.device)  # Gauss-Newton
+        if o.hessian is Hessian.EXACT:
+            adjoint = model.basis_adjoint(w, B, p, self.r_star) if needs[0] and not any(needs[1:]) else None
+            curvature = None if adjoint is not None else model.curvature(basis_field(B, w), B, p, self.r_star)
+            if adjoint is not None:  # only B needs a gradient: no double backward
+                S, self._vjp = adjoint
+                H = H + S
+            elif curvature is not None:
+                H = H + curvature
+            else:  # no structured curvature: the whole Hessian by N Hessian-vector products in w
+                with torch.enable_grad():
+                    H = _hessian(*self._gradient(w, inputs), o.hvp_chunk)
+        v = torch.linalg.solve(H, g)
+        _adjoint_residual(self.info.adjoint_residual, H, v, g)
+        return v
+
+    def vjp(self, w, inputs, v, needs):
+        if self._vjp is None:
+            return None
+        return [self._vjp(v)] + [None] * (len(inputs) - 1)
 
 
 def least_squares_solve(
@@ -412,9 +409,9 @@ def least_squares_solve(
 
     Parameters
     ----------
-    model
-        A residual model (:class:`SteadyResidual`, :class:`TrajectoryResidual`, or anything with
-        their ``residual`` and ``linearize`` methods).
+    model : ResidualModel
+        The rows (:class:`SteadyResidual`, :class:`TrajectoryResidual`, the experts' folded model,
+        or any :class:`ResidualModel`).
     B : torch.Tensor
         ``(batch, n_L, N)`` or ``(batch, T + 1, n_L, N)`` basis fields.
     params : mapping, optional
@@ -429,6 +426,9 @@ def least_squares_solve(
         ``(batch, N)`` weights.
     info : LeastSquaresInfo
     """
+    if not isinstance(model, ResidualModel):
+        raise ProblemError(f"least_squares_solve needs a femoe.layers.ResidualModel (residual, linearize and the "
+                           f"optional hooks); got {type(model).__name__}: subclass ResidualModel")
     o = options or LMOptions()
     mode = Backward.parse(backward, "backward")
     params = dict(params or {})
@@ -437,5 +437,5 @@ def least_squares_solve(
         return w, info
     names, tensors, static = split_params(params)
     info_out: list[LeastSquaresInfo] = []
-    w = _LeastSquares.apply(model, o, names, static, info_out, B, *tensors)
+    w = implicit_root(LeastSquaresRoot(model, o, names, static, info_out), B, *tensors)
     return w, info_out[0]

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from femoe.errors import ConvergenceError, ConvergenceWarning, NonFiniteError, ProblemError, ShapeError
+from femoe.layers._implicit import ImplicitProblem, implicit_root
 from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, join_params, split_params
 from femoe.linalg import check_nonsingular, make_solver
 from femoe.problem import Problem
@@ -54,8 +54,11 @@ class NewtonSolveInfo:
 
 
 @dataclass
-class _System:
-    """The residual of one nonlinear solve, as two callables of ``(u, params)``."""
+class NewtonSystem:
+    """The residual of one nonlinear solve ``R(x; p) = 0``: two callables of ``(x, params)``
+    (``residual`` and ``residual_and_jacobian``, the latter returning a :class:`BatchedCSR`), the
+    parameters split into tensor names and static values (:func:`split_params`), Newton's options
+    (:func:`newton_options`) and a list that receives the solve's :class:`NewtonSolveInfo`."""
 
     residual: Callable[[torch.Tensor, dict], torch.Tensor]
     residual_and_jacobian: Callable[[torch.Tensor, dict], tuple[torch.Tensor, BatchedCSR]]
@@ -65,7 +68,7 @@ class _System:
     info: list
 
 
-def _newton(system: _System, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, BatchedCSR, NewtonSolveInfo]:
+def _newton(system: NewtonSystem, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, BatchedCSR, NewtonSolveInfo]:
     o = system.opts
     R, J = system.residual_and_jacobian(u, p)
     if o.get("probes") is not None:
@@ -116,48 +119,37 @@ def _newton(system: _System, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, Ba
     return u, J, info
 
 
-class _NewtonSolve(torch.autograd.Function):
-    """Forward: batched Newton under ``no_grad``; backward: one adjoint solve with ``J(u*)^T``."""
+class NewtonRoot(ImplicitProblem):
+    """Newton's root of ``R(x; p) = 0`` from ``x_init`` as an :class:`ImplicitProblem`: the
+    optimality condition is the residual itself, so the adjoint is one solve with ``J(x*)^T``,
+    the Jacobian of the last Newton iterate (the root), and the gradient is the vector-Jacobian
+    product ``-lam^T dR/dp`` at ``x*`` held fixed; ``x*`` does not depend on ``x_init``."""
 
-    @staticmethod
-    def forward(ctx, system: _System, u_init: torch.Tensor, *tensors: torch.Tensor):
-        p = join_params(system.names, tensors, system.static)
-        u, J, info = _newton(system, u_init.detach(), p)
-        system.info.append(info)
-        ctx.system = system
-        ctx.solver = None
-        if any(ctx.needs_input_grad[2:]):
-            # J was evaluated at u*: this factorisation is the one the adjoint needs.
-            ctx.solver = make_solver(system.opts["linear_solver"], J, **system.opts["linear_opts"])
-        ctx.save_for_backward(u, *tensors)
-        return u
+    def __init__(self, system: NewtonSystem, x_init: torch.Tensor):
+        self.system = system
+        self.x_init = x_init.detach()
+        self._J: BatchedCSR | None = None
 
-    # At the solution R(u*(p), p) = 0 for all p, so dR = J du* + (dR/dp) dp = 0 with
-    # J = dR/du at u*, i.e. du*/dp = -J^{-1} dR/dp. For a loss L with g = dL/du*:
-    #     dL/dp = g^T du*/dp = -(J^{-T} g)^T dR/dp = -lam^T dR/dp,   J^T lam = g.
-    # One adjoint solve (reusing the factorisation of J(u*) made in forward), then
-    # -lam^T dR/dp is a vector-Jacobian product of the residual: autograd.grad of R(u*, p)
-    # with grad_outputs -lam, u* held fixed. u* does not depend on the initial guess.
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_u):
-        u, *tensors = ctx.saved_tensors
-        needs = ctx.needs_input_grad[2:]
-        if ctx.solver is None or not any(needs):
-            return (None, None, *[None] * len(tensors))
-        lam, _ = ctx.solver.solve(grad_u.contiguous(), transpose=True)
-        system = ctx.system
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(nd) for t, nd in zip(tensors, needs)]
-            R = system.residual(u.detach(), join_params(system.names, leaves, system.static))
-            wrt = [leaf for leaf, nd in zip(leaves, needs) if nd]
-            grads = iter(torch.autograd.grad(R, wrt, grad_outputs=-lam, allow_unused=True))
-        out = [next(grads) if nd else None for nd in needs]
-        out = [torch.zeros_like(t) if (g is None and nd) else g for g, t, nd in zip(out, tensors, needs)]
-        return (None, None, *out)
+    def _p(self, inputs) -> dict:
+        return join_params(self.system.names, list(inputs), self.system.static)
+
+    def solve(self, inputs):
+        x, self._J, info = _newton(self.system, self.x_init, self._p(inputs))
+        self.system.info.append(info)
+        return x
+
+    def optimality(self, x, inputs):
+        return self.system.residual(x, self._p(inputs))
+
+    def adjoint(self, x, inputs, g, needs):
+        o = self.system.opts
+        lam, _ = make_solver(o["linear_solver"], self._J, **o["linear_opts"]).solve(g, transpose=True)
+        return lam
 
 
-def _report(info: NewtonSolveInfo, strict: bool, what: str) -> None:
+def check_newton(info: NewtonSolveInfo, strict: bool, what: str) -> None:
+    """The unconverged-solve policy of every Newton solve: a :class:`ConvergenceWarning` naming
+    the samples, or with ``strict`` a :class:`ConvergenceError`."""
     if info.all_converged:
         return
     failed = (~info.converged).nonzero().flatten().tolist()
@@ -169,7 +161,8 @@ def _report(info: NewtonSolveInfo, strict: bool, what: str) -> None:
     warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
-def _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probes=None, what=None) -> dict[str, Any]:
+def newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probes=None,
+                   what=None) -> dict[str, Any]:
     """Newton's options. ``probes``: ``(vectors (k, n), names)`` checked against the null space of
     the first Jacobian (a singular system raises SingularMatrixError instead of being solved)."""
     return dict(atol=float(atol), rtol=float(rtol), maxiter=int(maxiter), linear_solver=linear_solver,
@@ -179,9 +172,9 @@ def _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probe
 
 def _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what, opts):
     """The shared tail of the public solves: build the system, solve, report, shape the output."""
-    u = _NewtonSolve.apply(_System(res, res_jac, names, static, opts, info_out), u_init, *tensors)
+    u = implicit_root(NewtonRoot(NewtonSystem(res, res_jac, names, static, opts, info_out), u_init), *tensors)
     info = info_out[0]
-    _report(info, strict, what)
+    check_newton(info, strict, what)
     if squeeze and u.shape[0] == 1:
         u = u[0]
     return (u, info) if return_info else u
@@ -283,7 +276,7 @@ def nonlinear_solve(
 
     what = f"problem {problem.name!r}"
     return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what,
-                _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
+                newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
                          probes=problem.null_space_probes(), what=what))
 
 
@@ -340,7 +333,7 @@ def nonlinear_step(
 
     return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict,
                 f"problem {problem.name!r}, step to t = {t_new:g}",
-                _options(atol, rtol, maxiter, linear_solver, line_search, linear_opts))
+                newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts))
 
 
 def solve_trajectory(

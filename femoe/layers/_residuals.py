@@ -2,8 +2,10 @@
 
 A constraint layer in basis mode sees a field ``u = B w`` on a set of DOFs ``L`` (all DOFs for
 one expert; an expert's owned + halo DOFs in the mixture of experts) and enforces a set of
-residual rows ``O``. A *residual model* packages that choice for the least-squares core
-(:func:`femoe.layers.least_squares_solve`), which needs two things from it:
+residual rows ``O``. A *residual model* (a :class:`ResidualModel`) packages that choice for the
+least-squares core (:func:`femoe.layers.least_squares_solve`), which needs two things from it
+(and uses the optional hooks :meth:`ResidualModel.curvature` and
+:meth:`ResidualModel.basis_adjoint` where a model has them):
 
 ``residual(u, p) -> r``
     ``(batch, m)`` residual rows for local fields ``u`` (``(batch, n_L)``, or
@@ -340,7 +342,45 @@ def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform 
     return s
 
 
-class SteadyResidual:
+class ResidualModel:
+    """The rows a basis-mode layer least-squares, as functions of a local field (the contract of
+    :func:`femoe.layers.least_squares_solve`; see the module docstring).
+
+    Subclasses implement :meth:`residual` and :meth:`linearize`. The other methods are optional
+    hooks whose defaults say "not available"; the least-squares core then falls back to a slower
+    exact path (autograd Hessian-vector products in ``w``, the double backward):
+
+    - :meth:`prepare_curvature`: one-off set-up the two hooks below need;
+    - :meth:`curvature`: ``B^T [d2/du2 (rbar . r(u))] B``, the second-order term of the exact
+      Hessian of ``1/2 ||r(B w)||^2``;
+    - :meth:`basis_adjoint`: that term together with ``(dG/dB)^T v`` (the implicit backward's
+      product when only ``B`` needs a gradient), without differentiating the assembly.
+    """
+
+    time_dependent = False
+
+    def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        """``(batch, m)`` rows for local fields ``u``, twice differentiable in ``u`` and ``p``'s tensors."""
+        raise NotImplementedError
+
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows and ``J_w = dr/du B`` ``(batch, m, N)``."""
+        raise NotImplementedError
+
+    def prepare_curvature(self) -> None:
+        return None
+
+    def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any],
+                  rbar: torch.Tensor) -> torch.Tensor | None:
+        """``(batch, N, N)``, or ``None``: not available."""
+        return None
+
+    def basis_adjoint(self, w: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], r_star: torch.Tensor):
+        """``(S, vjp)`` (see :meth:`TrajectoryResidual.basis_adjoint`), or ``None``: not available."""
+        return None
+
+
+class SteadyResidual(ResidualModel):
     """Rows ``rows`` of the steady residual ``R(u; p)`` for a field given on DOFs ``dofs``.
 
     Parameters
