@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,8 @@ RUNS = {
     "darcy_cpu_energy_sample": ("problems/configs/darcy_cpu_energy_sample.toml",
                                 "femoe run problems/configs/darcy_cpu_energy_sample.toml --methods pihc"),
     "default": ("problems/configs/default.toml", "femoe run"),
+    "ds_cpu_extrapolation": ("problems/configs/ds_cpu_extrapolation.toml",
+                             "femoe run problems/configs/ds_cpu_extrapolation.toml"),
     **{f"ds_cpu_long_s{s}": ("problems/configs/ds_cpu_long.toml",
                              "python benchmarks/run_seeds.py problems/configs/ds_cpu_long.toml --seeds 0 1 2")
        for s in (0, 1, 2)},
@@ -53,23 +56,34 @@ def main() -> None:
             d["experts"]["k"] = k
             d["methods"] = ["pihc", "pihc_patch"]
             task = Task(config_from_dict(d))
+            ref = task.test.solutions
+            until = task.cfg.train.train_until
+            later = None if until is None else int(np.searchsorted(task.times, until, side="right"))
+
+            def after(u):  # the error on the levels after train.train_until (never trained on)
+                return float(task.relative_l2(u[:, later:].contiguous(), ref[:, later:].contiguous()).mean())
+
             if "pihc" not in res:
                 m = build_method("pihc", task)
                 m.load_network(ckpt)
                 m.eval()
                 with torch.no_grad():
                     u, _ = m(task.test.inputs)
-                res["pihc"] = float(task.relative_l2(u, task.test.solutions).mean())
+                res["pihc"] = float(task.relative_l2(u, ref).mean())
+                if later is not None:
+                    res["pihc_after_train_until"] = after(u)
             m = build_method("pihc_patch", task)
             m.load_network(ckpt)
             m.eval()
             t0 = time.perf_counter()
             with torch.no_grad():
                 u, info = m(task.test.inputs)
-            err = task.relative_l2(u, task.test.solutions)
+            err = task.relative_l2(u, ref)
             res[f"pihc_patch_k{k}"] = {"rel_l2_mean": float(err.mean()), "rel_l2_std": float(err.std()),
                                        "unconverged": info["unconverged"],
                                        "seconds_all_test_samples": time.perf_counter() - t0}
+            if later is not None:
+                res[f"pihc_patch_k{k}"]["rel_l2_after_train_until_mean"] = after(u)
             print(f"{run}: PI-HC {res['pihc']:.4f}, + patch (K = {k}) {float(err.mean()):.4f}", flush=True)
         out["runs"][run] = res
     path = ROOT / "benchmarks" / "results" / "patch_correction.json"
