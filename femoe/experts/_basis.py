@@ -41,8 +41,8 @@ from torch import nn
 
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
-from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TrajectoryResidual, basis_adjoint_parts,
-                                     basis_field, jac_times)
+from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TrajectoryResidual,
+                                     basis_adjoint_parts, basis_field, jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition
