@@ -1013,6 +1013,18 @@ class PatchUnion(Problem):
         np.add.at(in_patch, union_ed.reshape(-1), 1)
         self.complete_rows = in_patch == star[self.union_to_global]
 
+    # A Problem attribute that has no meaning on the union raises instead of being copied: the
+    # parent's field table and Dirichlet entries hold the parent's DOF numbers
+    # (tests/test_patch_union.py checks that every attribute a Problem sets is either set here
+    # or listed in _PARENT_ONLY).
+    _PARENT_ONLY = ("_fields", "_dirichlet")
+
+    def __getattr__(self, name):
+        if name in PatchUnion._PARENT_ONLY:
+            raise ProblemError(f"{name.lstrip('_')!r} is defined on the parent problem, whose DOF numbers it holds, not "
+                               "on its patch union; use union.parent (and union.union_to_global for the numbering)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def n_patches(self) -> int:
         return len(self.element_sets)
