@@ -82,3 +82,34 @@ def test_bad_inputs(make_square):
     U[0, 3] = float("inf")
     with pytest.raises(NonFiniteError):
         layer(U)
+
+
+def test_unconverged_patch_solves_follow_the_layers_policy(make_square):
+    """One Newton step cannot solve the nonlinear patches: "flag" warns once per layer, "raise"
+    (strict) raises, "exclude" keeps the value and gives the sample no gradient."""
+    import warnings
+
+    from femoe.errors import ConvergenceError, ConvergenceWarning
+
+    problem = make_square("nonlinear", 3, dirichlet=BC, f=1.0, g=0.5)
+    U = 3.0 * torch.randn(2, problem.n, dtype=F64, generator=torch.Generator().manual_seed(5))
+    kw = dict(partition="rcb", rtol=1e-14, atol=1e-14, maxiter=1)
+    flag = PatchConstraint(problem, 3, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, info = flag(U)
+        flag(U)
+    assert not info.all_converged
+    hits = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(hits) == 1 and "policy unconverged='flag'" in str(hits[0].message)
+    assert "improve the initial guess" in str(hits[0].message)
+    with pytest.raises(ConvergenceError, match="Newton did not converge"):
+        PatchConstraint(problem, 3, strict=True, **kw)(U)
+    Ug = U.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        u, info = PatchConstraint(problem, 3, unconverged="exclude", **kw)(Ug)
+    (g,) = torch.autograd.grad(u.sum(), Ug)
+    bad = ~info.converged.reshape(2, -1).all(1)
+    assert bool(bad.any())
+    assert float(g[bad].abs().max()) == 0.0

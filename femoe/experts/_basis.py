@@ -611,13 +611,19 @@ class HardConstraintMoE(nn.Module):
         inn = R.index_select(-1, self._interior.to(R.device)).reshape(batch, -1)
         return jump, torch.linalg.vector_norm(inn, dim=1), torch.linalg.vector_norm(ifc, dim=1)
 
+    def _stall_summary(self, info: MoEInfo, mask: torch.Tensor) -> str:
+        stalled, total = int(info.stalled[mask].sum()), int(mask.sum())
+        maxed = f"reached maxiter={self.options.maxiter}"
+        if stalled == total:
+            return f"all {total} stalled"
+        return f"{total} {maxed}" if stalled == 0 else f"{stalled} of {total} stalled, the others {maxed}"
+
     def _report(self, info: MoEInfo) -> None:
         if info.all_converged:
             return
         mask = ~info.converged
         bad = mask.nonzero().tolist()
         msg = (f"HardConstraintMoE on {self.problem.name!r}: Levenberg-Marquardt did not converge for "
-               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} ({int(info.stalled[mask].sum())} of "
-               f"{len(bad)} stalled, the others reached maxiter={self.options.maxiter}; largest estimated relative "
-               f"weight error {float(info.weight_error[mask].max()):.2e})")
+               f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} ({self._stall_summary(info, mask)}; "
+               f"largest estimated relative weight error {float(info.weight_error[mask].max()):.2e})")
         report_unconverged(self, msg, info)

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from femoe.errors import ProblemError, ShapeError
-from femoe.layers import NewtonRoot, NewtonSolveInfo, NewtonSystem, check_newton, implicit_root, newton_options
-from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
-                                    expert_partition, split_params)
+from femoe.layers import NewtonRoot, NewtonSolveInfo, NewtonSystem, Unconverged, implicit_root, newton_options
+from femoe.layers._validate import (NEWTON_REMEDY, check_finite, check_float_tensor, check_initial,
+                                    check_params_finite, exclude_unconverged, expert_partition, parse_unconverged,
+                                    report_unconverged, split_params)
 from femoe.partition import ExpertPartition
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
@@ -67,8 +68,12 @@ class PatchConstraint(nn.Module):
         Partitioner (when ``experts`` is a number).
     dt, t0
         Time step and initial time of time-dependent problems.
-    atol, rtol, maxiter, linear_solver, line_search, strict, **linear_opts
+    atol, rtol, maxiter, linear_solver, line_search, **linear_opts
         Newton and linear-solver settings (see :func:`femoe.layers.nonlinear_solve`).
+    unconverged, strict
+        The unconverged-solve policy shared with :class:`~femoe.layers.HardConstraint`:
+        ``"flag"`` (warn once per layer, see ``info.converged``), ``"exclude"`` (also detach the
+        unconverged samples: no gradient from them) or ``"raise"`` (``strict=True``).
     time_solve : ``"auto"``, ``"space_time"`` or ``"levels"``
         Trajectories: ``"space_time"`` solves the interior rows of all steps as one system (the
         level-bidiagonal Jacobian factorised once per Newton step by SuperLU, one adjoint solve
@@ -84,7 +89,7 @@ class PatchConstraint(nn.Module):
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
                  seed: int = 0, dt: float | None = None, t0: float = 0.0, atol: float = 1e-10,
                  rtol: float = 1e-10, maxiter: int = 30, linear_solver: str = "auto", line_search: bool = True,
-                 strict: bool = False, time_solve: str = "auto", **linear_opts: Any):
+                 strict: bool = False, time_solve: str = "auto", unconverged: str = "flag", **linear_opts: Any):
         super().__init__()
         if time_solve not in ("auto", "space_time", "levels"):
             raise ProblemError(f"time_solve must be 'auto', 'space_time' or 'levels'; got {time_solve!r}")
@@ -93,7 +98,10 @@ class PatchConstraint(nn.Module):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
         if problem.is_time_dependent and dt is None:
             raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
-        self.problem, self.dt, self.t0, self.strict = problem, dt, t0, bool(strict)
+        self.problem, self.dt, self.t0 = problem, dt, t0
+        self.unconverged = parse_unconverged(unconverged, strict)
+        self.strict = self.unconverged is Unconverged.RAISE
+        self._warned = False
         self.partition = expert_partition(experts, problem, partition, seed)
         self.K = self.partition.k
         interior = np.sort(np.concatenate(self.partition.interior)) if self.K else np.zeros(0, np.int64)
@@ -170,7 +178,7 @@ class PatchConstraint(nn.Module):
         x = implicit_root(NewtonRoot(system, fixed.detach().index_select(1, I)), *tensors)
         info = info_out[0]
         self._checked_singular = True
-        check_newton(info, self.strict, f"PatchConstraint on {pb.name!r}")
+        self._report(info)
         return self._assemble(x, user, t), info
 
     # ------------------------------------------------------------------ space-time solve
@@ -253,7 +261,7 @@ class PatchConstraint(nn.Module):
         x = implicit_root(NewtonRoot(system, x0), *tensors)
         info = info_out[0]
         self._checked_singular = True
-        check_newton(info, self.strict, f"PatchConstraint on {pb.name!r}")
+        self._report(info)
         return levels(x, user), info
 
     def _check_first_level(self, U_hat: torch.Tensor, params: dict, u0: torch.Tensor) -> None:
@@ -315,4 +323,15 @@ class PatchConstraint(nn.Module):
         info = PatchInfo(conv, its, torch.linalg.vector_norm(r_in, dim=1), torch.linalg.vector_norm(r_if, dim=1),
                          tuple(infos))
         self.last_info = info
+        if self.unconverged is Unconverged.EXCLUDE:
+            u = exclude_unconverged(u, conv)
         return u, info
+
+    def _report(self, info: NewtonSolveInfo) -> None:
+        if info.all_converged:
+            return
+        bad = ~info.converged
+        msg = (f"PatchConstraint on {self.problem.name!r}: Newton did not converge for samples "
+               f"{bad.nonzero().flatten().tolist()} (residual norms {info.residual_norms[bad].tolist()}, iterations "
+               f"{info.iterations[bad].tolist()})")
+        report_unconverged(self, msg, info, NEWTON_REMEDY)

@@ -156,13 +156,20 @@ def as_index(name: str, idx: Any, size: int, device: torch.device | str = "cpu")
     return t
 
 
-def report_unconverged(layer: Any, message: str, info: Any) -> None:
-    """The convergence policy of the constraint layers: raise :class:`ConvergenceError` when
-    ``layer.unconverged == "raise"`` (what ``strict=True`` selects), else log every time and warn once per
-    layer (``layer._warned``). ``message`` says what did not converge; the policy and the
-    remedies are appended here."""
-    message = (f"{message}; policy unconverged={layer.unconverged.value!r}. Raise maxiter, loosen tol, or check "
-               "the basis (rank, scaling) and the residual's smoothness (a stall is often a kink such as max(u, 0))")
+#: what to try when a least-squares solve (basis mode) does not converge
+LM_REMEDY = ("Raise maxiter, loosen tol, or check the basis (rank, scaling) and the residual's smoothness (a stall "
+             "is often a kink such as max(u, 0))")
+#: what to try when a Newton solve (patch mode, nonlinear_solve) does not converge
+NEWTON_REMEDY = "Raise maxiter, improve the initial guess (the network's field), or loosen atol/rtol"
+
+
+def report_unconverged(layer: Any, message: str, info: Any, remedy: str = LM_REMEDY) -> None:
+    """The convergence policy of every constraint layer (PI-HC, PI-HC-MoE, patch mode): raise
+    :class:`ConvergenceError` when ``layer.unconverged == "raise"`` (what ``strict=True``
+    selects), else log every time and warn once per layer (``layer._warned``); ``"exclude"``
+    additionally detaches the unconverged samples (the layer does that). ``message`` says what
+    did not converge; the policy and the ``remedy`` are appended here."""
+    message = f"{message}; policy unconverged={layer.unconverged.value!r}. {remedy}"
     if layer.unconverged.value == "raise":  # strict=True selects it (parse_unconverged)
         raise ConvergenceError(message, info=info)
     logging.getLogger(type(layer).__module__).info(message)

@@ -39,7 +39,7 @@ tol = 1e-8
 maxiter = 100
 row_weights = "mass"                 # basis-mode row weights: "mass" (1/M_ii), "boundary", "energy" or "energy_sample" (steady)
 dirichlet_weight = 1.0               # weight of the Dirichlet rows u_i - g_i (PDE rows: see above)
-unconverged = "flag"                 # basis mode, unconverged solves: "flag", "exclude" (no gradient), "raise"
+unconverged = "flag"                 # every constraint layer, unconverged solves: "flag", "exclude" (no gradient), "raise"
 
 [train]
 epochs = 10

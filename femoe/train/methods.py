@@ -250,7 +250,8 @@ def _patch_layer(task: Task):
 
     e, s = task.cfg.experts, task.cfg.solver
     kw = {"dt": task.dt} if task.time_dependent else {}
-    return PatchConstraint(task.problem, e.k, partition=e.partition, seed=e.seed, rtol=s.patch_rtol, atol=1e-12, **kw)
+    return PatchConstraint(task.problem, e.k, partition=e.partition, seed=e.seed, rtol=s.patch_rtol, atol=1e-12,
+                           unconverged=s.unconverged, **kw)
 
 
 class PIHCPatch(PIHC):

@@ -12,14 +12,15 @@ import numpy as np
 def table(results: dict[str, dict[str, Any]]) -> str:
     """One line per method; ``span L2``: the best-in-span error of basis-mode methods (the best
     member of span(B) in the mass norm, see :meth:`PIHC.best_in_span`) beside the test error."""
-    head = (f"{'method':<8} {'rel L2 mean':>11} {'std':>8} {'span L2':>8} {'residual':>10} {'jump':>9} "
+    w = max([6, *map(len, results)])  # the method column fits the longest name
+    head = (f"{'method':<{w}} {'rel L2 mean':>11} {'std':>8} {'span L2':>8} {'residual':>10} {'jump':>9} "
             f"{'s/step':>8} {'infer s':>8} {'peak MB':>8}")
     lines = [head, "-" * len(head)]
     for m, r in results.items():
         jump = "-" if r.get("interface_jump") is None else f"{r['interface_jump']:.2e}"
         sps = "-" if r.get("seconds_per_step") is None else f"{r['seconds_per_step']:.3f}"
         span = "-" if r.get("best_in_span_mean") is None else f"{100 * r['best_in_span_mean']:.2f}%"
-        lines.append(f"{m:<8} {100 * r['rel_l2_mean']:>10.2f}% {100 * r['rel_l2_std']:>7.2f}% {span:>8} "
+        lines.append(f"{m:<{w}} {100 * r['rel_l2_mean']:>10.2f}% {100 * r['rel_l2_std']:>7.2f}% {span:>8} "
                      f"{r['residual_rms']:>10.2e} {jump:>9} {sps:>8} {r['inference_s_per_batch']:>8.3f} "
                      f"{r['peak_rss_mb']:>8.0f}")
     return "\n".join(lines)
