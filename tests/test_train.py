@@ -39,7 +39,7 @@ def test_default_config_is_valid():
     from femoe.cli.run import DEFAULT_CONFIG
 
     cfg = load_config(DEFAULT_CONFIG)
-    assert cfg.methods == ["soft", "pihc", "moe", "patch"]
+    assert cfg.methods == ["soft", "pihc", "moe", "patch", "pihc_patch"]
     assert cfg.problem.name == "diffusion_sorption_1d"
 
 
