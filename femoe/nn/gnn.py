@@ -51,10 +51,14 @@ class MeshGNN(nn.Module):
         Number of input-function channels per node.
     n_outputs
         ``N`` output fields per node (and time).
+    period
+        Box lengths ``(dim,)`` of a periodic mesh: edge vectors across the seam are wrapped to
+        the short way round (otherwise they would span the whole box).
     """
 
     def __init__(self, coords: torch.Tensor, edges, in_channels: int = 1, n_outputs: int = 16, width: int = 64,
-                 layers: int = 4, n_fourier: int = 16, time_bounds: tuple[float, float] | None = None):
+                 layers: int = 4, n_fourier: int = 16, time_bounds: tuple[float, float] | None = None,
+                 period=None):
         super().__init__()
         coords = torch.as_tensor(coords, dtype=torch.float32)
         e = torch.as_tensor(np.asarray(edges), dtype=torch.long)
@@ -63,7 +67,12 @@ class MeshGNN(nn.Module):
         self.register_buffer("src", e[0])
         self.register_buffer("dst", e[1])
         scale = torch.clamp(hi - lo, min=1e-12)
-        self.register_buffer("edge_attr", ((coords[e[1]] - coords[e[0]]) / scale).unsqueeze(0))
+        d = coords[e[1]] - coords[e[0]]
+        if period is not None:  # a periodic mesh: the edge vector the short way round the seam
+            L = torch.as_tensor(np.asarray(period, dtype=np.float32))
+            d = d - L * torch.round(d / L)
+            scale = L
+        self.register_buffer("edge_attr", (d / scale).unsqueeze(0))
         deg = torch.zeros(coords.shape[0]).index_add(0, e[1], torch.ones(e.shape[1]))
         self.register_buffer("inv_deg", (1.0 / torch.clamp(deg, min=1.0)).reshape(1, -1, 1))
         self.features = FourierFeatures(coords.shape[1], n_fourier, 2.0, 0, lo.tolist(), hi.tolist())

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from femoe.errors import ConfigError
-from femoe.nn import DeepONet, MeshGNN, mesh_edges
+from femoe.nn import DeepONet, MeshGNN
 from femoe.train.task import Task
 
 
@@ -26,10 +26,11 @@ def build_network(task: Task, n_outputs: int) -> nn.Module:
     if nc.kind == "deeponet":
         return DeepONet(len(task.sensors), len(lo), n_outputs, nc.width, nc.depth, fourier_scale=nc.fourier_scale,
                         lower=lo, upper=hi, seed=task.cfg.train.seed)
-    coords = torch.as_tensor(task.problem.doflocs.T, dtype=torch.float32)
+    g = task.graph()
     tb = (float(task.times[0]), float(task.times[-1])) if task.time_dependent else None
-    return MeshGNN(coords, mesh_edges(task.problem.basis.element_dofs), in_channels=1, n_outputs=n_outputs,
-                   width=nc.width, layers=nc.depth, time_bounds=tb)
+    return MeshGNN(torch.as_tensor(g.coords, dtype=torch.float32), g.edges, in_channels=task.node_channels(),
+                   n_outputs=n_outputs * g.n_fields, width=nc.width, layers=nc.depth, time_bounds=tb,
+                   period=g.period)
 
 
 class Method(nn.Module):
@@ -67,11 +68,11 @@ class Method(nn.Module):
             out = self.net(t.branch_input(inputs), t.points(L).to(inputs.device))
             shape = (inputs.shape[0], L, t.n, -1) if L else (inputs.shape[0], t.n, -1)
             return out.reshape(shape).double()
-        a = inputs.float()
+        a = t.node_input(inputs)
         if L:
             times = torch.as_tensor(t.times[:L], dtype=torch.float32, device=inputs.device)
-            return self.net(a, times).double()
-        return self.net(a).double()
+            return t.graph().scatter(self.net(a, times)).double()
+        return t.graph().scatter(self.net(a)).double()
 
 
 class Soft(Method):

@@ -170,6 +170,32 @@ class Task:
         raise DataError(f"inputs of {m} values are neither the {self.n} DOFs nor the first field's DOFs; "
                         "their coordinates are unknown, so they cannot be read on another mesh")
 
+    # ------------------------------------------------------------------ graph networks
+    def graph(self) -> "MeshGraph":
+        """The mesh graph a :class:`~femoe.nn.MeshGNN` runs on (built once): see :class:`MeshGraph`."""
+        if getattr(self, "_graph", None) is None:
+            self._graph = MeshGraph.of(self.problem)
+        return self._graph
+
+    def node_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The graph network's input ``(batch, nodes, channels)``: the spec's ``node_features``
+        (physics channels computed from the input, e.g. Navier-Stokes' streamfunction and
+        velocity) when it has them, else the input itself when it is given on the nodes."""
+        g = self.graph()
+        features = getattr(self.spec, "node_features", None)
+        if features is not None:
+            x = features(self.problem, inputs.detach().double().cpu().numpy())
+            return torch.as_tensor(x, dtype=torch.float32, device=inputs.device)
+        if inputs.shape[1] != g.n_nodes:
+            raise ConfigError(f"a graph network reads its input on the {g.n_nodes} mesh nodes; the inputs have "
+                              f"{inputs.shape[1]} values (use network.kind = 'deeponet')")
+        return inputs.float().unsqueeze(-1)
+
+    def node_channels(self) -> int:
+        """Channels of :meth:`node_input`."""
+        n = getattr(self.spec, "node_channels", None)
+        return int(n) if n is not None else 1
+
     # ------------------------------------------------------------------ test on another mesh
     def test_mesh_task(self) -> "Task":
         """The task on the test mesh of ``data.test_params`` (problem parameters overriding the
@@ -255,6 +281,65 @@ class Task:
         if self.row_transform is not None:
             return self.row_transform(self.problem.residual(u, params) * scale, params)
         return self.problem.residual(u, params) * scale
+
+
+@dataclass(frozen=True)
+class MeshGraph:
+    """The graph of a finite-element space for message passing.
+
+    Nodes are the mesh points that carry DOFs: every DOF of a one-field space, and for a mixed
+    space whose fields all sit on the same points (Navier-Stokes' P1 vorticity and
+    streamfunction) one node per point with one DOF per field (``field_dofs[f][i]``: field
+    ``f``'s DOF at node ``i``). Edges join nodes that share an element. ``period`` is the box of
+    a periodic mesh (``MeshDG``), whose edge vectors across the seam are wrapped to the short way
+    round.
+    """
+
+    coords: np.ndarray  # (n_nodes, dim)
+    edges: np.ndarray  # (2, E)
+    field_dofs: np.ndarray  # (n_fields, n_nodes)
+    period: np.ndarray | None  # (dim,) box lengths of a periodic mesh
+
+    @property
+    def n_nodes(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def n_fields(self) -> int:
+        return self.field_dofs.shape[0]
+
+    @staticmethod
+    def of(problem) -> "MeshGraph":
+        from femoe.nn import mesh_edges
+
+        x = problem.doflocs
+        fields = [np.arange(problem.n)]
+        if len(problem._tb.layouts) > 1:
+            split = [np.asarray(d) for d in problem.basis.split_indices()]
+            if len({d.size for d in split}) == 1 and all(np.allclose(x[:, d], x[:, split[0]]) for d in split):
+                fields = split
+        field_dofs = np.stack(fields)
+        node_of = np.full(problem.n, -1, dtype=np.int64)
+        for d in field_dofs:
+            node_of[d] = np.arange(d.size)
+        if (node_of < 0).any():
+            raise ConfigError("the space's fields do not share their nodes; a graph network needs one node per DOF "
+                              "point (use network.kind = 'deeponet')")
+        edges = mesh_edges(node_of[np.asarray(problem.basis.element_dofs)])
+        mesh = problem.mesh
+        period = (mesh.p.max(axis=1) - mesh.p.min(axis=1)) if isinstance(mesh, MeshDG) else None
+        return MeshGraph(np.ascontiguousarray(x[:, field_dofs[0]].T), edges, field_dofs, period)
+
+    def scatter(self, out: torch.Tensor) -> torch.Tensor:
+        """Node outputs ``(..., n_nodes, n_fields * N)`` -> DOF outputs ``(..., n, N)``."""
+        F = self.n_fields
+        if F == 1:
+            return out
+        N = out.shape[-1] // F
+        parts = out.reshape(*out.shape[:-1], F, N).movedim(-2, -3)  # (..., F, nodes, N)
+        dofs = torch.as_tensor(self.field_dofs.reshape(-1), device=out.device)
+        flat = parts.reshape(*out.shape[:-2], F * self.n_nodes, N)  # row j: DOF dofs[j]
+        return flat.index_select(-2, torch.argsort(dofs))  # row k: DOF k
 
 
 #: the layers' initial condition for a lifted unknown whose level 0 enters no row (see
