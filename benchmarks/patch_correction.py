@@ -30,6 +30,8 @@ RUNS = {
     "default": ("problems/configs/default.toml", "femoe run"),
     "ds_cpu_extrapolation": ("problems/configs/ds_cpu_extrapolation.toml",
                              "femoe run problems/configs/ds_cpu_extrapolation.toml"),
+    "ns_cpu_gnn": ("problems/configs/ns_cpu_gnn.toml", "femoe run problems/configs/ns_cpu_gnn.toml"),
+    "ns_cpu_gnn_long": ("problems/configs/ns_cpu_gnn_long.toml", "femoe run problems/configs/ns_cpu_gnn_long.toml"),
     **{f"ds_cpu_long_s{s}": ("problems/configs/ds_cpu_long.toml",
                              "python benchmarks/run_seeds.py problems/configs/ds_cpu_long.toml --seeds 0 1 2")
        for s in (0, 1, 2)},
@@ -42,9 +44,19 @@ def main() -> None:
     from femoe.train.methods import build_method
     from femoe.train.task import Task
 
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="+", choices=list(RUNS), help="only these runs (the JSON keeps the others')")
+    args = ap.parse_args()
     torch.set_num_threads(1)
+    path = ROOT / "benchmarks" / "results" / "patch_correction.json"
     out = {"command": "OMP_NUM_THREADS=1 python benchmarks/patch_correction.py", "runs": {}}
+    if args.runs and path.is_file():
+        out["runs"] = json.loads(path.read_text())["runs"]
     for run, (config, command) in RUNS.items():
+        if args.runs and run not in args.runs:
+            continue
         ckpt = ROOT / "results" / run / "pihc" / "checkpoint.pt"
         if not ckpt.is_file():
             print(f"skip {run}: {ckpt} is missing ({command})")
@@ -86,7 +98,6 @@ def main() -> None:
                 res[f"pihc_patch_k{k}"]["rel_l2_after_train_until_mean"] = after(u)
             print(f"{run}: PI-HC {res['pihc']:.4f}, + patch (K = {k}) {float(err.mean()):.4f}", flush=True)
         out["runs"][run] = res
-    path = ROOT / "benchmarks" / "results" / "patch_correction.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
 
