@@ -510,11 +510,12 @@ class HardConstraintMoE(nn.Module):
         iface = np.zeros(problem.n, dtype=bool)
         iface[self.partition.interface] = True
         iface[problem.dirichlet_dofs] = False
-        self._interface = torch.as_tensor(np.nonzero(iface)[0])
+        # index tensors as buffers: layer.to(device) moves them once, not every forward
+        self.register_buffer("_interface", torch.as_tensor(np.nonzero(iface)[0]), persistent=False)
         interior = np.ones(problem.n, dtype=bool)
         interior[self.partition.interface] = False
         interior[problem.dirichlet_dofs] = False
-        self._interior = torch.as_tensor(np.nonzero(interior)[0])
+        self.register_buffer("_interior", torch.as_tensor(np.nonzero(interior)[0]), persistent=False)
 
     def extra_repr(self) -> str:
         return (f"problem={self.problem.name!r}, experts={self.K}, groups={len(self.groups)}, "

@@ -17,7 +17,7 @@ previous level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -88,7 +88,7 @@ class PatchConstraint(nn.Module):
 
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
                  seed: int = 0, dt: float | None = None, t0: float = 0.0, atol: float = 1e-10,
-                 rtol: float = 1e-10, maxiter: int = 30, linear_solver: str = "auto", line_search: bool = True,
+                 rtol: float = 1e-10, maxiter: int = 50, linear_solver: str = "auto", line_search: bool = True,
                  strict: bool = False, time_solve: str = "auto", unconverged: str = "flag", **linear_opts: Any):
         super().__init__()
         if time_solve not in ("auto", "space_time", "levels"):
@@ -111,16 +111,17 @@ class PatchConstraint(nn.Module):
         iface = np.zeros(problem.n, dtype=bool)
         iface[self.partition.interface] = True
         iface[problem.dirichlet_dofs] = False
-        self._interface = torch.as_tensor(np.nonzero(iface)[0])
-        self._I = torch.as_tensor(interior)
-        self._D = torch.as_tensor(problem.dirichlet_dofs)
+        # index tensors as buffers: layer.to(device) moves them once, not every forward
+        self.register_buffer("_interface", torch.as_tensor(np.nonzero(iface)[0]), persistent=False)
+        self.register_buffer("_I", torch.as_tensor(interior), persistent=False)
+        self.register_buffer("_D", torch.as_tensor(problem.dirichlet_dofs), persistent=False)
         # J_II: the sub-pattern and where its values sit in the full pattern
         pat = problem.pattern
         pos = sp.csr_matrix((np.arange(1, pat.nnz + 1, dtype=np.float64), pat.indices, pat.indptr), shape=pat.shape)
         sub = pos[interior][:, interior].tocsr()
         sub.sort_indices()
         self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
-        self._sub_pos = torch.as_tensor(sub.data.astype(np.int64) - 1)
+        self.register_buffer("_sub_pos", torch.as_tensor(sub.data.astype(np.int64) - 1), persistent=False)
         self._opts = newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts)
         # a patch that nothing anchors (no interface, no Dirichlet DOF: K = 1 on a pure Neumann
         # problem) is singular; checked on the first solve, the property is structural
@@ -173,7 +174,7 @@ class PatchConstraint(nn.Module):
         info_out: list[NewtonSolveInfo] = []
         opts = self._opts
         if not self._checked_singular:
-            opts = {**opts, "probes": self._probes, "what": f"PatchConstraint on {pb.name!r}"}
+            opts = replace(opts, probes=self._probes, what=f"PatchConstraint on {pb.name!r}")
         system = NewtonSystem(res, res_jac, names, static, opts, info_out)
         x = implicit_root(NewtonRoot(system, fixed.detach().index_select(1, I)), *tensors)
         info = info_out[0]
@@ -249,12 +250,12 @@ class PatchConstraint(nn.Module):
         names, tensors, static = split_params(user)
         info_out: list[NewtonSolveInfo] = []
         opts = self._opts
-        if opts["linear_solver"] == "auto" and U_hat.device.type == "cpu":
+        if opts.linear_solver == "auto" and U_hat.device.type == "cpu":
             # the space-time Jacobian is block-bidiagonal and very sparse: "auto" would factorise it
             # densely up to 2000 unknowns (the default problem's 64 cells x 25 levels: 1,500)
-            opts = {**opts, "linear_solver": "superlu"}
+            opts = replace(opts, linear_solver="superlu")
         if not self._checked_singular:  # each step's block is J_II of that level: probe one level
-            opts = {**opts, "what": f"PatchConstraint on {pb.name!r}"}
+            opts = replace(opts, what=f"PatchConstraint on {pb.name!r}")
             self._check_first_level(U_hat, params, u0)
         system = NewtonSystem(res, res_jac, names, static, opts, info_out)
         x0 = U_hat[:, 1:].detach().index_select(2, I).reshape(batch, T * nI)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
@@ -64,31 +64,31 @@ class NewtonSystem:
     residual_and_jacobian: Callable[[torch.Tensor, dict], tuple[torch.Tensor, BatchedCSR]]
     names: list[str]
     static: dict[str, Any]
-    opts: dict[str, Any]
+    opts: NewtonOptions
     info: list
 
 
 def _newton(system: NewtonSystem, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, BatchedCSR, NewtonSolveInfo]:
     o = system.opts
     R, J = system.residual_and_jacobian(u, p)
-    if o.get("probes") is not None:
-        check_nonsingular(J, *o["probes"], o.get("what", "Newton"))
+    if o.probes is not None:
+        check_nonsingular(J, *o.probes, o.what or "Newton")
     if R.shape[0] != u.shape[0]:
         u = u.expand(R.shape[0], -1)
     u = u.clone()
     norm = torch.linalg.vector_norm(R, dim=1)
     initial = norm.clone()
-    target = torch.clamp(o["rtol"] * norm, min=o["atol"])
+    target = torch.clamp(o.rtol * norm, min=o.atol)
     batch = u.shape[0]
     # every tensor made here lives on u's device: CUDA refuses to mix a 1-D CPU tensor in
     iterations = torch.zeros(batch, dtype=torch.int64, device=u.device)
     halvings = torch.zeros(batch, dtype=torch.int64, device=u.device)
-    solver_name = o["linear_solver"]
-    for _ in range(o["maxiter"]):
+    solver_name = o.linear_solver
+    for _ in range(o.maxiter):
         active = norm > target
         if not bool(active.any()):
             break
-        solver = make_solver(o["linear_solver"], J, **o["linear_opts"])
+        solver = make_solver(o.linear_solver, J, **o.linear_opts)
         solver_name = solver.name
         du, _ = solver.solve(-R)
         du = du * active[:, None]
@@ -97,9 +97,9 @@ def _newton(system: NewtonSystem, u: torch.Tensor, p: dict) -> tuple[torch.Tenso
             trial = u + alpha[:, None] * du
             new_norm = torch.linalg.vector_norm(system.residual(trial, p), dim=1)
             ok = ~active | (new_norm <= (1 - 1e-4 * alpha) * norm)
-            if not o["line_search"]:
+            if not o.line_search:
                 ok = torch.ones_like(ok)
-            small = alpha < o["min_step"]
+            small = alpha < o.min_step
             if bool((ok | small).all()):
                 break
             step = ~(ok | small)
@@ -143,7 +143,7 @@ class NewtonRoot(ImplicitProblem):
 
     def adjoint(self, x, inputs, g, needs):
         o = self.system.opts
-        lam, _ = make_solver(o["linear_solver"], self._J, **o["linear_opts"]).solve(g, transpose=True)
+        lam, _ = make_solver(o.linear_solver, self._J, **o.linear_opts).solve(g, transpose=True)
         return lam
 
 
@@ -161,13 +161,36 @@ def check_newton(info: NewtonSolveInfo, strict: bool, what: str) -> None:
     warnings.warn(msg, ConvergenceWarning, stacklevel=3)
 
 
+@dataclass(frozen=True)
+class NewtonOptions:
+    """Newton's settings (one object instead of keyword arguments mirrored by every caller).
+
+    ``probes``: ``(vectors (k, n), names)`` checked against the null space of the first
+    Jacobian (a singular system raises ``SingularMatrixError`` instead of being solved);
+    ``what`` names the solve in that message."""
+
+    atol: float = 1e-10
+    rtol: float = 1e-10
+    maxiter: int = 50
+    linear_solver: str = "auto"
+    line_search: bool = True
+    min_step: float = 1e-4
+    linear_opts: Mapping[str, Any] = field(default_factory=dict)
+    probes: Any = None
+    what: str | None = None
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ProblemError(f"atol and rtol must be >= 0; got {self.atol}, {self.rtol}")
+        if int(self.maxiter) < 0:
+            raise ProblemError(f"maxiter must be >= 0; got {self.maxiter}")
+
+
 def newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probes=None,
-                   what=None) -> dict[str, Any]:
-    """Newton's options. ``probes``: ``(vectors (k, n), names)`` checked against the null space of
-    the first Jacobian (a singular system raises SingularMatrixError instead of being solved)."""
-    return dict(atol=float(atol), rtol=float(rtol), maxiter=int(maxiter), linear_solver=linear_solver,
-                line_search=bool(line_search), min_step=1e-4, linear_opts=dict(linear_opts), probes=probes,
-                what=what)
+                   what=None) -> NewtonOptions:
+    """:class:`NewtonOptions` from the keyword arguments of the public solves and layers."""
+    return NewtonOptions(float(atol), float(rtol), int(maxiter), linear_solver, bool(line_search), 1e-4,
+                         dict(linear_opts), probes, what)
 
 
 def _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what, opts):
