@@ -74,6 +74,46 @@ class _FacetTerm:
     scatter_index: np.ndarray  # CSR positions of the facet-local Jacobian entries
 
 
+@dataclass(frozen=True)
+class ThetaScheme:
+    """The time scheme of a time-dependent :class:`Problem`, in one place:
+
+    ``R^t = (S(u^t) - S(u^{t-1})) / dt + theta A(u^t, t) + (1 - theta) A(u^{t-1}, t - dt)``
+
+    (``theta = 1`` implicit Euler, ``0.5`` Crank-Nicolson), and the Jacobian of a step with
+    respect to its new level, ``S'(u^t) / dt + theta A'(u^t, t)``. Evaluating ``S`` and ``A`` is
+    the problem's business; combining them is the scheme's."""
+
+    theta: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.theta <= 1.0:
+            raise ProblemError(f"theta must lie in [0, 1]; got {self.theta}")
+
+    @property
+    def needs_new(self) -> bool:
+        """Whether the rows read ``A`` at the new level (``theta > 0``)."""
+        return self.theta > 0
+
+    @property
+    def needs_old(self) -> bool:
+        """Whether the rows read ``A`` at the old level (``theta < 1``)."""
+        return self.theta < 1
+
+    def rows(self, S_new, S_old, A_new, A_old, dt: float):
+        """The step rows; ``A_new`` / ``A_old`` may be ``None`` where their weight is 0."""
+        R = (S_new - S_old) / dt
+        if self.needs_new:
+            R = R + self.theta * A_new
+        if self.needs_old:
+            R = R + (1 - self.theta) * A_old
+        return R
+
+    def new_level_jacobian(self, S_jac, A_jac, dt: float):
+        """``S'(u^t) / dt + theta A'(u^t)`` (values on one pattern, or ``A_jac = None`` for theta = 0)."""
+        return S_jac / dt if not self.needs_new else S_jac / dt + self.theta * A_jac
+
+
 class Problem:
     """A discrete weak-form problem on a scikit-fem basis, evaluated in torch.
 
@@ -144,14 +184,12 @@ class Problem:
     ):
         if residual is None and bilinear is None and linear is None:
             raise ProblemError("a Problem needs a residual integrand or scikit-fem forms (bilinear/linear)")
-        if not 0.0 <= theta <= 1.0:
-            raise ProblemError(f"theta must lie in [0, 1]; got {theta}")
         self.name = name
         self.basis = basis
         self.mesh = basis.mesh
         self.n = int(basis.N)
         self.residual_integrand = residual
-        self.theta = float(theta)
+        self.scheme = ThetaScheme(float(theta))
         self.storage_integrand = _storage(storage)
         self.defaults = dict(defaults or {})
         self.coefficients = dict(coefficients or {})
@@ -188,6 +226,11 @@ class Problem:
         for e in self._dirichlet:
             is_dir[e.dofs] = True
         self._build_dirichlet(is_dir)
+
+    @property
+    def theta(self) -> float:
+        """The theta of :attr:`scheme` (a :class:`ThetaScheme`)."""
+        return self.scheme.theta
 
     # ------------------------------------------------------------------ fields
     @property
@@ -847,18 +890,13 @@ class Problem:
         u_old, _ = self._as_batch(u_old, "u_old")
         u_old = u_old.expand(u_new.shape[0], -1)
         cg = self._create_graph(u_new, p) or (torch.is_grad_enabled() and u_old.requires_grad)
+        sch = self.scheme
         S1, Sv = self._storage(u_new, p, t_new, jacobian, cg)
         S0, _ = self._storage(u_old, p, t_new - dt, False, cg)
-        R = (S1 - S0) / dt
-        vals = Sv / dt if jacobian else None
-        if self.theta > 0:
-            A1, Av = self._spatial(u_new, p, t_new, jacobian, cg)
-            R = R + self.theta * A1
-            if jacobian:
-                vals = vals + self.theta * Av
-        if self.theta < 1:
-            A0, _ = self._spatial(u_old, p, t_new - dt, False, cg)
-            R = R + (1 - self.theta) * A0
+        A1, Av = self._spatial(u_new, p, t_new, jacobian, cg) if sch.needs_new else (None, None)
+        A0 = self._spatial(u_old, p, t_new - dt, False, cg)[0] if sch.needs_old else None
+        R = sch.rows(S1, S0, A1, A0, dt)
+        vals = sch.new_level_jacobian(Sv, Av, dt) if jacobian else None
         R, vals = self._apply_dirichlet(R, vals, u_new, p, t_new)
         self._warn_unused(p)
         R = R[0] if squeeze else R
@@ -899,7 +937,7 @@ class Problem:
                t0: float) -> torch.Tensor:
         """The theta-scheme rows ``(B, T, n)`` of steps ``1..T`` from the levels' ``S`` and ``A``,
         Dirichlet rows ``u - g(t)``."""
-        R = (S[:, 1:] - S[:, :-1]) / dt + self.theta * A[:, 1:] + (1 - self.theta) * A[:, :-1]
+        R = self.scheme.rows(S[:, 1:], S[:, :-1], A[:, 1:], A[:, :-1], dt)
         if self.dirichlet_dofs.size:
             B, T = R.shape[0], R.shape[1]
             d = torch.as_tensor(self.dirichlet_dofs, device=R.device)
@@ -935,7 +973,7 @@ class Problem:
         S, Sv, A, Av = self._levels(U, dt, p, t0, jacobian=True, create_graph=cg)
         R = self._steps(S, A, U, dt, p, t0)
         tc = self._tensors(U.device, U.dtype)
-        P = Sv / dt + self.theta * Av
+        P = self.scheme.new_level_jacobian(Sv, Av, dt)
         Q = Av
         if self.dirichlet_dofs.size:
             P = P * tc["dir_keep"] + tc["dir_diag"]
@@ -962,7 +1000,7 @@ class PatchUnion(Problem):
             raise ProblemError("patches of a problem with parameters on their own basis are not supported; "
                                "give such parameters as nodal or element values")
         self.parent = parent
-        for attr in ("name", "basis", "mesh", "residual_integrand", "theta", "storage_integrand",
+        for attr in ("name", "basis", "mesh", "residual_integrand", "scheme", "storage_integrand",
                      "defaults", "coefficients"):
             setattr(self, attr, getattr(parent, attr))
         self._param_tbs = {}
