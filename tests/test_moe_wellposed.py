@@ -218,3 +218,42 @@ def test_gradcheck_on_an_unstructured_mesh_with_metis_experts():
     u, info = layer(B)
     assert info.all_converged and info.interface_jump.max() > 0  # experts really differ
     assert torch.autograd.gradcheck(lambda B: layer(B)[0], (B,), atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+@pytest.mark.parametrize("K", [2, 4])
+def test_overlapping_experts_enforce_their_neighbours_rows_and_keep_an_exact_solution(steady_problem, K, overlap):
+    from femoe.experts._basis import grow
+
+    problem, B, kw, exact, part = steady_case(steady_problem)
+    layer = HardConstraintMoE(problem, K, partition="rcb", rho=1e-14, tol=1e-14, overlap=overlap)
+    g = layer.groups[0]
+    A = problem.pattern
+    for own, rows in zip(g.owned_global, g.rows_global):
+        ring = own
+        for _ in range(overlap):  # neighbours: DOFs sharing a row of the Jacobian's pattern
+            ring = np.union1d(ring, np.concatenate([A.indices[A.indptr[i]:A.indptr[i + 1]] for i in ring]))
+        assert set(ring) <= set(rows.tolist())
+        assert set(grow(problem, own, overlap).tolist()) == set(ring.tolist())
+    u, info = layer(B, **kw)
+    assert info.all_converged
+    torch.testing.assert_close(u, exact, atol=1e-9, rtol=0)
+
+
+def test_overlap_must_be_a_whole_number_of_rings(steady_problem):
+    with pytest.raises(ConfigError, match="overlap"):
+        HardConstraintMoE(steady_problem, 2, partition="rcb", overlap=-1)
+
+
+def test_the_moe_method_takes_the_overlap_from_the_config(tmp_path):
+    from pathlib import Path
+
+    from femoe.train.config import load_config
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+
+    cfg = load_config(Path(__file__).resolve().parent / "configs" / "smoke_darcy_2d.toml")
+    cfg.data.dir = str(tmp_path / "data")
+    cfg.experts.overlap = 2
+    layer = build_method("moe", Task(cfg)).layer
+    assert layer.overlap == 2 and all(g.rows_global[0].size > g.owned_global[0].size for g in layer.groups)

@@ -127,6 +127,19 @@ def boundary_rows(problem: Problem) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
+def grow(problem: Problem, dofs: np.ndarray, rings: int) -> np.ndarray:
+    """``dofs`` and every DOF within ``rings`` steps of them in the Jacobian's graph (two DOFs
+    are neighbours when they share an element), sorted."""
+    out = np.asarray(dofs, dtype=np.int64)
+    if rings <= 0:
+        return np.unique(out)
+    pat = problem.pattern
+    for _ in range(int(rings)):
+        nb = np.concatenate([pat.indices[pat.indptr[i]:pat.indptr[i + 1]] for i in out]) if out.size else out
+        out = np.union1d(out, nb)
+    return out
+
+
 class _ExpertGroup:
     """A group of experts folded into one batched least-squares problem (on one device).
 
@@ -137,7 +150,7 @@ class _ExpertGroup:
     """
 
     def __init__(self, problem: Problem, part: ExpertPartition, experts: Sequence[int], dt, t0, ic_weight,
-                 row_scale: Any = "mass", global_rows: frozenset = frozenset()):
+                 row_scale: Any = "mass", global_rows: frozenset = frozenset(), overlap: int = 0):
         self.problem = problem
         self.experts = np.asarray(experts, dtype=np.int64)
         ed = problem.basis.element_dofs
@@ -145,8 +158,9 @@ class _ExpertGroup:
         self.time_dependent = problem.is_time_dependent
         self.owned_global = [np.nonzero(owner == k)[0] for k in self.experts]
         extra = boundary_rows(problem) if "boundary" in global_rows else np.zeros(0, np.int64)
-        # the rows each expert enforces: its own, and the global boundary rows
-        self.rows_global = [np.union1d(o, extra) for o in self.owned_global]
+        # the rows each expert enforces: its own (grown by `overlap` rings of neighbouring DOFs),
+        # and the global boundary rows
+        self.rows_global = [np.union1d(grow(problem, o, overlap), extra) for o in self.owned_global]
         self.ic_global = self.time_dependent and "initial" in global_rows
         # elements touching the rows an expert enforces (their element stars are complete)
         touch = np.zeros(owner.size, dtype=np.int64)
@@ -454,6 +468,12 @@ class HardConstraintMoE(nn.Module):
         underdetermined), kept for comparison.
     report : bool
         Compute the interface jump and interface/interior residuals for the info record.
+    overlap : int
+        Each expert also enforces the rows of the DOFs within ``overlap`` rings of its own
+        (overlapping experts, as in overlapping Schwarz methods): its weights then also fit the
+        PDE just beyond its interface, which ties its field to its neighbours' where no global
+        row does (a periodic problem has no boundary rows). The output still takes each DOF
+        from its owner. 0: own rows only (and the global rows).
     """
 
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
@@ -462,7 +482,8 @@ class HardConstraintMoE(nn.Module):
                  tol: float | None = None, atol: float = 0.0, maxiter: int = 100, damping: float = 1e-6,
                  hessian: str = "exact", hvp_chunk: int | None = None, backward: str = "implicit",
                  strict: bool = False, report: bool = True, row_scale: Any = "mass",
-                 global_rows: str = "boundary+initial", unconverged: str = "flag", patience: int = 20):
+                 global_rows: str = "boundary+initial", unconverged: str = "flag", patience: int = 20,
+                 overlap: int = 0):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
@@ -501,8 +522,11 @@ class HardConstraintMoE(nn.Module):
             if len(self.devices) > K:
                 raise ConfigError(f"{len(self.devices)} devices but only {K} experts")
             chunks = np.array_split(ids, len(self.devices))
-        self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight, row_scale, self.global_rows)
-                       for c in chunks]
+        if int(overlap) != overlap or overlap < 0:
+            raise ConfigError(f"overlap must be an integer >= 0 (rings of DOFs); got {overlap!r}")
+        self.overlap = int(overlap)
+        self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight, row_scale, self.global_rows,
+                                    self.overlap) for c in chunks]
         self._models = [_FoldedModel(g) for g in self.groups]
         if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
             for m in self._models:
@@ -520,7 +544,7 @@ class HardConstraintMoE(nn.Module):
     def extra_repr(self) -> str:
         return (f"problem={self.problem.name!r}, experts={self.K}, groups={len(self.groups)}, "
                 f"interface={int(self._interface.numel())}, rho={self.options.rho}, tol={self.options.tol}, "
-                f"global_rows={'+'.join(sorted(self.global_rows)) or 'none'}")
+                f"global_rows={'+'.join(sorted(self.global_rows)) or 'none'}, overlap={self.overlap}")
 
     def forward(self, B: torch.Tensor, params: Mapping[str, Any] | None = None,
                 u0: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEInfo]:

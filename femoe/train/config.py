@@ -32,6 +32,8 @@ interface_loss_weight = 1.0          # MoE loss: weight of the rows at interface
 warm_start = 0                       # train the first steps through one PI-HC solve
 time_windows = 1                     # MoE on trajectories: time windows, each with its own
                                      # experts (spatio-temporal experts); 1: the whole trajectory
+overlap = 0                          # MoE: each expert also enforces the rows of the DOFs within
+                                     # this many rings of its own (overlapping experts)
 
 [solver]
 rho = 1e-4
@@ -136,6 +138,9 @@ class ExpertsConfig:
     # experts (spatio-temporal experts, femoe.experts.TimeWindows), marched in order; 1: one set
     # of experts over the whole trajectory
     time_windows: int = 1
+    # PI-HC-MoE: each expert also enforces the rows of the DOFs within this many rings of its own
+    # (overlapping experts; the output still takes each DOF from its owner)
+    overlap: int = 0
 
 
 @dataclass
@@ -257,6 +262,7 @@ _RULES: dict[str, Any] = {
     "network.fourier_scale": _ge(0),
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
     "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0), "experts.time_windows": _ge(1),
+    "experts.overlap": _ge(0),
     "experts.loss": ("stitched", "experts", "both"),
     "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
     "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary", "energy", "energy_sample"), "solver.dirichlet_weight": _gt(0),
