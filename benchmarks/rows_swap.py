@@ -14,7 +14,8 @@ Then the MoE layer (4 METIS experts) on the basis of ``results/darcy_cpu_energy_
 (``problems/configs/darcy_cpu_energy_sample.toml``, PI-HC trained with each sample's energy
 rows), with each choice of rows, the energy ones in their per-expert (additive Schwarz) form
 (:class:`femoe.layers.BlockEnergyRows`): do local experts pick as good a member of that span as
-the single solve?
+the single solve? And with overlapping experts (each also enforcing the rows within r rings of
+its DOFs), how much overlap does it take?
 
 Writes ``benchmarks/results/rows_swap.json``.
 """
@@ -82,6 +83,30 @@ def main() -> None:
                 u, _ = m(task.test.inputs)
             res["rel_l2"][f"{method}_{rows}"] = float(task.relative_l2(u, task.test.solutions).mean())
             print(f"{moe_run} basis, {method} with {rows} rows: {res['rel_l2'][f'{method}_{rows}']:.4f}", flush=True)
+        # overlapping experts (each also enforces the rows within r rings of its DOFs), energy_sample
+        # rows: how much overlap the local experts need to pick as good a member as the single solve
+        from femoe.experts import HardConstraintMoE
+
+        d = base.to_dict()
+        d["data"]["dir"] = str(base.data_dir)
+        d["methods"] = ["moe"]
+        task = Task(config_from_dict(d))
+        m = build_method("moe", task)
+        m.load_network(ckpt)
+        m.eval()
+        e = task.cfg.experts
+        res["overlap"] = {}
+        for ov in (2, 4, 8, 16, 32):
+            m.layer = HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, overlap=ov,
+                                        **m._layer_kw)
+            with torch.no_grad():
+                u, _ = m(task.test.inputs)
+            rows = [r.size / task.n for g in m.layer.groups for r in g.rows_global]
+            res["overlap"][ov] = {"rel_l2": float(task.relative_l2(u, task.test.solutions).mean()),
+                                  "rows_per_expert_over_n": sum(rows) / len(rows)}
+            r = res["overlap"][ov]
+            print(f"{moe_run} basis, moe with energy_sample rows and overlap {ov}: {r['rel_l2']:.4f} "
+                  f"(rows per expert {r['rows_per_expert_over_n']:.2f} n)", flush=True)
         out["moe_on_pihc_basis"] = res
     else:
         print(f"skip the MoE swap: {ckpt} is missing (femoe run problems/configs/{moe_run}.toml --methods pihc)")
