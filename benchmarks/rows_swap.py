@@ -35,10 +35,35 @@ RUNS = {"darcy_cpu": "problems/configs/darcy_cpu.toml",
         "darcy_cpu_energy_long": "problems/configs/darcy_cpu_energy_long.toml"}
 
 
-def main() -> None:
-    from femoe.train.config import config_from_dict, load_config
+def trained(base, ckpt: Path, method: str, rows: str | None = None):
+    """``(task, method)``: ``base``'s task with ``rows`` as ``solver.row_weights`` (default its
+    own) and ``method`` carrying the network of checkpoint ``ckpt``, in evaluation mode."""
+    from femoe.train.config import config_from_dict
     from femoe.train.methods import build_method
     from femoe.train.task import Task
+
+    d = base.to_dict()
+    if rows is not None:
+        d["solver"]["row_weights"] = rows
+    d["data"]["dir"] = str(base.data_dir)
+    d["methods"] = [method]
+    task = Task(config_from_dict(d))
+    m = build_method(method, task)
+    m.load_network(ckpt)
+    m.eval()
+    return task, m
+
+
+def test_error(task, m) -> float:
+    """Mean relative L2 error of ``m`` on ``task``'s test split."""
+    with torch.no_grad():
+        u, _ = m(task.test.inputs)
+    return float(task.relative_l2(u, task.test.solutions).mean())
+
+
+def main() -> None:
+    from femoe.experts import HardConstraintMoE
+    from femoe.train.config import load_config
 
     torch.set_num_threads(1)
     out = {"command": "OMP_NUM_THREADS=1 python benchmarks/rows_swap.py", "runs": {}}
@@ -50,17 +75,7 @@ def main() -> None:
         base = load_config(ROOT / config)
         res = {"trained_with": base.solver.row_weights, "checkpoint": str(ckpt.relative_to(ROOT)), "rel_l2": {}}
         for rows in ("mass", "energy", "energy_sample"):
-            d = base.to_dict()
-            d["solver"]["row_weights"] = rows
-            d["data"]["dir"] = str(base.data_dir)
-            d["methods"] = ["pihc"]
-            task = Task(config_from_dict(d))
-            m = build_method("pihc", task)
-            m.load_network(ckpt)
-            m.eval()
-            with torch.no_grad():
-                u, _ = m(task.test.inputs)
-            res["rel_l2"][rows] = float(task.relative_l2(u, task.test.solutions).mean())
+            res["rel_l2"][rows] = test_error(*trained(base, ckpt, "pihc", rows))
             print(f"{run} (trained with {base.solver.row_weights}) evaluated with {rows}: {res['rel_l2'][rows]:.4f}",
                   flush=True)
         out["runs"][run] = res
@@ -71,39 +86,18 @@ def main() -> None:
         res = {"basis": str(ckpt.relative_to(ROOT)), "experts": base.experts.k, "partition": base.experts.partition,
                "rel_l2": {}}
         for method, rows in (("pihc", "energy_sample"), ("moe", "energy_sample"), ("moe", "energy"), ("moe", "mass")):
-            d = base.to_dict()
-            d["solver"]["row_weights"] = rows
-            d["data"]["dir"] = str(base.data_dir)
-            d["methods"] = [method]
-            task = Task(config_from_dict(d))
-            m = build_method(method, task)
-            m.load_network(ckpt)
-            m.eval()
-            with torch.no_grad():
-                u, _ = m(task.test.inputs)
-            res["rel_l2"][f"{method}_{rows}"] = float(task.relative_l2(u, task.test.solutions).mean())
+            res["rel_l2"][f"{method}_{rows}"] = test_error(*trained(base, ckpt, method, rows))
             print(f"{moe_run} basis, {method} with {rows} rows: {res['rel_l2'][f'{method}_{rows}']:.4f}", flush=True)
         # overlapping experts (each also enforces the rows within r rings of its DOFs), energy_sample
         # rows: how much overlap the local experts need to pick as good a member as the single solve
-        from femoe.experts import HardConstraintMoE
-
-        d = base.to_dict()
-        d["data"]["dir"] = str(base.data_dir)
-        d["methods"] = ["moe"]
-        task = Task(config_from_dict(d))
-        m = build_method("moe", task)
-        m.load_network(ckpt)
-        m.eval()
+        task, m = trained(base, ckpt, "moe")
         e = task.cfg.experts
         res["overlap"] = {}
         for ov in (2, 4, 8, 16, 32):
             m.layer = HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, overlap=ov,
                                         **m._layer_kw)
-            with torch.no_grad():
-                u, _ = m(task.test.inputs)
             rows = [r.size / task.n for g in m.layer.groups for r in g.rows_global]
-            res["overlap"][ov] = {"rel_l2": float(task.relative_l2(u, task.test.solutions).mean()),
-                                  "rows_per_expert_over_n": sum(rows) / len(rows)}
+            res["overlap"][ov] = {"rel_l2": test_error(task, m), "rows_per_expert_over_n": sum(rows) / len(rows)}
             r = res["overlap"][ov]
             print(f"{moe_run} basis, moe with energy_sample rows and overlap {ov}: {r['rel_l2']:.4f} "
                   f"(rows per expert {r['rows_per_expert_over_n']:.2f} n)", flush=True)
