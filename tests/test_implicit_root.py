@@ -59,3 +59,20 @@ def test_the_gradient_is_the_closed_form_and_only_needed_inputs_get_one():
 
 def test_the_instances_are_implicit_problems():
     assert issubclass(NewtonRoot, ImplicitProblem) and issubclass(LeastSquaresRoot, ImplicitProblem)
+
+
+def test_a_problem_or_model_without_its_required_methods_cannot_be_made():
+    from femoe.layers import ResidualModel
+
+    class Half(ImplicitProblem):
+        def solve(self, inputs):
+            return inputs[0]
+
+    class NoRows(ResidualModel):
+        def residual(self, u, p):
+            return u
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+    with pytest.raises(TypeError, match="abstract"):
+        NoRows()

@@ -27,33 +27,34 @@ number of iterations and the line search. :class:`ImplicitProblem` states what a
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
 
-class ImplicitProblem:
+class ImplicitProblem(ABC):
     """A root ``x*(theta)`` of ``F(x, theta) = 0`` and its adjoint (see the module docstring).
 
-    Subclasses implement :meth:`solve`, :meth:`optimality` and :meth:`adjoint`; :meth:`vjp` is
-    optional (``None``: autograd through :meth:`optimality`). One instance serves one call of
+    Subclasses implement the abstract :meth:`solve`, :meth:`optimality` and :meth:`adjoint` (a
+    subclass without them cannot be instantiated); :meth:`vjp` is optional (``None``: autograd through :meth:`optimality`). One instance serves one call of
     :func:`implicit_root`, so :meth:`solve` may keep what the backward reuses (a factorisation,
     the Gauss-Newton matrix) on ``self``.
     """
 
+    @abstractmethod
     def solve(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The root ``x*`` for the inputs (run without gradients)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def optimality(self, x: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``F(x, theta)``, differentiable in the inputs (``x`` held fixed)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def adjoint(self, x: torch.Tensor, inputs: Sequence[torch.Tensor], g: torch.Tensor,
                 needs: Sequence[bool]) -> torch.Tensor:
         """``v`` with ``(dF/dx)^T v = g`` at the root ``x`` (``needs``: which inputs want a gradient)."""
-        raise NotImplementedError
 
     def vjp(self, x: torch.Tensor, inputs: Sequence[torch.Tensor], v: torch.Tensor,
             needs: Sequence[bool]) -> list[torch.Tensor | None] | None:

@@ -20,6 +20,7 @@ The MoE layer implements the same two methods with the expert index folded into 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -342,11 +343,11 @@ def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform 
     return s
 
 
-class ResidualModel:
+class ResidualModel(ABC):
     """The rows a basis-mode layer least-squares, as functions of a local field (the contract of
     :func:`femoe.layers.least_squares_solve`; see the module docstring).
 
-    Subclasses implement :meth:`residual` and :meth:`linearize`. The other methods are optional
+    Subclasses implement the abstract :meth:`residual` and :meth:`linearize`. The other methods are optional
     hooks whose defaults say "not available"; the least-squares core then falls back to a slower
     exact path (autograd Hessian-vector products in ``w``, the double backward):
 
@@ -359,13 +360,13 @@ class ResidualModel:
 
     time_dependent = False
 
+    @abstractmethod
     def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         """``(batch, m)`` rows for local fields ``u``, twice differentiable in ``u`` and ``p``'s tensors."""
-        raise NotImplementedError
 
+    @abstractmethod
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows and ``J_w = dr/du B`` ``(batch, m, N)``."""
-        raise NotImplementedError
 
     def prepare_curvature(self) -> None:
         return None
