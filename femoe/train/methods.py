@@ -187,7 +187,11 @@ class MoE(PIHC):
         if not task.time_dependent or task.lifted:
             raise ConfigError("experts.time_windows applies to trajectories whose unknown is the state (not a "
                               "steady problem, not a lifted one: u = u0 + s(t) z spans the whole trajectory)")
-        part = HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw).partition
+        from femoe.partition import partition_experts
+
+        # one partition for every window (built once; the windows' layers take it as it is)
+        part = partition_experts(task.problem.basis, e.k, e.partition, dirichlet=task.problem.dirichlet_dofs,
+                                 seed=e.seed)
         return TimeWindows(lambda t0: HardConstraintMoE(task.problem, part, t0=t0, **kw), task.n_levels - 1,
                            task.dt, e.time_windows)
 
@@ -265,8 +269,9 @@ class PIHCPatch(PIHC):
     interface. For a linear symmetric problem (Darcy) the error of the result is the discrete
     harmonic extension of ``u_hc``'s interface error, which has the least energy of all fields
     with those interface values, so its energy error is at most PI-HC's; for a trajectory
-    (diffusion-sorption) each level is solved in turn from the corrected previous level. The
-    gradient of the training loss does not pass through the patch solve.
+    (diffusion-sorption) the patch interiors of every level are solved given the corrected
+    previous level (patch mode's ``time_solve``). The gradient of the training loss does not
+    pass through the patch solve.
     """
 
     name = "pihc_patch"

@@ -299,6 +299,7 @@ class MeshGraph:
     edges: np.ndarray  # (2, E)
     field_dofs: np.ndarray  # (n_fields, n_nodes)
     period: np.ndarray | None  # (dim,) box lengths of a periodic mesh
+    dof_order: np.ndarray  # (n_fields * n_nodes,): the field-major output row holding DOF k
 
     @property
     def n_nodes(self) -> int:
@@ -328,7 +329,8 @@ class MeshGraph:
         edges = mesh_edges(node_of[np.asarray(problem.basis.element_dofs)])
         mesh = problem.mesh
         period = (mesh.p.max(axis=1) - mesh.p.min(axis=1)) if isinstance(mesh, MeshDG) else None
-        return MeshGraph(np.ascontiguousarray(x[:, field_dofs[0]].T), edges, field_dofs, period)
+        return MeshGraph(np.ascontiguousarray(x[:, field_dofs[0]].T), edges, field_dofs, period,
+                         np.argsort(field_dofs.reshape(-1)))
 
     def scatter(self, out: torch.Tensor) -> torch.Tensor:
         """Node outputs ``(..., n_nodes, n_fields * N)`` -> DOF outputs ``(..., n, N)``."""
@@ -337,9 +339,8 @@ class MeshGraph:
             return out
         N = out.shape[-1] // F
         parts = out.reshape(*out.shape[:-1], F, N).movedim(-2, -3)  # (..., F, nodes, N)
-        dofs = torch.as_tensor(self.field_dofs.reshape(-1), device=out.device)
-        flat = parts.reshape(*out.shape[:-2], F * self.n_nodes, N)  # row j: DOF dofs[j]
-        return flat.index_select(-2, torch.argsort(dofs))  # row k: DOF k
+        flat = parts.reshape(*out.shape[:-2], F * self.n_nodes, N)  # row j: DOF field_dofs.flat[j]
+        return flat.index_select(-2, torch.as_tensor(self.dof_order, device=out.device))  # row k: DOF k
 
 
 #: the layers' initial condition for a lifted unknown whose level 0 enters no row (see
