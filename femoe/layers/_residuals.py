@@ -197,11 +197,10 @@ class EnergyRows(RowTransform):
         self.params = dict(params)
 
     def for_experts(self, union, rows_union, rows_global) -> "BlockEnergyRows":
-        """The experts' (additive Schwarz) form of these rows: :class:`BlockEnergyRows`."""
-        return BlockEnergyRows(self.problem, union, rows_union, rows_global, self._union_weights(union), self.params)
-
-    def _union_weights(self, union) -> np.ndarray | None:
-        return None if self.s is None else self.s.numpy()[np.asarray(union.union_to_global)]
+        """The experts' (additive Schwarz) form of these rows: :class:`BlockEnergyRows` with the
+        same operator (``params``; ``None``: each sample's own)."""
+        s = None if self.s is None else self.s.numpy()[np.asarray(union.union_to_global)]
+        return BlockEnergyRows(self.problem, union, rows_union, rows_global, s, self.params)
 
 
 class _ValueCache:
@@ -227,16 +226,18 @@ class _ValueCache:
         return L
 
 
-class SampleEnergyRows(EnergyRows):
+class SampleEnergyRows(RowTransform):
     """Energy rows of each sample's own operator: ``r -> L_p^{-1} (s r)`` with ``L_p`` from
     :func:`energy_factor` for that sample's parameters ``p``, so that for a linear problem
     ``||L_p^{-1} R||^2`` is the sample's energy error exactly. One dense Cholesky factor per
     sample, cached by value (:class:`_ValueCache`)."""
 
+    params = None  # each sample's own operator
+    for_experts = EnergyRows.for_experts
+
     def __init__(self, problem: Problem, s: np.ndarray | None = None):
-        RowTransform.__init__(self, None, s, n=problem.n)
+        super().__init__(None, s, n=problem.n)
         self.problem = problem
-        self.params = None  # each sample's own
         self._cache = _ValueCache()
 
     def factor(self, p: Mapping[str, Any] | None, like: torch.Tensor) -> torch.Tensor:
