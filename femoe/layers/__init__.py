@@ -19,8 +19,7 @@ from femoe.layers._implicit import ImplicitProblem, implicit_root
 from femoe.layers._lm import (Backward, Hessian, LeastSquaresInfo, LeastSquaresRoot, LMOptions, Unconverged,
                               least_squares_solve)
 from femoe.layers._newton import (NewtonOptions, NewtonRoot, NewtonSolveInfo, NewtonSystem, check_newton,
-                                  newton_options,
-                                  nonlinear_solve, nonlinear_step, solve_trajectory)
+                                  newton_options, nonlinear_solve, nonlinear_step, solve_trajectory)
 from femoe.layers._residuals import (BlockEnergyRows, EnergyRows, ResidualModel, RowTransform, SampleEnergyRows,
                                      SteadyResidual, TrajectoryResidual, energy_factor, energy_matrix)
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss

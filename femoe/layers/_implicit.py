@@ -39,8 +39,9 @@ class ImplicitProblem(ABC):
 
     Subclasses implement the abstract :meth:`solve`, :meth:`optimality` and :meth:`adjoint` (a
     subclass without them cannot be instantiated); :meth:`vjp` is optional (``None``: autograd
-    through :meth:`optimality`). One instance serves one call of :func:`implicit_root`, so :meth:`solve` may keep what the backward reuses (a factorisation,
-    the Gauss-Newton matrix) on ``self``.
+    through :meth:`optimality`). One instance serves one call of :func:`implicit_root`, so
+    :meth:`solve` may keep what the backward reuses (a factorisation, the Gauss-Newton matrix)
+    on ``self``.
     """
 
     @abstractmethod
