@@ -18,7 +18,7 @@ import femoe
 from femoe.experts import distributed
 
 ROOT = Path(femoe.__file__).resolve().parent
-HOT = ["layers", "experts", "linalg", "assembly", "partition", "sparse.py", "problem.py"]
+HOT = ["layers", "experts", "linalg", "assembly", "partition", "sparse.py", "problem"]
 FACTORIES = {"zeros", "ones", "full", "empty", "arange", "eye", "rand", "randn", "randint", "linspace", "tensor"}
 
 
