@@ -200,6 +200,24 @@ class ProblemSpec(ABC):
                                  f"states of {problem.n} DOFs")
         return inputs
 
+    def algebraic_fields(self, problem: Problem):
+        """The problem's fields fixed by a linear algebraic equation of the others, as a
+        :class:`femoe.layers.AlgebraicFields`, or None (the default: every field is evolved).
+        With ``network.solve_algebraic = true`` the training task computes them from the
+        network's other fields instead of spanning them (see :class:`~femoe.layers.AlgebraicFields`)."""
+        return None
+
+    def tendencies(self, problem: Problem, inputs: np.ndarray, m: int) -> np.ndarray:
+        """``m`` Krylov tendencies of each input's initial state, ``(batch, m, n)``: ``f_1`` the
+        semi-discrete right-hand side at ``u0`` (``u' = f(u)``), ``f_{k+1}`` its Jacobian at ``u0``
+        times ``f_k``, each a full state (derived fields included). They span the Taylor
+        polynomial of the trajectory at ``t = 0``; ``network.tendencies = m`` adds them to the
+        basis. Trajectory problems that can evaluate ``f`` implement this; the default refuses."""
+        from femoe.errors import ConfigError
+
+        raise ConfigError(f"problem {self.name!r} does not provide tendencies of its initial state; set "
+                          "network.tendencies = 0")
+
     def points(self, problem: Problem) -> np.ndarray:
         """DOF coordinates ``(n, dim)`` of the solution vector."""
         return np.ascontiguousarray(problem.doflocs.T)

@@ -266,14 +266,51 @@ class NavierStokes2D(ProblemSpec):
         """(omega, psi) DOF vectors from initial vorticities: the mean removed and psi solved, as
         the reference does at t = 0. Called by every training step (``Task.layer_args``): the
         solver (assembly, two LU factorisations) is built once per problem."""
-        solver = problem.__dict__.get("_vorticity_solver")
-        if solver is None:
-            solver = problem.__dict__["_vorticity_solver"] = VorticitySolver(problem)
+        solver = _solver(problem)
         out = []
         for omega in np.atleast_2d(inputs):
             omega = np.asarray(omega, dtype=float) - (solver.ones_M @ omega) / solver.ones_M.sum()
             out.append(solver.assemble(omega))
         return np.stack(out)
+
+    # ------------------------------------------------------------------ the streamfunction's rows
+    def algebraic_fields(self, problem: Problem):
+        """The streamfunction as a function of the vorticity, ``(K + alpha M) psi = M omega``: its
+        rows hold at every level and do not involve time, so a network need not span ``psi``
+        (``network.solve_algebraic``). For the lifted unknown ``z`` of ``u = u0 + s(t) z`` the same
+        map holds for ``z``, because ``u0`` satisfies it (:meth:`initial_state` solves ``psi0``). The
+        vorticity is kept at zero mean (``solvability``), as the scheme keeps it: ``psi`` then has
+        zero mean too, instead of ``mean(omega) / alpha``."""
+        from femoe.layers import AlgebraicFields
+
+        solver = _solver(problem)
+        return AlgebraicFields(solver.iw, solver.ip, solver.K + problem.config["alpha"] * solver.M, solver.M,
+                               problem.n, solvability=solver.ones_M, gauge=solver.ones_M)
+
+    def tendencies(self, problem: Problem, inputs: np.ndarray, m: int) -> np.ndarray:
+        """``m`` Krylov tendencies of each initial state (see :class:`ProblemSpec`): ``f_1 =
+        M^{-1} (-N(psi0) omega0 - nu K omega0)`` (:meth:`VorticitySolver.rhs`), ``f_{k+1} = f'(omega0)
+        f_k``, each with its streamfunction, ``(batch, m, n)``. ``f`` is quadratic in ``omega``, so
+        the central difference ``(f(omega0 + e g) - f(omega0 - e g)) / (2 e)`` is its exact
+        Jacobian-vector product for any ``e`` (``e`` scales ``g`` to ``omega0``'s size, against
+        round-off). Each ``f_k`` is scaled to the norm of ``omega0``."""
+        solver = _solver(problem)
+        U0 = self.initial_state(problem, inputs)
+        out = np.zeros((U0.shape[0], m, problem.n))
+        for b, u0 in enumerate(U0):
+            om0 = u0[solver.iw]
+            size = max(float(np.linalg.norm(om0)), 1e-300)
+            g = solver.rhs(om0)
+            for k in range(m):
+                if k:
+                    e = size / max(float(np.linalg.norm(g)), 1e-300)
+                    g = (solver.rhs(om0 + e * g) - solver.rhs(om0 - e * g)) / (2 * e)
+                norm = float(np.linalg.norm(g))
+                if norm == 0.0:
+                    break  # a steady state: no tendency, the rest stay zero
+                g = g * (size / norm)
+                out[b, k] = solver.assemble(g)
+        return out
 
     # ------------------------------------------------------------------ graph-network input
     #: channels of :meth:`node_features`
@@ -287,9 +324,7 @@ class NavierStokes2D(ProblemSpec):
         ``psi`` solves a global problem that a few message-passing layers could not. The
         streamfunction is scaled by 40 and the velocity by 15 so that, for the default random
         field (length scale 0.8, amplitude 1), every channel is O(1)."""
-        solver = problem.__dict__.get("_vorticity_solver")
-        if solver is None:
-            solver = problem.__dict__["_vorticity_solver"] = VorticitySolver(problem)
+        solver = _solver(problem)
         U = self.initial_state(problem, inputs)
         ed, w = solver.ed.ravel(), np.tile(solver.area, 3)
         weight = np.bincount(ed, w, minlength=solver.n1)
@@ -381,6 +416,14 @@ class VorticitySolver:
             saved.append(self.assemble(omega))
         self.problem.last_reference_info = {"substeps": substeps, "dt": dt, "steps": substeps * p["n_steps"]}
         return np.linspace(0.0, p["T"], p["n_steps"] + 1), np.stack(saved)
+
+
+def _solver(problem: Problem) -> VorticitySolver:
+    """``problem``'s :class:`VorticitySolver` (assembly and two LU factorisations), built once."""
+    solver = problem.__dict__.get("_vorticity_solver")
+    if solver is None:
+        solver = problem.__dict__["_vorticity_solver"] = VorticitySolver(problem)
+    return solver
 
 
 def _element_coords(basis) -> np.ndarray:

@@ -11,9 +11,12 @@
   :func:`least_squares_solve` is its functional core over a :class:`ResidualModel`
   (:class:`SteadyResidual`, :class:`TrajectoryResidual`: rows ``O`` and DOFs ``L``), batched over
   samples (and over experts, for the mixture of experts).
+- :class:`AlgebraicFields`: fields fixed by a linear algebraic equation of the others (Navier-Stokes'
+  streamfunction) computed from a basis' other rows, so that every member of its span satisfies it.
 - :func:`soft_residual_loss`, :func:`soft_trajectory_loss`: the soft-constraint baseline.
 """
 
+from femoe.layers._algebraic import AlgebraicFields
 from femoe.layers._hard import HardConstraint
 from femoe.layers._implicit import ImplicitProblem, implicit_root
 from femoe.layers._lm import (Backward, Hessian, LeastSquaresInfo, LeastSquaresRoot, LMOptions, Unconverged,
@@ -25,6 +28,7 @@ from femoe.layers._residuals import (BlockEnergyRows, EnergyRows, ResidualModel,
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss
 
 __all__ = [
+    "AlgebraicFields",
     "Backward",
     "BlockEnergyRows",
     "EnergyRows",

@@ -21,6 +21,10 @@ n_basis = 16                         # N (basis mode); soft/patch output one fie
 width = 64
 depth = 3
 sensors = 32                         # input-function values fed to the branch
+solve_algebraic = false              # true: fields an algebraic equation fixes (Navier-Stokes'
+                                     # streamfunction) computed from the others, not learned
+tendencies = 0                       # > 0: m Krylov tendencies of the initial state per level
+                                     # added to the basis (trajectories; pihc, moe)
 
 [experts]
 k = 4
@@ -114,6 +118,14 @@ class NetworkConfig:
     depth: int = 3
     sensors: int = 32
     fourier_scale: float = 2.0
+    # fields that a linear algebraic equation fixes from the others (the problem's
+    # algebraic_fields: Navier-Stokes' streamfunction) are computed from the network's other
+    # fields by a sparse solve, not spanned by the network; false: the network spans every field
+    solve_algebraic: bool = False
+    # > 0 (basis-mode methods, trajectories): the basis gets m Krylov tendencies of the initial
+    # state per level (the problem's tendencies: f_1 = the right-hand side at u0, f_{k+1} = its
+    # Jacobian at u0 times f_k), one column per level and tendency, (levels - 1) m in all
+    tendencies: int = 0
 
 
 @dataclass
@@ -259,7 +271,7 @@ _RULES: dict[str, Any] = {
     "data.n_train": _ge(1), "data.n_test": _ge(1), "data.seed": _ge(0), "data.workers": _ge(1),
     "network.kind": ("deeponet", "gnn"),
     "network.n_basis": _ge(1), "network.width": _ge(1), "network.depth": _ge(1), "network.sensors": _ge(1),
-    "network.fourier_scale": _ge(0),
+    "network.fourier_scale": _ge(0), "network.tendencies": _ge(0),
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
     "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0), "experts.time_windows": _ge(1),
     "experts.overlap": _ge(0),
@@ -396,8 +408,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError("experts.partition = 'metis' needs pymetis, which is not installed: pip install "
                               "pymetis, or use partition = 'auto' (rcb without pymetis) or 'rcb'")
     from femoe.problems import get_problem
+    from femoe.problems._base import ProblemSpec
 
     spec = get_problem(cfg.problem.name)
+    if cfg.network.solve_algebraic and type(spec).algebraic_fields is ProblemSpec.algebraic_fields:
+        raise ConfigError(f"network.solve_algebraic = true, but problem {cfg.problem.name!r} has no field fixed by an "
+                          "algebraic equation of the others (its spec defines no algebraic_fields); set it to false")
+    if cfg.network.tendencies and (spec.steady or type(spec).tendencies is ProblemSpec.tendencies):
+        raise ConfigError(f"network.tendencies = {cfg.network.tendencies}, but problem {cfg.problem.name!r} does not "
+                          "provide tendencies of an initial state (a trajectory problem whose spec defines "
+                          "tendencies); set it to 0")
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):
         try:
             spec.parameters(**params)

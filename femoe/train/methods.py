@@ -61,7 +61,17 @@ class Method(nn.Module):
         self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
 
     def network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
-        """``(batch, [T+1,] n, N)`` in float64."""
+        """``(batch, [T+1,] n, N)`` in float64; with ``network.tendencies = m`` (basis-mode methods)
+        ``(T m)`` columns of the initial state's tendencies follow the network's ``N``
+        (:meth:`Task.tendency_columns`); with ``network.solve_algebraic`` the rows of the fields an
+        algebraic equation fixes are computed from the others (the task's
+        :class:`~femoe.layers.AlgebraicFields`)."""
+        B = self._network_output(inputs, levels)
+        if self.basis_mode and self.task.cfg.network.tendencies:
+            B = torch.cat([B, self.task.tendency_columns(inputs, B.shape[1]).to(B)], dim=-1)
+        return B if self.task.algebraic is None else self.task.algebraic(B)
+
+    def _network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         t = self.task
         L = (levels or t.n_levels) if t.time_dependent else None
         if isinstance(self.net, DeepONet):

@@ -79,6 +79,8 @@ class Task:
             self.row_transform = None
             self.row_scale = torch.as_tensor(row_weights(self.problem, cfg.solver.row_weights,
                                                          cfg.solver.dirichlet_weight))
+        # fields computed from the others, not spanned by the network (network.solve_algebraic)
+        self.algebraic = self.spec.algebraic_fields(self.problem) if cfg.network.solve_algebraic else None
         self.train = self.test = None
         self.times = None
         self.sensor_matrix = None  # test-mesh tasks: (n_sensors, m) interpolation of the inputs
@@ -239,6 +241,19 @@ class Task:
                 return {"initial_state": u0}, torch.zeros_like(u0)  # z(0) = 0: rows as usual
             return {}, u0
         return self.spec.layer_params(self.problem, x), None
+
+    def tendency_columns(self, inputs: torch.Tensor, levels: int) -> torch.Tensor:
+        """The ``network.tendencies = m`` columns of a basis of ``levels`` levels, ``(batch, levels, n,
+        (levels - 1) m)``: tendency ``j`` of each input's initial state (the spec's
+        ``tendencies``) at level ``l >= 1`` in column ``(l - 1) m + j`` and nowhere else, so the
+        constraint layer weighs each level's tendencies on their own."""
+        m = self.cfg.network.tendencies
+        F = torch.as_tensor(self.spec.tendencies(self.problem, inputs.detach().double().cpu().numpy(), m),
+                            device=inputs.device)  # (batch, m, n)
+        out = F.new_zeros(F.shape[0], levels, self.n, (levels - 1) * m)
+        for lev in range(1, levels):
+            out[:, lev, :, (lev - 1) * m:lev * m] = F.transpose(1, 2)
+        return out
 
     def layer_row_scale(self):
         """What the constraint layers take as ``row_scale``: the row weights, or the transform of

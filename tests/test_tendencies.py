@@ -1,0 +1,85 @@
+"""Krylov tendencies of the initial state added to a basis (``network.tendencies``; the problem
+spec's ``tendencies``): Navier-Stokes' right-hand side at omega0 and its Jacobian-vector products,
+placed one column per level and tendency."""
+
+import numpy as np
+import pytest
+import torch
+
+from femoe.errors import ConfigError
+from femoe.problems import get_problem
+from femoe.problems.navier_stokes_2d import VorticitySolver
+
+
+@pytest.fixture(scope="module")
+def ns():
+    spec = get_problem("navier_stokes_2d")
+    problem = spec.build(grid=6, n_steps=2, T=0.5, lift="paper")
+    rng = np.random.default_rng(3)
+    return spec, problem, spec.sample_inputs(rng, 2, problem)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_tendencies_are_the_rhs_and_its_jacobian_products(ns, batch):
+    spec, problem, inputs = ns
+    s = VorticitySolver(problem)
+    F = spec.tendencies(problem, inputs[:batch], 3)
+    assert F.shape == (batch, 3, problem.n)
+    for b in range(batch):
+        om0 = spec.initial_state(problem, inputs[b:b + 1])[0][s.iw]
+        size = np.linalg.norm(om0)
+        g = s.rhs(om0)
+        for k in range(3):
+            if k:  # the Jacobian-vector product by a small central difference (independent of e)
+                h = 1e-6 * size / np.linalg.norm(g)
+                g = (s.rhs(om0 + h * g) - s.rhs(om0 - h * g)) / (2 * h)
+            g = g * size / np.linalg.norm(g)
+            np.testing.assert_allclose(F[b, k, s.iw], g, rtol=1e-6, atol=1e-7 * size)
+            np.testing.assert_allclose(F[b, k, s.ip], s.psi(F[b, k, s.iw]), rtol=1e-10, atol=1e-12)
+    # the tendencies of one sample do not depend on the others in the batch
+    np.testing.assert_allclose(spec.tendencies(problem, inputs[1:2], 3)[0], spec.tendencies(problem, inputs, 3)[1])
+
+
+def test_first_tendency_is_the_time_derivative_of_the_reference(ns):
+    spec, problem, inputs = ns
+    fine = get_problem("navier_stokes_2d").build(grid=6, n_steps=1, T=1e-4)
+    s = VorticitySolver(fine)
+    _, U = spec.reference(fine, inputs[0])
+    d = (U[1] - U[0])[s.iw] / 1e-4
+    f = spec.tendencies(problem, inputs[:1], 1)[0, 0, s.iw]
+    cos = d @ f / (np.linalg.norm(d) * np.linalg.norm(f))
+    assert cos > 1 - 1e-6
+
+
+def test_columns_sit_at_their_level_and_the_config(tmp_path):
+    from femoe.train.config import config_from_dict
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+
+    with pytest.raises(ConfigError, match="does not provide tendencies"):
+        config_from_dict({"problem": {"name": "diffusion_sorption_1d"}, "network": {"tendencies": 2}})
+    with pytest.raises(ConfigError, match="does not provide tendencies"):
+        config_from_dict({"problem": {"name": "darcy_2d"}, "network": {"tendencies": 2}})
+    cfg = config_from_dict({
+        "name": "tend", "methods": ["pihc"],
+        "problem": {"name": "navier_stokes_2d", "params": {"grid": 4, "n_steps": 3, "T": 0.5, "lift": "paper"}},
+        "data": {"n_train": 2, "n_test": 2, "dir": str(tmp_path / "d")},
+        "network": {"kind": "gnn", "n_basis": 3, "width": 8, "depth": 2, "tendencies": 2},
+    })
+    task = Task(cfg)
+    inputs = task.test.inputs
+    C = task.tendency_columns(inputs, 4)
+    F = torch.as_tensor(task.spec.tendencies(task.problem, inputs.double().numpy(), 2))
+    assert C.shape == (2, 4, task.n, 6)
+    for lev in range(4):
+        for col in range(6):
+            want = F[:, col % 2] if lev >= 1 and col // 2 == lev - 1 else torch.zeros_like(F[:, 0])
+            torch.testing.assert_close(C[:, lev, :, col], want, rtol=0, atol=0)
+    m = build_method("pihc", task)
+    B = m.network_output(inputs)
+    assert B.shape[-1] == 3 + 6
+    torch.testing.assert_close(B[..., 3:], C)
+    with torch.no_grad():
+        z, info = m(inputs)
+    assert info["unconverged"] == 0
+    assert build_method("soft", task).network_output(inputs).shape[-1] == 1  # soft: one field, no tendencies
