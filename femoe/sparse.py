@@ -70,6 +70,18 @@ class CSRPattern:
         pos[r[r < n]] = np.nonzero(mask)[0][r < n]
         return pos
 
+    def principal_submatrix(self, index: np.ndarray) -> tuple["CSRPattern", np.ndarray]:
+        """The pattern of ``A[index][:, index]`` for sorted unique ``index``, and where each of
+        its entries sits in ``values`` (so ``values[:, positions]`` are the submatrix's values)."""
+        index = np.asarray(index, dtype=np.int64)
+        renumber = np.full(self.shape[0], -1, dtype=np.int64)
+        renumber[index] = np.arange(index.size)
+        keep = (renumber[self.rows] >= 0) & (renumber[self.indices] >= 0)
+        positions = np.nonzero(keep)[0]
+        counts = np.bincount(renumber[self.rows[positions]], minlength=index.size)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return CSRPattern(indptr, renumber[self.indices[positions]], (index.size, index.size)), positions
+
     def to_scipy(self, values: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix((np.asarray(values), self.indices, self.indptr), shape=self.shape)
 

@@ -2,7 +2,8 @@
 
 Solvers come from a name -> class registry (one module each): ``"dense_cholesky"``,
 ``"dense_lu"``, ``"superlu"``, ``"cg"``, ``"minres"``, ``"gmres"``, plus ``"auto"``, which picks
-by size, symmetry and device. Every solver is set up once and then solves many times, with
+by size, symmetry and device (:func:`choose_solver`, the one choice every solve in femoe makes,
+the reference solve's included), and the aliases ``"amg-cg"`` and ``"amg-gmres"``. Every solver is set up once and then solves many times, with
 ``A`` or ``A^T``::
 
     solver = make_solver("cg", A, preconditioner="amg")
@@ -17,9 +18,10 @@ from femoe.linalg._base import LinearSolver, SolveInfo
 from femoe.linalg._autograd import sparse_solve
 from femoe.linalg._nullspace import check_nonsingular, null_probe_hits
 from femoe.linalg._preconditioners import PRECONDITIONERS
-from femoe.linalg._registry import SOLVERS, available_solvers, choose_solver, make_solver
+from femoe.linalg._registry import ALIASES, SOLVERS, available_solvers, choose_solver, make_solver
 
 __all__ = [
+    "ALIASES",
     "check_nonsingular",
     "null_probe_hits",
     "LinearSolver",

@@ -26,20 +26,27 @@ SOLVERS: dict[str, type[LinearSolver]] = {
 DENSE_MAX_N = 2000
 #: Memory the dense copies (``B n^2`` entries) may take in ``"auto"``, bytes.
 DENSE_MEMORY_BUDGET = 2**30
-#: Above this size ``"auto"`` prefers AMG-preconditioned CG to SuperLU for symmetric systems.
+#: Above this size ``"auto"`` prefers AMG-preconditioned CG to SuperLU for symmetric systems
+#: (the reference solve's threshold too: one choice for every solve).
 AMG_MIN_N = 200_000
+
+#: Names that stand for a registered solver with preset options (the reference solve's names).
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "amg-cg": ("cg", {"preconditioner": "amg"}),
+    "amg-gmres": ("gmres", {"preconditioner": "amg"}),
+}
 
 
 def available_solvers() -> list[str]:
-    """Names accepted by :func:`make_solver` (``"auto"`` included)."""
+    """Names accepted by :func:`make_solver` (``"auto"`` included; :data:`ALIASES` too)."""
     return ["auto", *sorted(SOLVERS)]
 
 
-def choose_solver(A: BatchedCSR) -> tuple[str, dict[str, Any]]:
-    """The solver name and options ``"auto"`` uses for ``A``.
+def choose_solver(A: BatchedCSR, *, allow_dense: bool = True) -> tuple[str, dict[str, Any]]:
+    """The solver name and options ``"auto"`` uses for ``A``: the one place femoe picks a solver.
 
-    Dense Cholesky (symmetric) or LU when ``n <= DENSE_MAX_N`` and the ``B n^2`` dense copies
-    fit ``DENSE_MEMORY_BUDGET``; off the CPU, Jacobi-CG (symmetric) or Jacobi-GMRES, since SciPy
+    Dense Cholesky (symmetric) or LU when ``allow_dense``, ``n <= DENSE_MAX_N`` and the
+    ``B n^2`` dense copies fit ``DENSE_MEMORY_BUDGET``; off the CPU, Jacobi-CG (symmetric) or Jacobi-GMRES, since SciPy
     cannot run there; on the CPU, AMG-CG for symmetric systems above ``AMG_MIN_N`` unknowns and
     SuperLU otherwise.
     """
@@ -47,7 +54,7 @@ def choose_solver(A: BatchedCSR) -> tuple[str, dict[str, Any]]:
     n = A.pattern.shape[0]
     symmetric = bool(symmetric_mask(A).all())
     dense_bytes = A.batch_size * n * n * A.values.element_size()
-    if n <= DENSE_MAX_N and dense_bytes <= DENSE_MEMORY_BUDGET:
+    if allow_dense and n <= DENSE_MAX_N and dense_bytes <= DENSE_MEMORY_BUDGET:
         return ("dense_cholesky" if symmetric else "dense_lu"), {}
     if A.device.type != "cpu":
         return ("cg" if symmetric else "gmres"), {"preconditioner": "jacobi"}
@@ -56,16 +63,19 @@ def choose_solver(A: BatchedCSR) -> tuple[str, dict[str, Any]]:
     return "superlu", {}
 
 
-def make_solver(name: str, A: BatchedCSR, **opts: Any) -> LinearSolver:
+def make_solver(name: str, A: BatchedCSR, *, allow_dense: bool = True, **opts: Any) -> LinearSolver:
     """Set up the solver registered under ``name`` for ``A`` (factorise, build preconditioner).
 
     Parameters
     ----------
     name : str
-        One of :func:`available_solvers`. ``"auto"`` picks with :func:`choose_solver` and falls
-        back from dense Cholesky to dense LU when ``A`` is symmetric but not positive definite.
+        One of :func:`available_solvers` or :data:`ALIASES`. ``"auto"`` picks with
+        :func:`choose_solver` and falls back from dense Cholesky to dense LU when ``A`` is
+        symmetric but not positive definite.
     A : BatchedCSR
         Square matrices, batch ``B`` or 1, float32 or float64.
+    allow_dense : bool
+        Passed to :func:`choose_solver` by ``"auto"`` (False: sparse solvers at every size).
     **opts
         Solver options (``strict`` for all; ``rtol``, ``atol``, ``maxiter``, ``preconditioner``
         for the Krylov solvers; ``restart`` for GMRES). With ``"auto"`` an option is passed on
@@ -86,7 +96,7 @@ def make_solver(name: str, A: BatchedCSR, **opts: Any) -> LinearSolver:
         unknown = sorted(set(opts) - known)
         if unknown:
             raise ConfigError(f"Unknown solver option(s) {unknown} for 'auto'. Pick from {sorted(known)}")
-        chosen, defaults = choose_solver(A)
+        chosen, defaults = choose_solver(A, allow_dense=allow_dense)
         logger.debug("auto solver for %r: %s %s", A, chosen, defaults)
         cls = SOLVERS[chosen]
         kwargs = {**defaults, **{k: v for k, v in opts.items() if k in cls.options}}
@@ -97,8 +107,12 @@ def make_solver(name: str, A: BatchedCSR, **opts: Any) -> LinearSolver:
                 logger.debug("auto: A is not positive definite; falling back to dense_lu")
                 return DenseLUSolver(A, **{k: v for k, v in opts.items() if k in DenseLUSolver.options})
         return cls(A, **kwargs)
+    if isinstance(name, str) and name in ALIASES:
+        name, preset = ALIASES[name]
+        opts = {**preset, **opts}
     if not isinstance(name, str) or name not in SOLVERS:
-        raise ConfigError(f"Unknown linear solver {name!r}. Pick one of {available_solvers()}")
+        raise ConfigError(f"Unknown linear solver {name!r}. Pick one of {available_solvers()} or an alias "
+                          f"{sorted(ALIASES)}")
     cls = SOLVERS[name]
     unknown = sorted(set(opts) - set(cls.options))
     if unknown:
