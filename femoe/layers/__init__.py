@@ -5,7 +5,9 @@
   solve + one vector-Jacobian product). :class:`NewtonRoot` (``F = R(u; p)``) and
   :class:`LeastSquaresRoot` (``F = J_w^T r + rho w``) are its two instances.
 - :func:`nonlinear_solve`, :func:`nonlinear_step`, :func:`solve_trajectory`: ``R(u*; p) = 0`` by
-  batched Newton, gradients by one adjoint solve (implicit function theorem).
+  batched Newton, gradients by one adjoint solve (implicit function theorem). :func:`newton` is
+  the one Newton loop (also under :func:`femoe.reference.solve`), with :class:`NewtonOptions`
+  and the info records' base :class:`NewtonInfoBase`.
 - :class:`HardConstraint` (PI-HC): ``u = B w*``, ``w* = argmin 1/2 ||r(B w)||^2 + rho/2 ||w||^2``
   by Levenberg-Marquardt, gradients by the implicit function theorem with the exact Hessian;
   :func:`least_squares_solve` is its functional core over a :class:`ResidualModel`
@@ -21,13 +23,16 @@ from femoe.layers._hard import HardConstraint
 from femoe.layers._implicit import ImplicitProblem, implicit_root
 from femoe.layers._lm import (Backward, Hessian, LeastSquaresInfo, LeastSquaresRoot, LMOptions, Unconverged,
                               least_squares_solve)
-from femoe.layers._newton import (NewtonOptions, NewtonRoot, NewtonSolveInfo, NewtonSystem, check_newton,
-                                  newton_options, nonlinear_solve, nonlinear_step, solve_trajectory)
+from femoe.layers._newton import (REASONS, REFERENCE_NEWTON, NewtonInfoBase, NewtonOptions, NewtonRoot,
+                                  NewtonSolveInfo, NewtonSystem, check_newton, newton, newton_options, nonlinear_solve,
+                                  nonlinear_step, solve_trajectory)
 from femoe.layers._residuals import (BlockEnergyRows, EnergyRows, ResidualModel, RowTransform, SampleEnergyRows,
                                      SteadyResidual, TrajectoryResidual, energy_factor, energy_matrix)
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss
 
 __all__ = [
+    "REASONS",
+    "REFERENCE_NEWTON",
     "AlgebraicFields",
     "Backward",
     "BlockEnergyRows",
@@ -38,6 +43,7 @@ __all__ = [
     "LMOptions",
     "LeastSquaresInfo",
     "LeastSquaresRoot",
+    "NewtonInfoBase",
     "NewtonOptions",
     "NewtonRoot",
     "NewtonSolveInfo",
@@ -53,6 +59,7 @@ __all__ = [
     "energy_matrix",
     "implicit_root",
     "least_squares_solve",
+    "newton",
     "newton_options",
     "nonlinear_solve",
     "nonlinear_step",

@@ -1,4 +1,17 @@
-"""Differentiable nonlinear solves ``R(u*; p) = 0``: batched Newton forward, adjoint backward."""
+"""Newton's method, once: the loop every Newton solve in femoe runs, and its differentiable front ends.
+
+:func:`newton` is the one place that tests convergence, backtracks, records the residual history
+and decides why a solve stopped. It runs batched on torch tensors over a :class:`NewtonSystem`
+(two callables, :class:`NewtonOptions`). Its front ends:
+
+- :func:`nonlinear_solve`, :func:`nonlinear_step`, :func:`solve_trajectory` and patch mode
+  (:class:`NewtonRoot` through :func:`implicit_root`: differentiable, the adjoint reuses ``J(u*)``);
+- :func:`femoe.reference.solve` and :func:`~femoe.reference.solve_transient`: float64, one
+  sample, on the free DOFs, not differentiable (their defaults: :data:`REFERENCE_NEWTON`).
+
+The linear systems are set up by :func:`femoe.linalg.make_solver`, whose ``"auto"`` choice is
+the one registry's (:func:`femoe.linalg.choose_solver`).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +33,52 @@ log = logging.getLogger(__name__)
 
 _U_OLD = "__u_old__"  # reserved key under which a time step passes u^{t-1} through the Function
 
+#: why a Newton solve stopped, per sample (``NewtonInfoBase.reason``)
+REASONS = ("converged", "maxiter", "stalled line search", "non-finite")
+
 
 @dataclass(frozen=True)
-class NewtonSolveInfo:
-    """What one batched Newton solve did, per sample.
+class NewtonInfoBase:
+    """What every Newton info record says, per sample.
+
+    Attributes
+    ----------
+    converged
+        Whether ``||R(u)||_2 <= max(atol, rtol ||R(u_0)||_2)`` holds at the returned iterate.
+    iterations
+        Newton steps taken.
+    residual_history
+        ``||R||_2`` before the first step and after every step.
+    reason
+        Why the solve stopped, one of :data:`REASONS`: ``"converged"``; ``"maxiter"`` (out of
+        steps); ``"stalled line search"`` (out of steps, and the last step's line search reached
+        its floor ``min_step`` without a sufficient decrease); ``"non-finite"`` (a step made the
+        residual NaN or Inf: the iterate before it is kept, and the front ends raise
+        :class:`~femoe.errors.NonFiniteError`).
+
+    :class:`NewtonSolveInfo` (batched: tensors, one entry per sample) and
+    :class:`femoe.reference.NewtonInfo` (one sample: Python numbers) are the two kinds.
+    """
+
+    converged: Any
+    iterations: Any
+    residual_history: Any
+    reason: Any
+
+    def _failures(self) -> tuple[list[int], list[float], list[int], list[str]]:
+        """``(samples, final norms, iterations, reasons)`` of the unconverged samples."""
+        conv = torch.as_tensor(self.converged).reshape(-1)
+        its = torch.as_tensor(self.iterations).reshape(-1)
+        hist = torch.as_tensor(self.residual_history, dtype=torch.float64)
+        final = hist.reshape(conv.numel(), -1)[:, -1]
+        reasons = [self.reason] if isinstance(self.reason, str) else list(self.reason)
+        bad = (~conv).nonzero().flatten().tolist()
+        return bad, final[bad].tolist(), its[bad].tolist(), [reasons[b] for b in bad]
+
+
+@dataclass(frozen=True)
+class NewtonSolveInfo(NewtonInfoBase):
+    """What one batched Newton solve did, per sample (:class:`NewtonInfoBase`'s fields as tensors).
 
     Attributes
     ----------
@@ -31,26 +86,95 @@ class NewtonSolveInfo:
         ``(B,)`` bool: ``||R(u*)|| <= max(atol, rtol ||R(u_0)||)``.
     iterations : torch.Tensor
         ``(B,)`` int64 Newton steps taken.
+    residual_history : torch.Tensor
+        ``(B, steps + 1)`` ``||R||_2`` before the first step and after each step of the loop (a
+        sample that has stopped repeats its last norm).
+    reason : tuple of str
+        One of :data:`REASONS` per sample.
     residual_norms : torch.Tensor
-        ``(B,)`` final ``||R(u*)||_2`` (all rows, Dirichlet rows included).
+        ``(B,)`` final ``||R(u*)||_2`` (every row of the system solved).
     initial_residual_norms : torch.Tensor
         ``(B,)`` ``||R(u_0)||_2``.
     line_search_steps : torch.Tensor
         ``(B,)`` int64 step halvings in total.
     linear_solver : str
-        Registry name of the linear solver of the last step (``"auto"`` resolved).
+        Registry name of the linear solver of the last set-up (``"auto"`` resolved).
+    linear_iterations : torch.Tensor
+        ``(B, steps)`` int64 iterations of each step's linear solve (0 for direct solvers).
+    linear_setups : int
+        Linear-solver set-ups (factorisations, AMG hierarchies): the steps taken with
+        ``max_jacobian_age = 1``, fewer when set-ups are reused.
     """
 
-    converged: torch.Tensor
-    iterations: torch.Tensor
     residual_norms: torch.Tensor
     initial_residual_norms: torch.Tensor
     line_search_steps: torch.Tensor
     linear_solver: str
+    linear_iterations: torch.Tensor
+    linear_setups: int
 
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())
+
+
+@dataclass(frozen=True)
+class NewtonOptions:
+    """Newton's settings, one object for every Newton solve.
+
+    ``atol``, ``rtol``: converged when ``||R||_2 <= max(atol, rtol ||R(u_0)||_2)`` over the rows
+    of the system solved. ``line_search``: backtrack by halving until the Armijo condition
+    ``||R(u + a du)|| <= (1 - 1e-4 a) ||R(u)||`` holds or ``a < min_step`` (that step is then
+    taken). ``linear_solver``, ``linear_opts``: :func:`femoe.linalg.make_solver`'s name and
+    options; ``allow_dense``: whether its ``"auto"`` may factorise small systems densely.
+    ``max_jacobian_age``: how many steps one linear-solver set-up (a SuperLU factorisation, an
+    AMG hierarchy) may serve. 1 (default) sets one up for every Jacobian: Newton's method. With
+    ``k > 1`` (modified Newton) a set-up is kept while its steps are full steps that at least
+    halve the residual of every active sample, for at most ``k`` steps, and the Jacobian is not
+    assembled meanwhile; a step that contracts less, or backtracks, makes the next step assemble
+    and set up a new one. ``probes``: ``(vectors (k, n), names)`` checked against the null space
+    of the first Jacobian (a singular system raises ``SingularMatrixError`` instead of being
+    solved); ``what`` names the solve in messages.
+
+    The front ends' defaults differ in two fields only: the layers use these; the reference
+    solve :data:`REFERENCE_NEWTON` (``min_step = 1e-3``, ``allow_dense = False``).
+    """
+
+    atol: float = 1e-10
+    rtol: float = 1e-10
+    maxiter: int = 50
+    linear_solver: str = "auto"
+    line_search: bool = True
+    min_step: float = 1e-4
+    linear_opts: Mapping[str, Any] = field(default_factory=dict)
+    probes: Any = None
+    what: str | None = None
+    allow_dense: bool = True
+    max_jacobian_age: int = 1
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ProblemError(f"atol and rtol must be >= 0; got {self.atol}, {self.rtol}")
+        if int(self.maxiter) < 0:
+            raise ProblemError(f"maxiter must be >= 0; got {self.maxiter}")
+        if not 0 < self.min_step <= 1:
+            raise ProblemError(f"min_step must be in (0, 1]; got {self.min_step}")
+        if int(self.max_jacobian_age) < 1:
+            raise ProblemError(f"max_jacobian_age must be >= 1; got {self.max_jacobian_age}")
+
+
+#: the reference solve's defaults: the line-search floor 1e-3 and SuperLU at every size (no dense
+#: factorisation in ``"auto"``), as the reference Newton always had; its references are pinned
+#: by tests/test_reference_pins.py
+REFERENCE_NEWTON = {"min_step": 1e-3, "allow_dense": False}
+
+
+def newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probes=None,
+                   what=None, **more) -> NewtonOptions:
+    """:class:`NewtonOptions` from the keyword arguments of the public solves and layers;
+    ``more`` sets the other fields (``min_step``, ``allow_dense``, ``max_jacobian_age``)."""
+    return NewtonOptions(float(atol), float(rtol), int(maxiter), linear_solver, bool(line_search),
+                         linear_opts=dict(linear_opts), probes=probes, what=what, **more)
 
 
 @dataclass
@@ -68,7 +192,38 @@ class NewtonSystem:
     info: list
 
 
-def _newton(system: NewtonSystem, u: torch.Tensor, p: dict) -> tuple[torch.Tensor, BatchedCSR, NewtonSolveInfo]:
+def _line_search(system: NewtonSystem, p: dict, u, du, norm, active):
+    """Backtrack from the full step ``du``. Returns ``(trial, R(trial), ||R(trial)||, halvings,
+    alpha, stalled)``, ``stalled`` where an active sample took the floor step without a
+    sufficient decrease."""
+    o = system.opts
+    alpha = torch.ones(u.shape[0], dtype=u.dtype, device=u.device)
+    halvings = torch.zeros(u.shape[0], dtype=torch.int64, device=u.device)
+    while True:
+        trial = u + alpha[:, None] * du
+        R = system.residual(trial, p)
+        new_norm = torch.linalg.vector_norm(R, dim=1)
+        ok = ~active | (new_norm <= (1 - 1e-4 * alpha) * norm)
+        if not o.line_search:
+            ok = torch.ones_like(ok)
+        small = alpha < o.min_step
+        if bool((ok | small).all()):
+            return trial, R, new_norm, halvings, alpha, active & ~ok
+        step = ~(ok | small)
+        alpha = torch.where(step, alpha / 2, alpha)
+        halvings += step.to(torch.int64)
+
+
+def newton(system: NewtonSystem, u: torch.Tensor, p: dict, *,
+           jacobian_at_root: bool = True) -> tuple[torch.Tensor, BatchedCSR | None, NewtonSolveInfo]:
+    """Newton's method with backtracking on ``R(x; p) = 0`` for a batch, from ``u`` ``(B, n)``.
+
+    Every sample stops on its own (converged, out of steps, or non-finite; see
+    :class:`NewtonInfoBase`); the others go on. Returns ``(x, J, info)``: the last iterates, the
+    Jacobian at them (assembled at the end if the last step left it stale; ``None`` when
+    ``jacobian_at_root`` is False) and the :class:`NewtonSolveInfo`. Nothing here raises for an
+    unconverged or non-finite sample: that policy is the front ends' (:func:`check_newton`).
+    """
     o = system.opts
     R, J = system.residual_and_jacobian(u, p)
     if o.probes is not None:
@@ -83,40 +238,61 @@ def _newton(system: NewtonSystem, u: torch.Tensor, p: dict) -> tuple[torch.Tenso
     # every tensor made here lives on u's device: CUDA refuses to mix a 1-D CPU tensor in
     iterations = torch.zeros(batch, dtype=torch.int64, device=u.device)
     halvings = torch.zeros(batch, dtype=torch.int64, device=u.device)
-    solver_name = o.linear_solver
+    nonfinite = torch.zeros(batch, dtype=torch.bool, device=u.device)
+    stalled = torch.zeros(batch, dtype=torch.bool, device=u.device)
+    history, linear_its = [norm], []
+    solver, age, setups, solver_name = None, 0, 0, o.linear_solver
     for _ in range(o.maxiter):
-        active = norm > target
+        active = (norm > target) & ~nonfinite
         if not bool(active.any()):
             break
-        solver = make_solver(o.linear_solver, J, **o.linear_opts)
-        solver_name = solver.name
-        du, _ = solver.solve(-R)
-        du = du * active[:, None]
-        alpha = torch.ones(batch, dtype=u.dtype, device=u.device)
-        while True:
-            trial = u + alpha[:, None] * du
-            new_norm = torch.linalg.vector_norm(system.residual(trial, p), dim=1)
-            ok = ~active | (new_norm <= (1 - 1e-4 * alpha) * norm)
-            if not o.line_search:
-                ok = torch.ones_like(ok)
-            small = alpha < o.min_step
-            if bool((ok | small).all()):
-                break
-            step = ~(ok | small)
-            alpha = torch.where(step, alpha / 2, alpha)
-            halvings += step.to(torch.int64)
-        if not bool(torch.isfinite(new_norm).all()):
-            bad = int((~torch.isfinite(new_norm)).nonzero()[0, 0])
-            raise NonFiniteError(
-                f"the residual became non-finite at Newton step {int(iterations[bad]) + 1} for sample {bad}; "
-                "improve the initial guess u0 or reduce the time step"
-            )
-        u = trial
-        iterations += active.to(torch.int64)
+        if solver is None:
+            if J is None:
+                R, J = system.residual_and_jacobian(u, p)
+            solver = make_solver(o.linear_solver, J, allow_dense=o.allow_dense, **o.linear_opts)
+            solver_name, age, setups = solver.name, 0, setups + 1
+        du, lin = solver.solve(-R)
+        linear_its.append(lin.iterations)
+        age += 1
+        trial, R_new, new_norm, steps, alpha, stalled = _line_search(system, p, u, du * active[:, None], norm, active)
+        halvings += steps
+        bad = ~torch.isfinite(new_norm)
+        if bool(bad.any()):  # keep the last finite iterate of a sample that blew up
+            nonfinite |= bad & active
+            trial = torch.where(bad[:, None], u, trial)
+            R_new = torch.where(bad[:, None], R, R_new)
+            new_norm = torch.where(bad, norm, new_norm)
+        contracted = bool((~active | ((new_norm <= 0.5 * norm) & (alpha == 1))).all())
+        u, R, norm = trial, R_new, new_norm
+        iterations += (active & ~bad).to(torch.int64)
+        history.append(norm)
+        J = None  # J belongs to an earlier iterate now
+        if age >= o.max_jacobian_age or not contracted:
+            solver = None
+    if jacobian_at_root and J is None:
         R, J = system.residual_and_jacobian(u, p)
-        norm = torch.linalg.vector_norm(R, dim=1)
-    info = NewtonSolveInfo(norm <= target, iterations, norm, initial, halvings, solver_name)
+    converged = norm <= target
+    reason = tuple("converged" if c else "non-finite" if nf else "stalled line search" if s else "maxiter"
+                   for c, nf, s in zip(converged.tolist(), nonfinite.tolist(), stalled.tolist()))
+    lin = (torch.stack(linear_its, 1) if linear_its
+           else torch.zeros(batch, 0, dtype=torch.int64, device=u.device))
+    info = NewtonSolveInfo(converged, iterations, torch.stack(history, 1), reason, norm, initial, halvings,
+                           solver_name, lin, setups)
     return u, J, info
+
+
+def raise_nonfinite(info: NewtonInfoBase, what: str) -> None:
+    """Raise :class:`NonFiniteError` when a sample stopped on a non-finite residual (every front
+    end does, whatever ``strict`` says: no iterate of such a solve is worth returning)."""
+    reasons = [info.reason] if isinstance(info.reason, str) else list(info.reason)
+    if "non-finite" not in reasons:
+        return
+    bad = reasons.index("non-finite")
+    its = torch.as_tensor(info.iterations).reshape(-1)
+    raise NonFiniteError(
+        f"{what}: the residual became non-finite at Newton step {int(its[bad]) + 1} for sample {bad}; "
+        "improve the initial guess u0 or reduce the time step"
+    )
 
 
 class NewtonRoot(ImplicitProblem):
@@ -134,7 +310,8 @@ class NewtonRoot(ImplicitProblem):
         return join_params(self.system.names, list(inputs), self.system.static)
 
     def solve(self, inputs):
-        x, self._J, info = _newton(self.system, self.x_init, self._p(inputs))
+        x, self._J, info = newton(self.system, self.x_init, self._p(inputs))
+        raise_nonfinite(info, self.system.opts.what or "Newton")
         self.system.info.append(info)
         return x
 
@@ -143,54 +320,24 @@ class NewtonRoot(ImplicitProblem):
 
     def adjoint(self, x, inputs, g, needs):
         o = self.system.opts
-        lam, _ = make_solver(o.linear_solver, self._J, **o.linear_opts).solve(g, transpose=True)
+        solver = make_solver(o.linear_solver, self._J, allow_dense=o.allow_dense, **o.linear_opts)
+        lam, _ = solver.solve(g, transpose=True)
         return lam
 
 
-def check_newton(info: NewtonSolveInfo, strict: bool, what: str) -> None:
-    """The unconverged-solve policy of every Newton solve: a :class:`ConvergenceWarning` naming
-    the samples, or with ``strict`` a :class:`ConvergenceError`."""
-    if info.all_converged:
+def check_newton(info: NewtonInfoBase, strict: bool, what: str) -> None:
+    """The unconverged-solve policy of every Newton front end: a :class:`ConvergenceWarning`
+    naming the samples and why they stopped, or with ``strict`` a :class:`ConvergenceError`
+    (a non-finite residual raises :class:`NonFiniteError` in any case)."""
+    raise_nonfinite(info, what)
+    failed, norms, its, reasons = info._failures()
+    if not failed:
         return
-    failed = (~info.converged).nonzero().flatten().tolist()
-    msg = (f"{what}: Newton did not converge for samples {failed} (residual norms "
-           f"{info.residual_norms[~info.converged].tolist()}, iterations {info.iterations[~info.converged].tolist()}); "
-           "raise maxiter, improve u0, or loosen atol/rtol")
+    msg = (f"{what}: Newton did not converge for samples {failed} ({', '.join(sorted(set(reasons)))}; residual "
+           f"norms {norms}, iterations {its}); raise maxiter, improve u0, or loosen atol/rtol")
     if strict:
         raise ConvergenceError(msg, info=info)
     warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-
-
-@dataclass(frozen=True)
-class NewtonOptions:
-    """Newton's settings (one object instead of keyword arguments mirrored by every caller).
-
-    ``probes``: ``(vectors (k, n), names)`` checked against the null space of the first
-    Jacobian (a singular system raises ``SingularMatrixError`` instead of being solved);
-    ``what`` names the solve in that message."""
-
-    atol: float = 1e-10
-    rtol: float = 1e-10
-    maxiter: int = 50
-    linear_solver: str = "auto"
-    line_search: bool = True
-    min_step: float = 1e-4
-    linear_opts: Mapping[str, Any] = field(default_factory=dict)
-    probes: Any = None
-    what: str | None = None
-
-    def __post_init__(self):
-        if not (self.atol >= 0 and self.rtol >= 0):
-            raise ProblemError(f"atol and rtol must be >= 0; got {self.atol}, {self.rtol}")
-        if int(self.maxiter) < 0:
-            raise ProblemError(f"maxiter must be >= 0; got {self.maxiter}")
-
-
-def newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts, probes=None,
-                   what=None) -> NewtonOptions:
-    """:class:`NewtonOptions` from the keyword arguments of the public solves and layers."""
-    return NewtonOptions(float(atol), float(rtol), int(maxiter), linear_solver, bool(line_search), 1e-4,
-                         dict(linear_opts), probes, what)
 
 
 def _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what, opts):
