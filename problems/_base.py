@@ -207,12 +207,13 @@ class ProblemSpec(ABC):
         network's other fields instead of spanning them (see :class:`~femoe.layers.AlgebraicFields`)."""
         return None
 
-    def tendencies(self, problem: Problem, inputs: np.ndarray, m: int) -> np.ndarray:
-        """``m`` Krylov tendencies of each input's initial state, ``(batch, m, n)``: ``f_1`` the
-        semi-discrete right-hand side at ``u0`` (``u' = f(u)``), ``f_{k+1}`` its Jacobian at ``u0``
-        times ``f_k``, each a full state (derived fields included). They span the Taylor
-        polynomial of the trajectory at ``t = 0``; ``network.tendencies = m`` adds them to the
-        basis. Trajectory problems that can evaluate ``f`` implement this; the default refuses."""
+    def tendencies(self, problem: Problem, states: np.ndarray, m: int) -> np.ndarray:
+        """``m`` Krylov tendencies at each state ``(batch, n)`` (full DOF vectors), ``(batch, m,
+        n)``: ``f_1`` the semi-discrete right-hand side at ``u`` (``u' = f(u)``), ``f_{k+1}`` its
+        Jacobian at ``u`` times ``f_k``, each a full state (derived fields included). At the initial
+        state they span the Taylor polynomial of the trajectory at ``t = 0``;
+        ``network.tendencies = m`` adds them to the basis. Trajectory problems that can evaluate
+        ``f`` implement this; the default refuses."""
         from femoe.errors import ConfigError
 
         raise ConfigError(f"problem {self.name!r} does not provide tendencies of its initial state; set "

@@ -287,24 +287,25 @@ class NavierStokes2D(ProblemSpec):
         return AlgebraicFields(solver.iw, solver.ip, solver.K + problem.config["alpha"] * solver.M, solver.M,
                                problem.n, solvability=solver.ones_M, gauge=solver.ones_M)
 
-    def tendencies(self, problem: Problem, inputs: np.ndarray, m: int) -> np.ndarray:
-        """``m`` Krylov tendencies of each initial state (see :class:`ProblemSpec`): ``f_1 =
-        M^{-1} (-N(psi0) omega0 - nu K omega0)`` (:meth:`VorticitySolver.rhs`), ``f_{k+1} = f'(omega0)
-        f_k``, each with its streamfunction, ``(batch, m, n)``. ``f`` is quadratic in ``omega``, so
-        the central difference ``(f(omega0 + e g) - f(omega0 - e g)) / (2 e)`` is its exact
-        Jacobian-vector product for any ``e`` (``e`` scales ``g`` to ``omega0``'s size, against
-        round-off). Each ``f_k`` is scaled to the norm of ``omega0``."""
+    def tendencies(self, problem: Problem, states: np.ndarray, m: int) -> np.ndarray:
+        """``m`` Krylov tendencies at each state ``(batch, n)`` (see :class:`ProblemSpec`): with
+        ``omega`` the state's vorticity, ``f_1 = M^{-1} (-N(psi(omega)) omega - nu K omega)``
+        (:meth:`VorticitySolver.rhs`), ``f_{k+1} = f'(omega) f_k``, each with its streamfunction,
+        ``(batch, m, n)``. ``f`` is quadratic in ``omega``, so the central difference
+        ``(f(omega + e g) - f(omega - e g)) / (2 e)`` is its exact Jacobian-vector product for any
+        ``e`` (``e`` scales ``g`` to ``omega``'s size, against round-off). Each ``f_k`` is scaled to
+        the norm of ``omega``."""
         solver = _solver(problem)
-        U0 = self.initial_state(problem, inputs)
-        out = np.zeros((U0.shape[0], m, problem.n))
-        for b, u0 in enumerate(U0):
-            om0 = u0[solver.iw]
-            size = max(float(np.linalg.norm(om0)), 1e-300)
-            g = solver.rhs(om0)
+        states = np.atleast_2d(np.asarray(states, dtype=float))
+        out = np.zeros((states.shape[0], m, problem.n))
+        for b, u in enumerate(states):
+            om = u[solver.iw]
+            size = max(float(np.linalg.norm(om)), 1e-300)
+            g = solver.rhs(om)
             for k in range(m):
                 if k:
                     e = size / max(float(np.linalg.norm(g)), 1e-300)
-                    g = (solver.rhs(om0 + e * g) - solver.rhs(om0 - e * g)) / (2 * e)
+                    g = (solver.rhs(om + e * g) - solver.rhs(om - e * g)) / (2 * e)
                 norm = float(np.linalg.norm(g))
                 if norm == 0.0:
                     break  # a steady state: no tendency, the rest stay zero

@@ -25,6 +25,8 @@ solve_algebraic = false              # true: fields an algebraic equation fixes 
                                      # streamfunction) computed from the others, not learned
 tendencies = 0                       # > 0: m Krylov tendencies of the initial state per level
                                      # added to the basis (trajectories; pihc, moe)
+tendency_passes = 1                  # > 1: tendencies re-taken at each solution's previous
+                                     # level, then solved again (this many solves in all)
 
 [experts]
 k = 4
@@ -126,6 +128,10 @@ class NetworkConfig:
     # state per level (the problem's tendencies: f_1 = the right-hand side at u0, f_{k+1} = its
     # Jacobian at u0 times f_k), one column per level and tendency, (levels - 1) m in all
     tendencies: int = 0
+    # > 1 (with tendencies): after each constraint solve, every level's tendencies are taken again
+    # at the solution's previous level and the layer solves again, this many solves in all; the
+    # recomputed columns are constants to the gradient (stop-gradient). 1: the initial state's
+    tendency_passes: int = 1
 
 
 @dataclass
@@ -271,7 +277,7 @@ _RULES: dict[str, Any] = {
     "data.n_train": _ge(1), "data.n_test": _ge(1), "data.seed": _ge(0), "data.workers": _ge(1),
     "network.kind": ("deeponet", "gnn"),
     "network.n_basis": _ge(1), "network.width": _ge(1), "network.depth": _ge(1), "network.sensors": _ge(1),
-    "network.fourier_scale": _ge(0), "network.tendencies": _ge(0),
+    "network.fourier_scale": _ge(0), "network.tendencies": _ge(0), "network.tendency_passes": _ge(1),
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
     "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0), "experts.time_windows": _ge(1),
     "experts.overlap": _ge(0),
@@ -418,6 +424,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"network.tendencies = {cfg.network.tendencies}, but problem {cfg.problem.name!r} does not "
                           "provide tendencies of an initial state (a trajectory problem whose spec defines "
                           "tendencies); set it to 0")
+    if cfg.network.tendency_passes > 1 and not cfg.network.tendencies:
+        raise ConfigError(f"network.tendency_passes = {cfg.network.tendency_passes} re-takes the tendencies at each "
+                          "solution, but network.tendencies = 0; set tendencies > 0 or tendency_passes = 1")
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):
         try:
             spec.parameters(**params)

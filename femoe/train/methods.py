@@ -63,12 +63,16 @@ class Method(nn.Module):
     def network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """``(batch, [T+1,] n, N)`` in float64; with ``network.tendencies = m`` (basis-mode methods)
         ``(T m)`` columns of the initial state's tendencies follow the network's ``N``
-        (:meth:`Task.tendency_columns`); with ``network.solve_algebraic`` the rows of the fields an
+        (:meth:`Task.tendency_columns`; further passes: :meth:`PIHC.basis`); with ``network.solve_algebraic`` the rows of the fields an
         algebraic equation fixes are computed from the others (the task's
         :class:`~femoe.layers.AlgebraicFields`)."""
-        B = self._network_output(inputs, levels)
+        return self.complete_basis(self._network_output(inputs, levels), inputs)
+
+    def complete_basis(self, B: torch.Tensor, inputs: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output ``B`` with the tendency columns (taken at ``states``, see
+        :meth:`Task.tendency_columns`) and the algebraic fields."""
         if self.basis_mode and self.task.cfg.network.tendencies:
-            B = torch.cat([B, self.task.tendency_columns(inputs, B.shape[1]).to(B)], dim=-1)
+            B = torch.cat([B, self.task.tendency_columns(inputs, B.shape[1], states).to(B)], dim=-1)
         return B if self.task.algebraic is None else self.task.algebraic(B)
 
     def _network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
@@ -115,12 +119,31 @@ class PIHC(Method):
         """The layer this forward uses."""
         return self.layer
 
-    def forward(self, inputs, levels=None):
+    def basis(self, inputs, levels=None):
+        """``(B, u, info)``: the basis the last solve used, its solution and solver record. With
+        ``network.tendency_passes = p > 1`` the layer solves p times: after each solve every level's
+        tendencies are taken again at the solution's previous level (a constant to the gradient),
+        and the network's columns are kept."""
+        t = self.task
         B = self.network_output(inputs, levels)
-        params, u0 = self.task.layer_args(inputs)
+        params, u0 = t.layer_args(inputs)
         layer = self._constraint()
-        u, info = layer(B, params, u0) if u0 is not None else layer(B, params)
-        return u, {"iterations": float(info.iterations.float().mean()),
+        iterations = 0.0
+        passes = t.cfg.network.tendency_passes
+        if passes > 1:  # the network's columns (completed: the algebraic map is idempotent on them)
+            net = B[..., :B.shape[-1] - (B.shape[1] - 1) * t.cfg.network.tendencies]
+        for p in range(passes):
+            if p:
+                states = t.spec.state_from_lifted(t.problem, u.detach(), params["initial_state"],
+                                                  t.times[:u.shape[1]]) if t.lifted else u.detach()
+                B = self.complete_basis(net, inputs, states[:, :-1])
+            u, info = layer(B, params, u0) if u0 is not None else layer(B, params)
+            iterations += float(info.iterations.float().mean())
+        return B, u, info, iterations
+
+    def forward(self, inputs, levels=None):
+        B, u, info, iterations = self.basis(inputs, levels)
+        return u, {"iterations": iterations,
                    "unconverged": int((~info.converged).sum()),
                    **self._extra(B, info)}
 
@@ -139,7 +162,8 @@ class PIHC(Method):
         problem (``u = u0 + s(t) z``, the basis spans ``z``) the member is ``u0 + s(t) B w``.
         """
         t = self.task
-        Bt = self.network_output(inputs).double().cpu()  # (b, [L,] n, N)
+        several = t.cfg.network.tendency_passes > 1  # the last pass's basis
+        Bt = (self.basis(inputs)[0] if several else self.network_output(inputs)).double().cpu()  # (b, [L,] n, N)
         ref_t = reference.double().cpu()
         Bz = Bt.numpy()
         offset = np.zeros(())

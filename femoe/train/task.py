@@ -242,17 +242,24 @@ class Task:
             return {}, u0
         return self.spec.layer_params(self.problem, x), None
 
-    def tendency_columns(self, inputs: torch.Tensor, levels: int) -> torch.Tensor:
+    def tendency_columns(self, inputs: torch.Tensor, levels: int, states: torch.Tensor | None = None) -> torch.Tensor:
         """The ``network.tendencies = m`` columns of a basis of ``levels`` levels, ``(batch, levels, n,
-        (levels - 1) m)``: tendency ``j`` of each input's initial state (the spec's
-        ``tendencies``) at level ``l >= 1`` in column ``(l - 1) m + j`` and nowhere else, so the
-        constraint layer weighs each level's tendencies on their own."""
+        (levels - 1) m)``: at level ``l >= 1``, in columns ``(l - 1) m .. l m`` and nowhere else (so
+        the constraint layer weighs each level's on their own), the tendencies (the spec's
+        ``tendencies``) at ``states[:, l - 1]`` (``(batch, levels - 1, n)``: the state each level
+        starts from), by default every level at the input's initial state."""
         m = self.cfg.network.tendencies
-        F = torch.as_tensor(self.spec.tendencies(self.problem, inputs.detach().double().cpu().numpy(), m),
-                            device=inputs.device)  # (batch, m, n)
+        if states is None:
+            u0 = self.spec.initial_state(self.problem, inputs.detach().double().cpu().numpy())
+            F = torch.as_tensor(self.spec.tendencies(self.problem, u0, m), device=inputs.device)  # (batch, m, n)
+            F = F.unsqueeze(1).expand(-1, levels - 1, -1, -1)
+        else:
+            x = states.detach().double().cpu().numpy()
+            F = torch.as_tensor(self.spec.tendencies(self.problem, x.reshape(-1, self.n), m),
+                                device=inputs.device).reshape(x.shape[0], levels - 1, m, self.n)
         out = F.new_zeros(F.shape[0], levels, self.n, (levels - 1) * m)
         for lev in range(1, levels):
-            out[:, lev, :, (lev - 1) * m:lev * m] = F.transpose(1, 2)
+            out[:, lev, :, (lev - 1) * m:lev * m] = F[:, lev - 1].transpose(1, 2)
         return out
 
     def layer_row_scale(self):
