@@ -42,7 +42,7 @@ from torch import nn
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TrajectoryResidual,
-                                     basis_adjoint_parts, basis_field, jac_times)
+                                     basis_adjoint_parts, basis_field, batched_param_names, jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition
@@ -316,6 +316,12 @@ class _FoldedModel(ResidualModel):
     def __init__(self, group: _ExpertGroup):
         self.g = group
         self.time_dependent = group.time_dependent
+        self.elements_per_sample = group.K  # batch element b K + k: one union evaluation per sample
+
+    def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
+        if isinstance(self.g.model.scale, RowTransform):
+            return None
+        return batched_param_names(self.g.problem, p, n_samples)
 
     def _T(self, u: torch.Tensor) -> int | None:
         return u.shape[1] - 1 if self.time_dependent else None

@@ -222,7 +222,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     eye = torch.eye(N, dtype=B.dtype, device=B.device)
     w = B.new_zeros(batch, N)
 
-    def evaluate(w):
+    def evaluate(w, B=B, p=p):
         # J_w is needed only here: the loop keeps the N x N normal matrix, not the (rows x N)
         # Jacobian (whose Frobenius norm the round-off floor reads off A's trace)
         r, J = model.linearize(basis_field(B, w), B, p)
@@ -230,6 +230,27 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
         A = J.transpose(1, 2) @ J
         return r, f, g, A
+
+    # Stopped elements are frozen: their trial values are discarded. Without a graph to keep
+    # (the implicit backward), a trial evaluates only the samples with an active element (a
+    # sample's elements: one sample, or its K folded experts, come from one evaluation), and
+    # the others keep their values: the tail of one slow element costs one sample's evaluation.
+    per = int(getattr(model, "elements_per_sample", 1))
+    n_samples = batch // per if batch % per == 0 else 0
+    sliced = (model.sample_params(p, n_samples) if n_samples > 1 and not torch.is_grad_enabled()
+              and hasattr(model, "sample_params") else None)
+    offsets = torch.arange(per, device=B.device)
+
+    def trial(w, active, r, f, g, A):
+        if sliced is None:
+            return evaluate(w)
+        samples = active.reshape(n_samples, per).any(1).nonzero().squeeze(1)
+        if samples.numel() == n_samples:
+            return evaluate(w)
+        e = (samples[:, None] * per + offsets).reshape(-1)
+        ps = {k: (v.index_select(0, samples) if k in sliced else v) for k, v in p.items()}
+        rs, fs, gs, As = evaluate(w.index_select(0, e), B.index_select(0, e), ps)
+        return r.index_copy(0, e, rs), f.index_copy(0, e, fs), g.index_copy(0, e, gs), A.index_copy(0, e, As)
 
     r, f, g, A = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
@@ -252,7 +273,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             break
         d = -_normal_solve(A + (o.rho + mu)[:, None, None] * eye, g)
         d = torch.where(active[:, None], d, torch.zeros_like(d))
-        r_t, f_t, g_t, A_t = evaluate(w + d)
+        r_t, f_t, g_t, A_t = trial(w + d, active, r, f, g, A)
         pred = 0.5 * (d * (mu[:, None] * d - g)).sum(1).detach()
         gain = (f - f_t).detach() / torch.where(pred > 0, pred, torch.ones_like(pred))
         # Near the optimum f(w) - f(w + d) drops below the round-off of f and the gain ratio is

@@ -344,6 +344,36 @@ def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform 
     return s
 
 
+def batched_param_names(problem: Problem, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
+    """The names of ``p``'s tensors that carry a sample axis of length ``n_samples``, read by the
+    problem's parameter kinds (``INITIAL`` by its ``(batch, n)`` shape); ``None`` when a tensor is
+    none of the problem's parameters (its batch axis is then unknown)."""
+    from femoe.problem._parameters import batched_ndim
+
+    out = set()
+    named = {}
+    for k, v in p.items():
+        if not isinstance(v, torch.Tensor) or v.dim() == 0:
+            continue
+        if k == INITIAL:
+            if v.dim() == 2 and v.shape[0] == n_samples:
+                out.add(k)
+        else:
+            named[k] = v
+    if named:
+        v0 = next(iter(named.values()))
+        try:
+            kinds = problem._params(named, v0.device, v0.dtype, batch=n_samples).kinds
+        except Exception:  # noqa: BLE001 - an unreadable parameter: no sample subsets
+            return None
+        for k, v in named.items():
+            if k not in kinds:
+                return None
+            if v.dim() >= batched_ndim(kinds[k]) and v.shape[0] == n_samples:
+                out.add(k)
+    return frozenset(out)
+
+
 class ResidualModel(ABC):
     """The rows a basis-mode layer least-squares, as functions of a local field (the contract of
     :func:`femoe.layers.least_squares_solve`; see the module docstring).
@@ -360,10 +390,22 @@ class ResidualModel(ABC):
     """
 
     time_dependent = False
+    #: consecutive batch elements of one sample, evaluated together (a folded expert group: ``K``)
+    elements_per_sample = 1
 
     @abstractmethod
     def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         """``(batch, m)`` rows for local fields ``u``, twice differentiable in ``u`` and ``p``'s tensors."""
+
+    def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
+        """The names of ``p``'s tensors that carry the sample axis (of length ``n_samples``), so
+        that the rows of a subset of the samples are those of the model on ``B``, the field and
+        these tensors restricted to it (what lets the LM evaluate only the samples still active);
+        ``None``: not available (every evaluation takes the whole batch). One sample per element
+        (PI-HC) keeps ``None``: its samples stop within an iteration or two of each other, and a
+        subset evaluation would leave the backward without the LM's last linearisation of the
+        whole batch (:meth:`TrajectoryResidual._linearization`), one assembly more."""
+        return None
 
     @abstractmethod
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

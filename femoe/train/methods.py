@@ -261,13 +261,43 @@ class MoE(PIHC):
         terms, weights = [], []
         for fields, a, start in self._expert_fields:
             init, t0 = (u0, 0.0) if start is None else (start, a * t.dt)
-            for k in range(fields.shape[1]):
-                rk = t.residual(fields[:, k], params, init, self.loss_dof_weight, t0=t0)
-                terms.append(rk.square().mean())
-                weights.append(1.0 if start is None else fields.shape[2] - 1)  # windows: by their steps
+            terms.append(self._expert_terms(fields, params, init, t0))
+            weights += [1.0 if start is None else fields.shape[2] - 1] * fields.shape[1]  # windows: by their steps
         w = torch.tensor(weights, dtype=terms[0].dtype, device=terms[0].device)
-        experts = (torch.stack(terms) * w).sum() / w.sum()
+        experts = (torch.cat(terms) * w).sum() / w.sum()
         return experts if mode == "experts" else 0.5 * (experts + r.square().mean())
+
+    def _expert_terms(self, fields, params, init, t0) -> torch.Tensor:
+        """``(K,)`` mean squares of the residuals of the ``K`` experts' fields ``(batch, K, [L,] n)``:
+        one batched residual with the experts folded into the batch axis (expert-major), each
+        expert's mean over its own block of rows; equal to ``K`` residual calls to round-off."""
+        t = self.task
+        b, K = fields.shape[:2]
+        folded = self._fold_params(params, b, K, fields) if t.row_transform is None else None
+        if folded is None:  # a row transform (energy rows) maps each sample's rows with its params: one call each
+            return torch.stack([t.residual(fields[:, k], params, init, self.loss_dof_weight, t0=t0).square().mean()
+                                for k in range(K)])
+        u = fields.transpose(0, 1).reshape(K * b, *fields.shape[2:])
+        ic = None if init is None else (init.repeat(K, 1) if init.dim() == 2 and init.shape[0] == b > 1 else init)
+        rk = t.residual(u, folded, ic, self.loss_dof_weight, t0=t0)
+        return rk.reshape(K, -1).square().mean(1)
+
+    def _fold_params(self, params, b: int, K: int, like: torch.Tensor) -> dict | None:
+        """``params`` of a batch of ``b`` samples for the expert-major batch of ``K b`` fields: the
+        tensors the problem reads as batched (by their kind) repeated ``K`` times."""
+        from femoe.problem._parameters import batched_ndim
+
+        tensors = {k: v for k, v in params.items() if isinstance(v, torch.Tensor) and v.dim()}
+        if not tensors or b == 1:
+            return dict(params)
+        kinds = self.task.problem._params(params, like.device, like.dtype, batch=b).kinds
+        out = dict(params)
+        for k, v in tensors.items():
+            if k not in kinds:
+                return None  # not a parameter of the problem's forms: leave the loss to one call per expert
+            if v.dim() >= batched_ndim(kinds[k]) and v.shape[0] == b:
+                out[k] = v.repeat(K, *([1] * (v.dim() - 1)))
+        return out
 
 
 class Patch(Method):

@@ -1,0 +1,109 @@
+"""The MoE's "experts" loss (every expert's weights on the whole mesh) as one batched residual,
+the K experts folded into the batch axis (issue 11): equal to the per-expert loop it replaces,
+value and gradient, with and without time windows and an interface loss weight."""
+
+import pytest
+import torch
+
+from femoe.train.config import config_from_dict
+
+
+def _method(tmp_path, steady, **experts):
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+
+    problem = ({"name": "poisson_mms", "params": {"refine": 2, "nonlinear": True}} if steady else
+               {"name": "diffusion_sorption_1d", "params": {"n_cells": 16, "n_saved": 5, "substeps": 8}})
+    cfg = config_from_dict({
+        "name": "tiny", "results": str(tmp_path / "results"), "methods": ["moe"], "problem": problem,
+        "data": {"n_train": 4, "n_test": 2, "dir": str(tmp_path / "data")},
+        "network": {"n_basis": 4, "width": 8, "depth": 2, "sensors": 1 if steady else 4},
+        "experts": {"k": 3 if steady else 2, "partition": "rcb" if steady else "slab", **experts},
+        "train": {"epochs": 1, "batch_size": 2},
+    })
+    task = Task(cfg)
+    return task, build_method("moe", task)
+
+
+def _loop_loss(m, r, params, u0):
+    """The experts loss as it was: one residual call per expert and window."""
+    t = m.task
+    terms, weights = [], []
+    for fields, a, start in m._expert_fields:
+        init, t0 = (u0, 0.0) if start is None else (start, a * t.dt)
+        for k in range(fields.shape[1]):
+            rk = t.residual(fields[:, k], params, init, m.loss_dof_weight, t0=t0)
+            terms.append(rk.square().mean())
+            weights.append(1.0 if start is None else fields.shape[2] - 1)
+    w = torch.tensor(weights, dtype=terms[0].dtype)
+    experts = (torch.stack(terms) * w).sum() / w.sum()
+    mode = t.cfg.experts.loss
+    return experts if mode == "experts" else 0.5 * (experts + r.square().mean())
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", [
+    dict(steady=False),
+    dict(steady=False, interface_loss_weight=4.0),
+    dict(steady=False, time_windows=2),
+    dict(steady=False, time_windows=2, interface_loss_weight=4.0, loss="both"),
+    dict(steady=True),
+    dict(steady=True, interface_loss_weight=4.0),
+])
+def test_batched_experts_loss_equals_the_per_expert_loop(tmp_path, batch, case):
+    case = dict(case)
+    steady = case.pop("steady")
+    task, m = _method(tmp_path, steady, **{"loss": "experts", **case})
+    m.train()
+    inputs = task.train.inputs[:batch]
+    u, _ = m(inputs)
+    assert m._expert_fields is not None
+    params, u0 = task.layer_args(inputs)
+    r = task.residual(u, params, u0, m.loss_dof_weight)
+    new = m.physics_loss(r, params, u0)
+    ref = _loop_loss(m, r, params, u0)
+    torch.testing.assert_close(new, ref, rtol=1e-12, atol=0)
+    weights = [p for p in m.net.parameters() if p.requires_grad]
+    g_new = torch.autograd.grad(new, weights, retain_graph=True)
+    g_ref = torch.autograd.grad(ref, weights)
+    for a, b in zip(g_new, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_lm_on_the_active_samples_only_equals_the_whole_batch(batch, monkeypatch, make_diffusion_sorption):
+    """The MoE's LM evaluates a trial only on the samples with an active expert (the others are
+    frozen); the weights, field and gradient equal those of evaluating the whole batch."""
+    from femoe.experts import HardConstraintMoE
+    from femoe.experts._basis import _FoldedModel
+
+    pb = make_diffusion_sorption(n_cells=16)
+    g = torch.Generator().manual_seed(11)
+    B = torch.randn(batch, 4, pb.n, 5, dtype=torch.float64, generator=g)
+    B[1:] *= 3.0  # samples of different difficulty: they stop at different iterations
+    u0 = torch.rand(batch, pb.n, dtype=torch.float64, generator=g)
+    layer = HardConstraintMoE(pb, 3, partition="slab", dt=10.0, tol=1e-10)
+
+    def run():
+        Bl = B.clone().requires_grad_(True)
+        u, info = layer(Bl, None, u0)
+        (gB,) = torch.autograd.grad((u * torch.linspace(0, 1, u.numel(), dtype=u.dtype).reshape(u.shape)).sum(), Bl)
+        return u.detach(), info, gB
+
+    calls = []
+    original = _FoldedModel.linearize
+
+    def counted(self, u, Bf, p):
+        calls.append(u.shape[0])
+        return original(self, u, Bf, p)
+
+    monkeypatch.setattr(_FoldedModel, "linearize", counted)
+    u, info, gB = run()
+    subset_used = any(c < batch * 3 for c in calls)
+    monkeypatch.setattr(_FoldedModel, "sample_params", lambda self, p, n: None)
+    u_ref, info_ref, gB_ref = run()
+    assert torch.equal(info.iterations, info_ref.iterations)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gB, gB_ref, rtol=1e-9, atol=1e-9 * float(gB_ref.abs().max()))
+    if len(set(info.iterations.reshape(batch, -1).amax(1).tolist())) > 1:
+        assert subset_used
