@@ -172,3 +172,34 @@ def test_gradcheck_cuda(name):
         return sparse_solve(BatchedCSR(pattern, v), b, solver=name, **opts)
 
     assert torch.autograd.gradcheck(f, (theta, b), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,symmetric", [("dense_lu", False), ("superlu", False), ("superlu", True),
+                                            ("dense_cholesky", True)])
+@pytest.mark.parametrize("k", [None, 3])
+def test_solve_with_a_solver_set_up_once(name, symmetric, k):
+    """solve_with: the forward's solver reused, differentiable in b (gradcheck, a dense reference),
+    equal to sparse_solve; a forward and backward use that one solver: one solve each way."""
+    from femoe.linalg import make_solver, solve_with
+
+    pattern = small_pattern()
+    A = BatchedCSR(pattern, base_values(pattern, 1, symmetric))
+    solver = make_solver(name, A)
+    shape = (2, pattern.shape[0]) if k is None else (2, pattern.shape[0], k)
+    b = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: solve_with(solver, x), (b,))
+    torch.testing.assert_close(solve_with(solver, b), sparse_solve(A, b, name), rtol=1e-12, atol=1e-12)
+    Ad = A.to_dense()[0]
+    x = solve_with(solver, b)
+    w = torch.randn_like(x)
+    (g,) = torch.autograd.grad((x * w).sum(), b)
+    want = torch.linalg.solve(Ad.T, w.reshape(2, pattern.shape[0], -1)).reshape(w.shape)  # A^{-T} w
+    torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
+    calls = []
+    original = type(solver)._solve
+    type(solver)._solve = lambda self, rhs, transpose: calls.append(transpose) or original(self, rhs, transpose)
+    try:
+        torch.autograd.grad((solve_with(solver, b) * w).sum(), b)
+    finally:
+        type(solver)._solve = original
+    assert calls == [False, True]  # one forward solve, one transposed solve, no new set-up

@@ -12,9 +12,9 @@ For a basis ``B`` (``(..., n, N)``) :class:`AlgebraicFields` returns ``B`` with 
 free DOFs ``f`` projected onto the equation's solvability condition, if it has one, and the rows of
 the derived DOFs ``d`` replaced by ``A^{-1} C B[..., f, :]`` (``f`` the DOFs the equation reads): one
 sparse solve with ``N x (leading sizes)`` right-hand sides, differentiable in ``B`` (the backward is
-one adjoint solve, :func:`femoe.linalg.sparse_solve`). Because the map is linear, ``B w`` satisfies
-``A u_d = C u_f`` for every ``w``; applied to a single field (``N = 1``, the soft constraint's output)
-it does the same.
+one adjoint solve, :func:`femoe.linalg.solve_with`; ``A`` is factorised once per device and
+dtype). Because the map is linear, ``B w`` satisfies ``A u_d = C u_f`` for every ``w``; applied to
+a single field (``N = 1``, the soft constraint's output) it does the same.
 """
 
 from __future__ import annotations
@@ -97,9 +97,12 @@ class AlgebraicFields:
     def _on(self, device: torch.device, dtype: torch.dtype):
         key = (str(device), dtype)
         if key not in self._device_cache:
+            from femoe.linalg import make_solver
+
             rows, cols, vals = self._c
+            A = BatchedCSR(self._pattern, torch.as_tensor(self._a_values, dtype=dtype, device=device)[None])
             self._device_cache[key] = (
-                BatchedCSR(self._pattern, torch.as_tensor(self._a_values, dtype=dtype, device=device)[None]),
+                make_solver("auto", A),  # A is constant: factorised once per device and dtype
                 torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device),
                 torch.as_tensor(vals, dtype=dtype, device=device),
                 torch.as_tensor(self.free, device=device), torch.as_tensor(self.derived, device=device),
@@ -109,20 +112,20 @@ class AlgebraicFields:
 
     def __call__(self, B: torch.Tensor) -> torch.Tensor:
         """``B`` ``(..., n, N)`` with its derived rows recomputed from its free rows."""
-        from femoe.linalg import sparse_solve
+        from femoe.linalg import solve_with
 
         if B.dim() < 2 or B.shape[-2] != self.n:
             raise ShapeError(f"AlgebraicFields: expected a basis (..., {self.n}, N); got {tuple(B.shape)}")
         if not B.dtype.is_floating_point:
             raise ShapeError(f"AlgebraicFields: the basis must be floating point; got {B.dtype}")
-        A, rows, cols, vals, free, derived, m, g = self._on(B.device, B.dtype)
+        solver, rows, cols, vals, free, derived, m, g = self._on(B.device, B.dtype)
         lead, N = B.shape[:-2], B.shape[-1]
         Xf = B.index_select(-2, free).movedim(-2, 0).reshape(free.numel(), -1)  # (n_f, cols)
         if m is not None:  # onto the solvability condition m . x = 0
             Xf = Xf - (m @ Xf)[None, :]
             B = B.index_copy(-2, free, Xf.reshape(free.numel(), *lead, N).movedim(0, -2))
         rhs = Xf.new_zeros(derived.numel(), Xf.shape[1]).index_add(0, rows, vals[:, None] * Xf[cols])
-        Xd = sparse_solve(A, rhs[None])[0]  # (n_d, cols)
+        Xd = solve_with(solver, rhs[None])[0]  # (n_d, cols)
         if g is not None:
             Xd = Xd - (g @ Xd)[None, :]
         Xd = Xd.reshape(derived.numel(), *lead, N).movedim(0, -2)

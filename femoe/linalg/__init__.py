@@ -11,11 +11,12 @@ the reference solve's included), and the aliases ``"amg-cg"`` and ``"amg-gmres"`
     lam, _ = solver.solve(g, transpose=True)
 
 :func:`sparse_solve` wraps this in an autograd Function whose backward is one adjoint solve with
-the forward's solver.
+the forward's solver; :func:`solve_with` does the same with a solver set up once on a constant
+matrix (differentiable in ``b`` only), so the factorisation is not repeated per call.
 """
 
 from femoe.linalg._base import LinearSolver, SolveInfo
-from femoe.linalg._autograd import sparse_solve
+from femoe.linalg._autograd import solve_with, sparse_solve
 from femoe.linalg._nullspace import check_nonsingular, null_probe_hits
 from femoe.linalg._preconditioners import PRECONDITIONERS
 from femoe.linalg._registry import ALIASES, SOLVERS, available_solvers, choose_solver, make_solver
@@ -31,5 +32,6 @@ __all__ = [
     "available_solvers",
     "choose_solver",
     "make_solver",
+    "solve_with",
     "sparse_solve",
 ]

@@ -8,7 +8,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from femoe.errors import ShapeError
-from femoe.linalg._base import SolveInfo, check_matrix, pattern_cache
+from femoe.linalg._base import LinearSolver, SolveInfo, check_matrix, pattern_cache
 from femoe.linalg._registry import make_solver
 from femoe.sparse import BatchedCSR, CSRPattern
 
@@ -125,3 +125,29 @@ def sparse_solve(
     else:
         x, info = make_solver(solver, BatchedCSR(A.pattern, A.values.detach()), **opts).solve(b.detach())
     return (x, info) if return_info else x
+
+
+class _FixedSolve(torch.autograd.Function):
+    """``x = A^{-1} b`` with a solver already set up on a constant ``A``; backward: ``A^{-T} g``."""
+
+    @staticmethod
+    def forward(ctx, b, solver):
+        ctx.solver = solver
+        return solver.solve(b.detach())[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x):
+        return ctx.solver.solve(grad_x.contiguous(), transpose=True)[0], None
+
+
+def solve_with(solver: LinearSolver, b: torch.Tensor) -> torch.Tensor:
+    """Solve ``A x = b`` with ``solver`` (from :func:`make_solver`, set up once on a matrix that does
+    not change), differentiably in ``b``: the backward is one transposed solve with the same
+    factorisation or preconditioner. Where ``A`` itself needs a gradient, use :func:`sparse_solve`,
+    which sets the solver up on every call."""
+    if not isinstance(b, torch.Tensor):
+        raise ShapeError(f"b must be a torch.Tensor; got {type(b).__name__}")
+    if torch.is_grad_enabled() and b.requires_grad:
+        return _FixedSolve.apply(b, solver)
+    return solver.solve(b)[0]
