@@ -61,19 +61,25 @@ class Method(nn.Module):
         self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
 
     def network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
-        """``(batch, [T+1,] n, N)`` in float64; with ``network.tendencies = m`` (basis-mode methods)
-        ``(T m)`` columns of the initial state's tendencies follow the network's ``N``
-        (:meth:`Task.tendency_columns`; further passes: :meth:`PIHC.basis`); with ``network.solve_algebraic`` the rows of the fields an
-        algebraic equation fixes are computed from the others (the task's
-        :class:`~femoe.layers.AlgebraicFields`)."""
-        return self.complete_basis(self._network_output(inputs, levels), inputs)
-
-    def complete_basis(self, B: torch.Tensor, inputs: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's output ``B`` with the tendency columns (taken at ``states``, see
-        :meth:`Task.tendency_columns`) and the algebraic fields."""
+        """``(batch, [T+1,] n, N)`` in float64: the network's basis, its algebraic fields computed
+        from the others with ``network.solve_algebraic`` (the task's
+        :class:`~femoe.layers.AlgebraicFields`), then, for basis-mode methods with
+        ``network.tendencies = m``, ``T m`` columns of the initial state's tendencies
+        (:meth:`tendency_basis`; further passes: :meth:`PIHC.basis`)."""
+        B = self._completed(self._network_output(inputs, levels))
         if self.basis_mode and self.task.cfg.network.tendencies:
-            B = torch.cat([B, self.task.tendency_columns(inputs, B.shape[1], states).to(B)], dim=-1)
+            B = torch.cat([B, self.tendency_basis(inputs, B.shape[1])], dim=-1)
+        return B
+
+    def _completed(self, B: torch.Tensor) -> torch.Tensor:
+        """``B`` with the fields an algebraic equation fixes computed from the others, if asked."""
         return B if self.task.algebraic is None else self.task.algebraic(B)
+
+    def tendency_basis(self, inputs: torch.Tensor, levels: int, states: torch.Tensor | None = None) -> torch.Tensor:
+        """The tendency columns of :meth:`Task.tendency_columns` (taken at ``states``), completed
+        (the algebraic map acts column by column, so completing them apart from the network's
+        columns gives the same basis)."""
+        return self._completed(self.task.tendency_columns(inputs, levels, states).double())
 
     def _network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         t = self.task
@@ -120,23 +126,23 @@ class PIHC(Method):
         return self.layer
 
     def basis(self, inputs, levels=None):
-        """``(B, u, info)``: the basis the last solve used, its solution and solver record. With
-        ``network.tendency_passes = p > 1`` the layer solves p times: after each solve every level's
-        tendencies are taken again at the solution's previous level (a constant to the gradient),
-        and the network's columns are kept."""
+        """``(B, u, info, iterations)``: the basis the last solve used, its solution, solver record
+        and the LM iterations summed over the solves. With ``network.tendency_passes = p > 1`` the
+        layer solves p times: after each solve every level's tendencies are taken again at the
+        solution's previous level (a constant to the gradient); the network's columns are kept."""
         t = self.task
         B = self.network_output(inputs, levels)
         params, u0 = t.layer_args(inputs)
         layer = self._constraint()
         iterations = 0.0
         passes = t.cfg.network.tendency_passes
-        if passes > 1:  # the network's columns (completed: the algebraic map is idempotent on them)
+        if passes > 1:  # the network's (completed) columns, ahead of the tendencies'
             net = B[..., :B.shape[-1] - (B.shape[1] - 1) * t.cfg.network.tendencies]
         for p in range(passes):
             if p:
                 states = t.spec.state_from_lifted(t.problem, u.detach(), params["initial_state"],
                                                   t.times[:u.shape[1]]) if t.lifted else u.detach()
-                B = self.complete_basis(net, inputs, states[:, :-1])
+                B = torch.cat([net, self.tendency_basis(inputs, B.shape[1], states[:, :-1])], dim=-1)
             u, info = layer(B, params, u0) if u0 is not None else layer(B, params)
             iterations += float(info.iterations.float().mean())
         return B, u, info, iterations
