@@ -105,5 +105,6 @@ def test_lm_on_the_active_samples_only_equals_the_whole_batch(batch, monkeypatch
     assert torch.equal(info.iterations, info_ref.iterations)
     torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gB, gB_ref, rtol=1e-9, atol=1e-9 * float(gB_ref.abs().max()))
-    if len(set(info.iterations.reshape(batch, -1).amax(1).tolist())) > 1:
-        assert subset_used
+    # the samples stop at different iterations, so the trials took sample subsets
+    assert len(set(info.iterations.reshape(batch, -1).amax(1).tolist())) > 1
+    assert subset_used

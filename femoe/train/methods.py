@@ -279,7 +279,7 @@ class MoE(PIHC):
         expert's mean over its own block of rows; equal to ``K`` residual calls to round-off."""
         t = self.task
         b, K = fields.shape[:2]
-        folded = self._fold_params(params, b, K, fields) if t.row_transform is None else None
+        folded = self._fold_params(params, b, K) if t.row_transform is None else None
         if folded is None:  # a row transform (energy rows) maps each sample's rows with its params: one call each
             return torch.stack([t.residual(fields[:, k], params, init, self.loss_dof_weight, t0=t0).square().mean()
                                 for k in range(K)])
@@ -288,22 +288,17 @@ class MoE(PIHC):
         rk = t.residual(u, folded, ic, self.loss_dof_weight, t0=t0)
         return rk.reshape(K, -1).square().mean(1)
 
-    def _fold_params(self, params, b: int, K: int, like: torch.Tensor) -> dict | None:
+    def _fold_params(self, params, b: int, K: int) -> dict | None:
         """``params`` of a batch of ``b`` samples for the expert-major batch of ``K b`` fields: the
-        tensors the problem reads as batched (by their kind) repeated ``K`` times."""
-        from femoe.problem._parameters import batched_ndim
+        tensors that carry the sample axis (:func:`~femoe.layers._residuals.batched_param_names`,
+        which the LM's sample subsets also use) repeated ``K`` times; None when one is not a
+        parameter of the problem's forms (its sample axis is then unknown)."""
+        from femoe.layers._residuals import batched_param_names
 
-        tensors = {k: v for k, v in params.items() if isinstance(v, torch.Tensor) and v.dim()}
-        if not tensors or b == 1:
-            return dict(params)
-        kinds = self.task.problem._params(params, like.device, like.dtype, batch=b).kinds
-        out = dict(params)
-        for k, v in tensors.items():
-            if k not in kinds:
-                return None  # not a parameter of the problem's forms: leave the loss to one call per expert
-            if v.dim() >= batched_ndim(kinds[k]) and v.shape[0] == b:
-                out[k] = v.repeat(K, *([1] * (v.dim() - 1)))
-        return out
+        names = batched_param_names(self.task.problem, params, b)
+        if names is None:
+            return None
+        return {k: (v.repeat(K, *([1] * (v.dim() - 1))) if k in names else v) for k, v in params.items()}
 
 
 class Patch(Method):
