@@ -37,7 +37,9 @@ The package is split by concern; each piece is an object the problem holds:
 - ``_scheme``: :class:`ThetaScheme`, the time scheme;
 - ``_problem``: :class:`Problem`, which builds the pieces and owns the field table;
 - ``_union``: :class:`PatchUnion`, the disjoint union of element patches, which holds its
-  parent problem and its own pieces for the union's DOFs.
+  parent problem and its own pieces for the union's DOFs;
+- ``_transfer``: :func:`interpolation_operator`, a field moved between the spaces of two
+  meshes of one domain (periodic meshes included), and the point search under it.
 """
 
 from femoe.problem._dirichlet import DirichletData, DirichletEntry, DirichletRows, DirichletValue
@@ -46,6 +48,7 @@ from femoe.problem._parameters import COEFF_KINDS, ParameterKinds, Params, Patch
 from femoe.problem._pattern import SparsityPattern
 from femoe.problem._problem import Problem
 from femoe.problem._scheme import ThetaScheme
+from femoe.problem._transfer import find_cells, interpolation_operator, point_interpolation
 from femoe.problem._union import PatchUnion
 
 __all__ = [
@@ -64,4 +67,7 @@ __all__ = [
     "SparsityPattern",
     "ThetaScheme",
     "WeakForm",
+    "find_cells",
+    "interpolation_operator",
+    "point_interpolation",
 ]

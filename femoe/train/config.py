@@ -14,6 +14,9 @@ n_test = 8
 seed = 0
 dir = "data/ds-small"                # generated here when missing
 test_params = {}                     # e.g. { grid = 64 }: also test on that mesh (super-resolution)
+test_network_mesh = "test"           # where the network runs for that test: "test" (rebuilt on the
+                                     # test mesh) or "train" (on the training mesh, its output
+                                     # interpolated to the test mesh; the constraint stays there)
 
 [network]
 kind = "deeponet"                    # or "gnn"
@@ -110,6 +113,11 @@ class DataConfig:
     # problem parameters of a second test set on another mesh of the same domain (e.g.
     # { grid = 64 } after training at grid = 32: the paper's super-resolution test); {}: none
     test_params: dict[str, Any] = field(default_factory=dict)
+    # where the network runs for the test on that mesh: "test" (the network rebuilt there: a mesh
+    # GNN on the test mesh's graph) or "train" (on the training mesh, with the test inputs
+    # interpolated there, and its output interpolated to the test mesh field by field); the
+    # constraint layer, tendencies and algebraic fields are the test mesh's in both
+    test_network_mesh: str = "test"
 
 
 @dataclass
@@ -427,6 +435,8 @@ def validate(cfg: Config) -> None:
     if cfg.network.tendency_passes > 1 and not cfg.network.tendencies:
         raise ConfigError(f"network.tendency_passes = {cfg.network.tendency_passes} re-takes the tendencies at each "
                           "solution, but network.tendencies = 0; set tendencies > 0 or tendency_passes = 1")
+    if cfg.data.test_network_mesh not in ("test", "train"):
+        raise ConfigError(f"data.test_network_mesh must be 'test' or 'train'; got {cfg.data.test_network_mesh!r}")
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):
         try:
             spec.parameters(**params)

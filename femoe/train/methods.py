@@ -33,6 +33,21 @@ def build_network(task: Task, n_outputs: int) -> nn.Module:
                    period=g.period)
 
 
+def run_network(net: nn.Module, task: Task, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+    """``(batch, [L,] task.n, outputs)`` in float64: ``net`` (a DeepONet or a mesh GNN built on
+    ``task``'s mesh) evaluated at ``task``'s DOFs (and its first ``levels`` time levels)."""
+    L = (levels or task.n_levels) if task.time_dependent else None
+    if isinstance(net, DeepONet):
+        out = net(task.branch_input(inputs), task.points(L).to(inputs.device))
+        shape = (inputs.shape[0], L, task.n, -1) if L else (inputs.shape[0], task.n, -1)
+        return out.reshape(shape).double()
+    a = task.node_input(inputs)
+    if L:
+        times = torch.as_tensor(task.times[:L], dtype=torch.float32, device=inputs.device)
+        return task.graph().scatter(net(a, times)).double()
+    return task.graph().scatter(net(a)).double()
+
+
 class Method(nn.Module):
     """Network + (optional) constraint layer."""
 
@@ -42,6 +57,8 @@ class Method(nn.Module):
     loss_dof_weight: torch.Tensor | None = None
     #: optimiser steps taken so far, set by the trainer before each step
     train_step = 0
+    #: where the network runs when not on this task's mesh (:class:`~femoe.train.task.NetworkOnMesh`)
+    network_mesh = None
 
     def __init__(self, task: Task):
         super().__init__()
@@ -82,17 +99,9 @@ class Method(nn.Module):
         return self._completed(self.task.tendency_columns(inputs, levels, states).double())
 
     def _network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
-        t = self.task
-        L = (levels or t.n_levels) if t.time_dependent else None
-        if isinstance(self.net, DeepONet):
-            out = self.net(t.branch_input(inputs), t.points(L).to(inputs.device))
-            shape = (inputs.shape[0], L, t.n, -1) if L else (inputs.shape[0], t.n, -1)
-            return out.reshape(shape).double()
-        a = t.node_input(inputs)
-        if L:
-            times = torch.as_tensor(t.times[:L], dtype=torch.float32, device=inputs.device)
-            return t.graph().scatter(self.net(a, times)).double()
-        return t.graph().scatter(self.net(a)).double()
+        if self.network_mesh is not None:
+            return self.network_mesh(self.net, inputs, levels)
+        return run_network(self.net, self.task, inputs, levels)
 
 
 class Soft(Method):

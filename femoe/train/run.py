@@ -115,13 +115,15 @@ def train_and_evaluate(cfg_dict: dict, method_name: str, resume: bool = False, p
 
 def evaluate_on_test_mesh(task, method, batch_size: int = 4) -> dict[str, Any]:
     """The trained network on the mesh of ``data.test_params`` (super-resolution): its own test
-    data, constraint layer and experts rebuilt there (:meth:`Task.test_mesh_task`)."""
+    data, constraint layer and experts rebuilt there (:meth:`Task.test_mesh_task`); the network
+    runs on the mesh ``data.test_network_mesh`` names (:func:`~femoe.train.task.transfer_method`)."""
     from femoe.train.task import transfer_method
 
     fine = task.test_mesh_task()
-    m = evaluate(fine, transfer_method(method, fine), batch_size)
+    where = task.cfg.data.test_network_mesh
+    m = evaluate(fine, transfer_method(method, fine, where), batch_size)
     m.pop("_predictions")
-    return {"params": dict(task.cfg.data.test_params), "n_dofs": fine.n, **m}
+    return {"params": dict(task.cfg.data.test_params), "network_mesh": where, "n_dofs": fine.n, **m}
 
 
 class _StopOnce:

@@ -407,13 +407,55 @@ def interpolation_matrix(task: Task, points: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(pts), m))
 
 
-def transfer_method(method, task: Task):
+class NetworkOnMesh:
+    """A network run on another task's mesh (``source``, e.g. the coarse training mesh), seen
+    from ``target`` (e.g. a finer test mesh): ``target``'s inputs are interpolated to the
+    source's input points (:func:`interpolation_matrix`; copied on nested meshes), the network
+    runs there, and its output columns are interpolated to ``target``'s DOFs field by field
+    (:func:`femoe.problem.interpolation_operator`; exact on nested meshes). The constraint,
+    tendencies and algebraic fields stay ``target``'s."""
+
+    def __init__(self, source: Task, target: Task):
+        from femoe.problem import interpolation_operator
+
+        self.source = source
+        self._restrict = _torch_sparse(interpolation_matrix(target, source.input_points()))
+        self._prolong = _torch_sparse(interpolation_operator(source.problem, target.problem))
+
+    def __call__(self, net, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        from femoe.train.methods import run_network
+
+        R = self._restrict.to(inputs.device)
+        x = torch.sparse.mm(R, inputs.double().T).T.to(inputs.dtype)  # (batch, source inputs)
+        B = run_network(net, self.source, x, levels)  # (batch, [L,] n_source, N)
+        P = self._prolong.to(B.device)
+        cols = B.movedim(-2, 0)  # (n_source, batch, [L,] N)
+        out = torch.sparse.mm(P, cols.reshape(cols.shape[0], -1)).reshape(P.shape[0], *cols.shape[1:])
+        return out.movedim(0, -2)
+
+
+def _torch_sparse(A: sp.spmatrix) -> torch.Tensor:
+    A = A.tocoo()
+    idx = torch.as_tensor(np.vstack([A.row, A.col]), dtype=torch.long)
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(A.data, dtype=torch.float64), A.shape,
+                                   check_invariants=True).coalesce()
+
+
+def transfer_method(method, task: Task, network_mesh: str = "test"):
     """The method ``method`` (trained on another mesh) rebuilt on ``task``'s mesh, with the
-    trained network: every parameter and buffer copied except the graph of a mesh GNN. Its
-    constraint layer (and expert partition) is built afresh on the new mesh."""
+    trained network. Its constraint layer (and expert partition) is built afresh on the new
+    mesh. ``network_mesh``: ``"test"``, the network moves to ``task``'s mesh (every parameter
+    and buffer copied except the graph of a mesh GNN); ``"train"``, it stays on the mesh it was
+    trained on and its output is interpolated to ``task``'s (:class:`NetworkOnMesh`)."""
     from femoe.train.methods import build_method
 
+    if network_mesh not in ("test", "train"):
+        raise ConfigError(f"network_mesh must be 'test' or 'train'; got {network_mesh!r}")
     out = build_method(method.name, task).to(next(method.parameters()).device)
+    if network_mesh == "train":
+        out.net = copy.deepcopy(method.net)
+        out.network_mesh = NetworkOnMesh(method.task, task)
+        return out
     src, dst = method.net.state_dict(), out.net.state_dict()
     mesh_bound = {"coords", "src", "dst", "edge_attr", "inv_deg"}
     keep = {}
