@@ -145,3 +145,32 @@ def test_reused_factorisations_reach_the_same_solution(make_square):
     x = implicit_root(NewtonRoot(system, torch.zeros(1, pb.n, dtype=F64)), f)
     assert out[0].all_converged and out[0].linear_setups < int(out[0].iterations[0])
     torch.testing.assert_close(torch.autograd.grad(x.sum(), f)[0], g, rtol=1e-8, atol=0)
+
+
+def test_public_front_ends_take_max_jacobian_age(make_square, make_heat):
+    """nonlinear_solve, nonlinear_step and PatchConstraint pass max_jacobian_age to Newton: the
+    same solution and gradient with fewer linear set-ups than steps."""
+    from femoe.experts import PatchConstraint
+    from femoe.layers import nonlinear_step
+
+    pb = make_square("nonlinear", 4, f=40.0)
+    opts = dict(atol=1e-12, rtol=0.0)
+    f = torch.tensor(40.0, dtype=F64, requires_grad=True)
+    u1, i1 = nonlinear_solve(pb, {"f": f}, return_info=True, **opts)
+    uk, ik = nonlinear_solve(pb, {"f": f}, return_info=True, max_jacobian_age=10, **opts)
+    assert ik.all_converged and ik.linear_setups < int(ik.iterations[0]) and i1.linear_setups == int(i1.iterations[0])
+    torch.testing.assert_close(uk, u1, rtol=0, atol=1e-9 * float(u1.detach().abs().max()))
+    g1, gk = (torch.autograd.grad(u.sum(), f)[0] for u in (u1, uk))
+    torch.testing.assert_close(gk, g1, rtol=1e-8, atol=0)
+    with pytest.raises(femoe.errors.ProblemError, match="max_jacobian_age"):
+        nonlinear_solve(pb, {"f": 40.0}, max_jacobian_age=0)
+    from femoe.helpers import dot, grad
+
+    heat = make_heat(lambda u, v, w: dot((0.05 + u**2) * grad(u), grad(v)), 4, theta=1.0, dirichlet={"left": 1.0})
+    u_old = torch.zeros(heat.n, dtype=F64)
+    s1, j1 = nonlinear_step(heat, u_old, 0.5, return_info=True, **opts)
+    sk, jk = nonlinear_step(heat, u_old, 0.5, return_info=True, max_jacobian_age=10, **opts)
+    assert jk.all_converged and jk.linear_setups <= j1.linear_setups
+    torch.testing.assert_close(sk, s1, rtol=0, atol=1e-9)
+    layer = PatchConstraint(pb, 2, partition="rcb", max_jacobian_age=10)
+    assert layer._opts.max_jacobian_age == 10

@@ -68,7 +68,7 @@ class PatchConstraint(nn.Module):
         Partitioner (when ``experts`` is a number).
     dt, t0
         Time step and initial time of time-dependent problems.
-    atol, rtol, maxiter, linear_solver, line_search, **linear_opts
+    atol, rtol, maxiter, linear_solver, line_search, max_jacobian_age, **linear_opts
         Newton and linear-solver settings (see :func:`femoe.layers.nonlinear_solve`).
     unconverged, strict
         The unconverged-solve policy shared with :class:`~femoe.layers.HardConstraint`:
@@ -89,7 +89,8 @@ class PatchConstraint(nn.Module):
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
                  seed: int = 0, dt: float | None = None, t0: float = 0.0, atol: float = 1e-10,
                  rtol: float = 1e-10, maxiter: int = 50, linear_solver: str = "auto", line_search: bool = True,
-                 strict: bool = False, time_solve: str = "auto", unconverged: str = "flag", **linear_opts: Any):
+                 strict: bool = False, time_solve: str = "auto", unconverged: str = "flag",
+                 max_jacobian_age: int = 1, **linear_opts: Any):
         super().__init__()
         if time_solve not in ("auto", "space_time", "levels"):
             raise ProblemError(f"time_solve must be 'auto', 'space_time' or 'levels'; got {time_solve!r}")
@@ -122,7 +123,8 @@ class PatchConstraint(nn.Module):
         sub.sort_indices()
         self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
         self.register_buffer("_sub_pos", torch.as_tensor(sub.data.astype(np.int64) - 1), persistent=False)
-        self._opts = newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts)
+        self._opts = newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
+                                    max_jacobian_age=max_jacobian_age)
         # a patch that nothing anchors (no interface, no Dirichlet DOF: K = 1 on a pure Neumann
         # problem) is singular; checked on the first solve, the property is structural
         self._probes = problem.null_space_probes(interior)

@@ -376,6 +376,7 @@ def nonlinear_solve(
     line_search: bool = True,
     strict: bool = False,
     return_info: bool = False,
+    max_jacobian_age: int = 1,
     **linear_opts: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, NewtonSolveInfo]:
     """Solve the steady problem ``R(u; p) = 0`` for a batch, differentiably in the parameters.
@@ -410,6 +411,10 @@ def nonlinear_solve(
         warn with :class:`~femoe.errors.ConvergenceWarning` and flag it in the info record.
     return_info : bool
         Also return the :class:`NewtonSolveInfo`.
+    max_jacobian_age : int
+        How many Newton steps one linear-solver set-up (factorisation, AMG hierarchy) may serve
+        (:class:`NewtonOptions`): 1, Newton's method; ``k > 1``, modified Newton, a set-up kept
+        while its full steps at least halve the residual. The adjoint always uses ``J(u*)``.
     **linear_opts
         Options of the linear solver (``rtol``, ``maxiter``, ``preconditioner`` ...).
 
@@ -447,7 +452,7 @@ def nonlinear_solve(
     what = f"problem {problem.name!r}"
     return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict, what,
                 newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
-                         probes=problem.null_space_probes(), what=what))
+                               probes=problem.null_space_probes(), what=what, max_jacobian_age=max_jacobian_age))
 
 
 def nonlinear_step(
@@ -465,6 +470,7 @@ def nonlinear_step(
     line_search: bool = True,
     strict: bool = False,
     return_info: bool = False,
+    max_jacobian_age: int = 1,
     **linear_opts: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, NewtonSolveInfo]:
     """One theta-scheme step ``u_old -> u_new`` (:meth:`Problem.step_residual` ``= 0``),
@@ -503,7 +509,8 @@ def nonlinear_step(
 
     return _run(res, res_jac, names, static, info_out, u_init, tensors, squeeze, return_info, strict,
                 f"problem {problem.name!r}, step to t = {t_new:g}",
-                newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts))
+                newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
+                               max_jacobian_age=max_jacobian_age))
 
 
 def solve_trajectory(
