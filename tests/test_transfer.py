@@ -122,13 +122,13 @@ def _ns_config(tmp_path, kind, where="train"):
 
 
 @pytest.mark.parametrize("kind", ["gnn", "deeponet"])
-def test_network_on_the_training_mesh_gives_interpolated_columns(tmp_path, kind):
-    """network_mesh = "train": the network's columns on the test mesh are exactly the
-    interpolation of its columns on the training mesh (batch 1 and 2, both fields), the
-    algebraic field and tendencies are the test mesh's own, and the gradient reaches the
-    network's weights."""
+def test_basis_on_the_training_mesh_gives_interpolated_columns(tmp_path, kind):
+    """network_mesh = "train": the network's and the tendencies' columns on the test mesh are
+    exactly the interpolation of their columns on the training mesh (batch 1 and 2, both
+    fields; tendencies at the inputs and at given states), the algebraic field is solved on the
+    test mesh, and the gradient reaches the network's weights."""
     from femoe.train.methods import build_method
-    from femoe.train.task import Task, transfer_method
+    from femoe.train.task import Task, interpolation_matrix, transfer_method
 
     coarse = Task(_ns_config(tmp_path, kind))
     fine = coarse.test_mesh_task()
@@ -137,18 +137,31 @@ def test_network_on_the_training_mesh_gives_interpolated_columns(tmp_path, kind)
     mf = transfer_method(m, fine, "train")
     mr = transfer_method(m, fine, "test")
     P = torch.as_tensor(interpolation_operator(coarse.problem, fine.problem).toarray())
+    R = torch.as_tensor(interpolation_matrix(fine, coarse.input_points()).toarray())
+    L = coarse.n_levels
     for b in (1, 2):
-        xc, xf = coarse.test.inputs[:b], fine.test.inputs[:b]
+        xf = fine.test.inputs[:b]
+        xc = (R @ xf.double().T).T.to(xf.dtype)
         with torch.no_grad():
             raw_c = m._network_output(xc)
             raw_f = mf._network_output(xf)
-        assert raw_f.shape == (b, coarse.n_levels, fine.n, 3)
-        torch.testing.assert_close(raw_f, torch.einsum("fc,blcn->blfn", P, raw_c), rtol=1e-12, atol=1e-12)
-        with torch.no_grad():
+            assert raw_f.shape == (b, L, fine.n, 3)
+            torch.testing.assert_close(raw_f, torch.einsum("fc,blcn->blfn", P, raw_c), rtol=1e-12, atol=1e-12)
             Bf, Br = mf.network_output(xf), mr.network_output(xf)
-        assert Bf.shape == Br.shape
-        # the tendency columns do not come from the network: identical either way
-        torch.testing.assert_close(Bf[..., 3:], Br[..., 3:], rtol=0, atol=0)
+            assert Bf.shape == Br.shape == (b, L, fine.n, 3 + (L - 1) * 2)
+            # the tendency columns: the coarse ones interpolated, then completed on the test mesh
+            Tc = coarse.tendency_columns(xc, L).double()
+            torch.testing.assert_close(Bf[..., 3:], mf._completed(torch.einsum("fc,blcn->blfn", P, Tc)),
+                                       rtol=1e-10, atol=1e-12)
+            assert not torch.allclose(Bf[..., 3:], Br[..., 3:])  # the test mesh's own tendencies differ
+            # the algebraic field (psi) solves the test mesh's rows: completing again changes nothing
+            torch.testing.assert_close(mf._completed(Bf), Bf, rtol=1e-9, atol=1e-12)
+            # tendencies at states (later passes): states on the test mesh are taken to the training mesh
+            states_c = torch.randn(b, L - 1, coarse.n, dtype=torch.float64, generator=torch.Generator().manual_seed(b))
+            states_f = torch.einsum("fc,blc->blf", P, states_c)
+            torch.testing.assert_close(mf.network_mesh.tendency_columns(xf, L, states_f),
+                                       torch.einsum("fc,blcn->blfn", P, coarse.tendency_columns(xc, L, states_c).double()),
+                                       rtol=1e-10, atol=1e-12)
     if kind == "gnn":  # the fine-mesh GNN is another function; the DeepONet's trunk is not
         assert not torch.allclose(raw_f, mr._network_output(xf))
     mf.train()

@@ -14,9 +14,10 @@ n_test = 8
 seed = 0
 dir = "data/ds-small"                # generated here when missing
 test_params = {}                     # e.g. { grid = 64 }: also test on that mesh (super-resolution)
-test_network_mesh = "test"           # where the network runs for that test: "test" (rebuilt on the
-                                     # test mesh) or "train" (on the training mesh, its output
-                                     # interpolated to the test mesh; the constraint stays there)
+test_network_mesh = "test"           # where the basis is built for that test: "test" (the network
+                                     # rebuilt on the test mesh) or "train" (network and tendencies
+                                     # on the training mesh, interpolated to the test mesh; the
+                                     # constraint stays there)
 
 [network]
 kind = "deeponet"                    # or "gnn"
@@ -113,10 +114,11 @@ class DataConfig:
     # problem parameters of a second test set on another mesh of the same domain (e.g.
     # { grid = 64 } after training at grid = 32: the paper's super-resolution test); {}: none
     test_params: dict[str, Any] = field(default_factory=dict)
-    # where the network runs for the test on that mesh: "test" (the network rebuilt there: a mesh
-    # GNN on the test mesh's graph) or "train" (on the training mesh, with the test inputs
-    # interpolated there, and its output interpolated to the test mesh field by field); the
-    # constraint layer, tendencies and algebraic fields are the test mesh's in both
+    # where the basis is built for the test on that mesh: "test" (the network rebuilt there: a mesh
+    # GNN on the test mesh's graph; tendencies taken there) or "train" (the network and the
+    # tendencies on the training mesh, from the test inputs interpolated there, their columns
+    # interpolated to the test mesh field by field); the constraint layer and the algebraic
+    # fields are the test mesh's in both
     test_network_mesh: str = "test"
 
 

@@ -93,10 +93,12 @@ class Method(nn.Module):
         return B if self.task.algebraic is None else self.task.algebraic(B)
 
     def tendency_basis(self, inputs: torch.Tensor, levels: int, states: torch.Tensor | None = None) -> torch.Tensor:
-        """The tendency columns of :meth:`Task.tendency_columns` (taken at ``states``), completed
-        (the algebraic map acts column by column, so completing them apart from the network's
-        columns gives the same basis)."""
-        return self._completed(self.task.tendency_columns(inputs, levels, states).double())
+        """The tendency columns of :meth:`Task.tendency_columns` (taken at ``states``; on the
+        network's mesh when it runs on another, :class:`~femoe.train.task.NetworkOnMesh`),
+        completed (the algebraic map acts column by column, so completing them apart from the
+        network's columns gives the same basis)."""
+        src = self.network_mesh if self.network_mesh is not None else self.task
+        return self._completed(src.tendency_columns(inputs, levels, states).double())
 
     def _network_output(self, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         if self.network_mesh is not None:

@@ -408,12 +408,18 @@ def interpolation_matrix(task: Task, points: np.ndarray) -> sp.csr_matrix:
 
 
 class NetworkOnMesh:
-    """A network run on another task's mesh (``source``, e.g. the coarse training mesh), seen
-    from ``target`` (e.g. a finer test mesh): ``target``'s inputs are interpolated to the
+    """The basis built on another task's mesh (``source``, e.g. the coarse training mesh), seen
+    from ``target`` (e.g. a finer test mesh). ``target``'s inputs are interpolated to the
     source's input points (:func:`interpolation_matrix`; copied on nested meshes), the network
-    runs there, and its output columns are interpolated to ``target``'s DOFs field by field
-    (:func:`femoe.problem.interpolation_operator`; exact on nested meshes). The constraint,
-    tendencies and algebraic fields stay ``target``'s."""
+    runs there and its output columns are interpolated to ``target``'s DOFs field by field
+    (:func:`femoe.problem.interpolation_operator`; exact on nested meshes). The same holds for the
+    tendency columns (``network.tendencies``): taken on the source mesh at the inputs (or at
+    states interpolated there), then interpolated. The constraint and the algebraic fields stay
+    ``target``'s: the caller completes the columns on ``target``'s mesh.
+
+    Why the tendencies too: on a finer mesh the Krylov tendencies ``f'(u0)^k f(u0)`` turn towards
+    the grid-scale modes the finer mesh adds (its Jacobian's largest eigenvalues grow as the mesh
+    is refined), and the constraint then picks a poorer member (``benchmarks/ns_super_resolution.py``)."""
 
     def __init__(self, source: Task, target: Task):
         from femoe.problem import interpolation_operator
@@ -421,17 +427,33 @@ class NetworkOnMesh:
         self.source = source
         self._restrict = _torch_sparse(interpolation_matrix(target, source.input_points()))
         self._prolong = _torch_sparse(interpolation_operator(source.problem, target.problem))
+        self._restrict_state = _torch_sparse(interpolation_operator(target.problem, source.problem))
+
+    def _inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        R = self._restrict.to(inputs.device)
+        return torch.sparse.mm(R, inputs.double().T).T.to(inputs.dtype)  # (batch, source inputs)
+
+    @staticmethod
+    def _interpolate(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """``A`` applied along the DOF axis of ``X (batch, [L,] n, cols)``."""
+        A = A.to(X.device)
+        cols = X.movedim(-2, 0)  # (n, batch, [L,] cols)
+        out = torch.sparse.mm(A, cols.reshape(cols.shape[0], -1).double()).reshape(A.shape[0], *cols.shape[1:])
+        return out.movedim(0, -2)
 
     def __call__(self, net, inputs: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """The network's columns ``(batch, [L,] target.n, N)``."""
         from femoe.train.methods import run_network
 
-        R = self._restrict.to(inputs.device)
-        x = torch.sparse.mm(R, inputs.double().T).T.to(inputs.dtype)  # (batch, source inputs)
-        B = run_network(net, self.source, x, levels)  # (batch, [L,] n_source, N)
-        P = self._prolong.to(B.device)
-        cols = B.movedim(-2, 0)  # (n_source, batch, [L,] N)
-        out = torch.sparse.mm(P, cols.reshape(cols.shape[0], -1)).reshape(P.shape[0], *cols.shape[1:])
-        return out.movedim(0, -2)
+        return self._interpolate(self._prolong, run_network(net, self.source, self._inputs(inputs), levels))
+
+    def tendency_columns(self, inputs: torch.Tensor, levels: int, states: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`Task.tendency_columns` of the source mesh, interpolated to ``target``'s DOFs;
+        ``states (batch, levels - 1, target.n)`` are interpolated to the source mesh first."""
+        if states is not None:
+            states = self._interpolate(self._restrict_state, states.detach().double().unsqueeze(-1))[..., 0]
+        T = self.source.tendency_columns(self._inputs(inputs), levels, states)
+        return self._interpolate(self._prolong, T.double())
 
 
 def _torch_sparse(A: sp.spmatrix) -> torch.Tensor:
