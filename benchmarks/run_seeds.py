@@ -52,6 +52,8 @@ def main() -> None:
             per[m] = {k: r.get(k) for k in ("rel_l2_mean", "rel_l2_std", "best_in_span_mean", "residual_rms",
                                             "interface_jump", "steps", "seconds_per_step", "train_seconds",
                                             "rel_l2_after_train_until_mean")}
+            if "test_mesh" in r:  # data.test_params: the test on another mesh
+                per[m]["test_mesh_rel_l2_mean"] = r["test_mesh"]["rel_l2_mean"]
         print(f"seed {seed}:\n{summary['table']}", flush=True)
         doc["machine"] = platform.processor() or platform.machine()
         doc["summary"] = summarise(doc["seeds"])
@@ -66,7 +68,7 @@ def summarise(seeds: dict) -> dict:
     for m in methods:
         runs = [per[m] for per in seeds.values() if m in per]
         s[m] = {"seeds": len(runs)}
-        for key in ("rel_l2_mean", "best_in_span_mean", "rel_l2_after_train_until_mean"):
+        for key in ("rel_l2_mean", "best_in_span_mean", "rel_l2_after_train_until_mean", "test_mesh_rel_l2_mean"):
             v = [r[key] for r in runs if r.get(key) is not None]
             if v:
                 s[m][key.replace("_mean", "")] = [float(np.mean(v)), float(np.std(v))]

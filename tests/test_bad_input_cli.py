@@ -265,6 +265,8 @@ def test_config_changes_names_keys_but_not_the_ones_a_resume_may_change():
     b = Config().to_dict()
     b.update(name="other", methods=["soft"], results="elsewhere")
     b["train"]["device"] = "cuda"
+    b["data"]["test_params"] = {"grid": 32}  # evaluation only: a resumed run may add a test mesh
+    b["data"]["test_network_mesh"] = "train"
     assert config_changes(a, b) == []
     b["train"]["lr"] = 0.5
     b["network"]["width"] = 3

@@ -446,13 +446,14 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: {exc}") from None
 
 
-_ALWAYS_CHANGEABLE = {"name", "methods", "results", "data.dir", "data.workers", "train.device"}
+_ALWAYS_CHANGEABLE = {"name", "methods", "results", "data.dir", "data.workers", "train.device",
+                      "data.test_params", "data.test_network_mesh"}  # evaluation only
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts (``Config.to_dict()``), except
     those a resumed run may change (the run's name, methods, results and data folders, data
-    workers, device). Keys missing from ``old`` (a checkpoint of an older femoe) count as
+    workers, device, and the test on another mesh, which only evaluation reads). Keys missing from ``old`` (a checkpoint of an older femoe) count as
     unchanged when ``new`` holds their default."""
     defaults = Config().to_dict()
     changed = []
