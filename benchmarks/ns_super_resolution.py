@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -43,10 +44,13 @@ def main() -> None:
     ap.add_argument("config", nargs="?", default="problems/configs/ns_cpu_gnn_tend3.toml")
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--methods", nargs="+", default=["pihc"], help="methods evaluated on the PI-HC network (pihc, moe)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config overrides for the evaluation (TOML values), e.g. experts.overlap=2")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file's name")
     ap.add_argument("--run", help="results/<run>/pihc holds the network (default: the config's name; e.g. "
                     "<name>_s1 for a seed of benchmarks/run_seeds.py)")
-    ap.add_argument("--network-mesh", nargs="+", default=["test", "train"], choices=["test", "train"],
-                    help="where the network runs for the test-mesh evaluation")
+    ap.add_argument("--network-mesh", nargs="*", default=["test", "train"], choices=["test", "train"],
+                    help="where the network runs for the test-mesh evaluation (none: the training mesh only)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = load_config(ROOT / args.config)
@@ -56,13 +60,18 @@ def main() -> None:
         raise SystemExit(f"{ckpt} is missing: OMP_NUM_THREADS=1 femoe run {args.config}")
     out = {"command": f"OMP_NUM_THREADS=1 python benchmarks/ns_super_resolution.py {args.config} --passes "
                       + " ".join(map(str, args.passes)) + " --methods " + " ".join(args.methods)
-                      + " --network-mesh " + " ".join(args.network_mesh) + (f" --run {args.run}" if args.run else ""),
+                      + " --network-mesh " + " ".join(args.network_mesh) + (f" --run {args.run}" if args.run else "")
+                      + (" --set " + " ".join(args.set) if args.set else "") + (f" --tag {args.tag}" if args.tag else ""),
            "checkpoint": str(ckpt.relative_to(ROOT)), "test_params": dict(base.data.test_params),
            "load": os.getloadavg(), "passes": {}}
     for p in args.passes:
         d = base.to_dict()
         d["data"]["dir"] = str(ROOT / base.data.dir)
         d["network"]["tendency_passes"] = p
+        for item in args.set:
+            key, _, value = item.partition("=")
+            sec, _, sub = key.partition(".")
+            d[sec][sub] = tomllib.loads(f"v = {value}")["v"]
         task = Task(config_from_dict(d))
         fine = task.test_mesh_task()
         res = {}
@@ -83,7 +92,7 @@ def main() -> None:
                 print(f"passes {p}, {name}, {label}: {r['rel_l2']:.4f} (span {r['best_in_span']:.4f}, "
                       f"{seconds:.1f} s)", flush=True)
         out["passes"][p] = res
-    tag = "" if args.methods == ["pihc"] else "_" + "_".join(args.methods)
+    tag = ("" if args.methods == ["pihc"] else "_" + "_".join(args.methods)) + (f"_{args.tag}" if args.tag else "")
     path = ROOT / "benchmarks" / "results" / f"{run_name}_super_resolution{tag}.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
