@@ -15,7 +15,9 @@ training mesh and on the 32 x 32 mesh of ``data.test_params`` two ways:
   (``data.test_network_mesh = "train"``, :class:`femoe.train.task.NetworkOnMesh`).
 
 In both the constraint rows, the tendencies and the solved streamfunction are the fine mesh's.
-``--methods pihc moe`` also puts the MoE's experts (``[experts]``) on the same network. For each:
+``--methods pihc moe`` also puts the MoE's experts (``[experts]``; ``--set experts.overlap=1`` for
+overlapping ones) on the same network. ``--network-mesh`` with no value evaluates on the training
+mesh only, which works for any config with a trained PI-HC run (e.g. diffusion-sorption). For each:
 the test error, the best member of the span, and the solve time. Writes
 ``benchmarks/results/<name>_super_resolution.json``.
 """
@@ -73,7 +75,7 @@ def main() -> None:
             sec, _, sub = key.partition(".")
             d[sec][sub] = tomllib.loads(f"v = {value}")["v"]
         task = Task(config_from_dict(d))
-        fine = task.test_mesh_task()
+        fine = task.test_mesh_task() if args.network_mesh else None
         res = {}
         for name in args.methods:
             m = build_method(name, task)
