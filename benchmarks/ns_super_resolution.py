@@ -68,7 +68,7 @@ def main() -> None:
            "load": os.getloadavg(), "passes": {}}
     for p in args.passes:
         d = base.to_dict()
-        d["data"]["dir"] = str(ROOT / base.data.dir)
+        d["data"]["dir"] = str(ROOT / base.data_dir)
         d["network"]["tendency_passes"] = p
         for item in args.set:
             key, _, value = item.partition("=")
