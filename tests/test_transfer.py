@@ -44,7 +44,6 @@ def test_periodic_mixed_space_prolongation_is_exact_on_nested_meshes():
         np.testing.assert_allclose(v[jf[f]][on_coarse], g(xf[:, on_coarse]), atol=1e-12)
         # a fine node between coarse nodes is the midpoint of a coarse edge: its row holds 1/2
         # at the edge's two ends, which lie h_c / 2 away on opposite sides (across the seam too)
-        xc = np.mod(pc.doflocs[:, ic[f]], 1.0)
         for k in np.nonzero(~on_coarse)[0]:
             row = P[jf[f][k]]
             cols = row.indices
@@ -54,7 +53,6 @@ def test_periodic_mixed_space_prolongation_is_exact_on_nested_meshes():
             d = [(p - xf[:, k] + 0.5) % 1.0 - 0.5 for p in pos]  # shortest periodic offsets
             np.testing.assert_allclose(d[0], -d[1], atol=1e-12)
             assert 0.124 < np.abs(d[0]).max() < 0.126
-        assert xc.shape[1] == len(ic[f])
     # the interpolation error of a smooth field falls as h^2
     errs = []
     for n in (8, 16):
@@ -173,15 +171,19 @@ def test_basis_on_the_training_mesh_gives_interpolated_columns(tmp_path, kind):
     assert all(p.grad is None for p in m.net.parameters())
 
 
-def test_network_mesh_gradcheck(tmp_path):
-    """The interpolation of the network's columns is differentiable (float64 gradcheck)."""
-    from femoe.train.task import Task, _torch_sparse
+def test_network_mesh_interpolation_gradcheck(tmp_path):
+    """NetworkOnMesh's interpolation along the DOF axis of ``(batch, levels, n, cols)`` columns
+    equals the dense product and is differentiable (float64 gradcheck)."""
+    from femoe.train.task import NetworkOnMesh, Task, _torch_sparse
 
     coarse = Task(_ns_config(tmp_path, "deeponet"))
     fine = coarse.test_mesh_task()
-    P = _torch_sparse(interpolation_operator(coarse.problem, fine.problem))
-    x = torch.randn(coarse.n, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda y: torch.sparse.mm(P, y), (x,))
+    A = interpolation_operator(coarse.problem, fine.problem)
+    P = _torch_sparse(A)
+    x = torch.randn(2, 3, coarse.n, 2, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(NetworkOnMesh._interpolate(P, x),
+                               torch.einsum("fc,blcn->blfn", torch.as_tensor(A.toarray()), x), rtol=1e-13, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda y: NetworkOnMesh._interpolate(P, y), (x,))
 
 
 def test_test_network_mesh_is_checked(tmp_path):

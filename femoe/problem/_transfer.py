@@ -33,8 +33,8 @@ def _inside(refdom, X: np.ndarray, tol: float) -> np.ndarray:
 
 def find_cells(basis, x: np.ndarray, *, candidates: int = 12, tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
     """The cell of ``basis``'s mesh holding each point of ``x`` ``(dim, p)``, and the point's
-    coordinates there ``(dim, p)``: on a periodic mesh (``MeshDG``), the image of the point
-    beside that cell, since the mapping of a cell across the seam is not wrapped.
+    reference coordinates in it ``(dim, p)`` (on a periodic mesh, ``MeshDG``, those of the
+    point's image beside that cell, since the mapping of a cell across the seam is not wrapped).
 
     The candidate cells of a point are the ``candidates`` nearest by centroid (a k-d tree, with
     the period as its box on periodic meshes); the first whose inverse map puts the point in the
@@ -55,7 +55,7 @@ def find_cells(basis, x: np.ndarray, *, candidates: int = 12, tol: float = 1e-9)
         _, near = cKDTree(centroids.T).query(x.T, k=min(candidates, mesh.nelements))
     near = near.reshape(x.shape[1], -1)
     cells = np.full(x.shape[1], -1, dtype=np.int64)
-    xs = x.copy()
+    ref = np.zeros_like(x)
     for j in range(near.shape[1]):
         todo = np.nonzero(cells < 0)[0]
         if todo.size == 0:
@@ -67,20 +67,21 @@ def find_cells(basis, x: np.ndarray, *, candidates: int = 12, tol: float = 1e-9)
         X = mapping.invF(xp[:, :, None], tind=c)[:, :, 0]
         ok = _inside(refdom, X, tol)
         cells[todo[ok]] = c[ok]
-        xs[:, todo[ok]] = xp[:, ok]
+        ref[:, todo[ok]] = X[:, ok]
     if (cells < 0).any():
         i = int(np.nonzero(cells < 0)[0][0])
         raise MeshError(f"{int((cells < 0).sum())} point(s) lie in no cell of the mesh (e.g. {x[:, i].tolist()}); "
                         "interpolate only between meshes of the same domain")
-    return cells, xs
+    return cells, ref
 
 
-def point_interpolation(basis, x: np.ndarray) -> sp.csr_matrix:
+def point_interpolation(basis, x: np.ndarray, located: tuple[np.ndarray, np.ndarray] | None = None) -> sp.csr_matrix:
     """``(p, N)`` matrix evaluating a function of the scalar space ``basis`` (``N`` DOFs) at the
     points ``x`` ``(dim, p)``: scikit-fem's ``probes``, with the cell search of
-    :func:`find_cells`, which also works on periodic meshes."""
-    cells, xs = find_cells(basis, x)
-    X = basis.mapping.invF(xs[:, :, None], tind=cells)
+    :func:`find_cells`, which also works on periodic meshes. ``located``: that search's result
+    for these points on this mesh, when the caller has it (one search serves every field)."""
+    cells, ref = find_cells(basis, x) if located is None else located
+    X = ref[:, :, None]
     phis = np.stack([np.asarray(basis.elem.gbasis(basis.mapping, X, k, tind=cells)[0]).reshape(-1)
                      for k in range(basis.Nbfun)])  # (Nbfun, p)
     if phis.shape[1] != x.shape[1]:
@@ -122,11 +123,16 @@ def interpolation_operator(source, target) -> sp.csr_matrix:
         raise ProblemError(f"the source space has {len(s_bases)} scalar field(s) and the target {len(t_bases)}; "
                            "interpolate between spaces of the same fields")
     rows, cols, vals = [], [], []
+    located = {}  # fields of one element share their DOF locations: one cell search for them all
     for f, (bs, bt) in enumerate(zip(s_bases, t_bases)):
         if type(bs.elem) is not type(bt.elem):
             raise ProblemError(f"field {f} is {type(bs.elem).__name__} on the source and {type(bt.elem).__name__} "
                                "on the target; interpolate between spaces of the same elements")
-        P = point_interpolation(bs, bt.doflocs).tocoo()
+        x = bt.doflocs
+        key = (x.shape, x.tobytes())
+        if key not in located:
+            located[key] = find_cells(bs, x)
+        P = point_interpolation(bs, x, located[key]).tocoo()
         rows.append(t_idx[f][P.row])
         cols.append(s_idx[f][P.col])
         vals.append(P.data)

@@ -430,12 +430,12 @@ class NetworkOnMesh:
         self._restrict_state = _torch_sparse(interpolation_operator(target.problem, source.problem))
 
     def _inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        R = self._restrict.to(inputs.device)
-        return torch.sparse.mm(R, inputs.double().T).T.to(inputs.dtype)  # (batch, source inputs)
+        """``(batch, source inputs)``: the inputs at the source's input points."""
+        return self._interpolate(self._restrict, inputs.unsqueeze(-1))[..., 0].to(inputs.dtype)
 
     @staticmethod
     def _interpolate(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        """``A`` applied along the DOF axis of ``X (batch, [L,] n, cols)``."""
+        """``A`` (sparse, float64) applied along the DOF axis of ``X (batch, [L,] n, cols)``, in float64."""
         A = A.to(X.device)
         cols = X.movedim(-2, 0)  # (n, batch, [L,] cols)
         out = torch.sparse.mm(A, cols.reshape(cols.shape[0], -1).double()).reshape(A.shape[0], *cols.shape[1:])
@@ -451,7 +451,7 @@ class NetworkOnMesh:
         """:meth:`Task.tendency_columns` of the source mesh, interpolated to ``target``'s DOFs;
         ``states (batch, levels - 1, target.n)`` are interpolated to the source mesh first."""
         if states is not None:
-            states = self._interpolate(self._restrict_state, states.detach().double().unsqueeze(-1))[..., 0]
+            states = self._interpolate(self._restrict_state, states.detach().unsqueeze(-1))[..., 0]
         T = self.source.tendency_columns(self._inputs(inputs), levels, states)
         return self._interpolate(self._prolong, T.double())
 
