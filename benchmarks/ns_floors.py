@@ -27,6 +27,14 @@ from femoe.train.config import load_config
 from femoe.train.task import Task, interpolation_matrix
 
 
+def _lifted(U: torch.Tensor, u0: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The unknown z of u = u0 + s(t) z for a trajectory U (levels, n): what relative_l2 takes
+    for the lifted problem (it measures u0 + s z, u0 the reference's level 0)."""
+    z = torch.zeros_like(U)
+    z[1:] = (U[1:] - u0) / s[1:, None]
+    return z
+
+
 def floors(task: Task) -> dict:
     params = {k: v for k, v in task.problem.config.items() if k != "lift"}
     plain = get_problem("navier_stokes_2d").build(**params)
@@ -37,9 +45,7 @@ def floors(task: Task) -> dict:
     for i in range(ref.shape[0]):
         _, U, _ = solve_transient(plain, ref[i, 0].numpy(), task.dt, ref.shape[1] - 1)
         U = torch.as_tensor(np.asarray(U))
-        z = torch.zeros_like(U)
-        z[1:] = (U[1:] - U[:1]) / s[1:, None]
-        cn.append(float(task.relative_l2(z[None], ref[i:i + 1])[0]))
+        cn.append(float(task.relative_l2(_lifted(U, U[0], s)[None], ref[i:i + 1])[0]))
     cn = np.array(cn)
     return {"n_dofs": task.n, "persistence_mean": float(persistence.mean()), "persistence_std": float(persistence.std()),
             "crank_nicolson_floor_mean": float(cn.mean()), "crank_nicolson_floor_std": float(cn.std())}
@@ -53,9 +59,7 @@ def interpolated_train_reference(task: Task, fine: Task) -> dict:
     for x, ref in zip(fine.test.inputs.double().numpy(), fine.test.solutions.double()):
         _, U = task.spec.reference(task.problem, R @ x)  # (levels, n) on the training mesh: the state
         U = torch.as_tensor((P @ np.asarray(U).T).T)
-        z = torch.zeros_like(U)  # relative_l2 measures the state u0 + (t/T) z, u0 the reference's level 0
-        z[1:] = (U[1:] - ref[:1]) / s[1:, None]
-        errs.append(float(fine.relative_l2(z[None], ref[None])[0]))
+        errs.append(float(fine.relative_l2(_lifted(U, ref[0], s)[None], ref[None])[0]))
     return {"interpolated_train_reference_mean": float(np.mean(errs)),
             "interpolated_train_reference_std": float(np.std(errs))}
 
