@@ -160,7 +160,7 @@ def test_one_expert_equals_pihc_for_every_option(global_rows, heat_problem):
     torch.testing.assert_close(u2, u1, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", ["all", "boundary+nothing", "", 3, None])
+@pytest.mark.parametrize("bad", ["all", "boundary+nothing", "", 3, 1.5])
 def test_global_rows_option_is_validated(bad, steady_problem):
     with pytest.raises(ConfigError, match="global_rows"):
         HardConstraintMoE(steady_problem, 2, global_rows=bad)

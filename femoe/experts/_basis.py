@@ -27,6 +27,24 @@ the cost does not grow with the number of experts (the boundary patches add abou
 elements once per expert). The output takes each DOF from its owner's weights; as in the paper,
 the stitched field jumps across expert interfaces, and the info record reports the jump and the
 residual that remains on interface rows.
+
+**Two-level experts** (``coarse=True``): one global solve first (the PI-HC layer on the same
+basis, the coarse level, ``u_c = B w_c``), then every expert corrects it on the DOFs it owns
+whose Jacobian neighbours it also owns (its *interior* ``I_k``): expert ``k``'s field is
+``u_c + E_k B delta_k``, with ``E_k`` zeroing every DOF outside ``I_k``, and ``delta_k`` least-squares
+its own rows (owned DOFs, every step, its initial rows). A row owned by ``k`` depends only on
+DOFs adjacent to it, none of which lies in another expert's interior, so the experts' problems
+are exactly the global one restricted to ``u_c + sum_k E_k B delta_k``, split by expert:
+
+    sum_k 1/2 ||r_k(u_c + E_k B delta_k)||^2 = 1/2 ||r(u_c + sum_k E_k B delta_k)||^2
+
+(with the layer's own row weights, which are diagonal; the block ``energy`` rows are an
+approximation of the global dual norm). Since ``delta = 0`` gives ``u_c``, the stitched field's
+objective is never above the single solve's (up to the ridge), the field is conforming (the
+corrections vanish on every interface: no jump on any row's stencil) and the coarse solve
+carries the domain-wide modes that local experts cannot see (the one-level experts' weakness on
+elliptic problems). The coarse level is a second-level method in the sense of two-level Schwarz
+methods (a global coarse problem, then independent local problems), here in the network's basis.
 """
 
 from __future__ import annotations
@@ -40,6 +58,7 @@ import torch
 from torch import nn
 
 from femoe.errors import ConfigError, ProblemError, ShapeError
+from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TrajectoryResidual,
                                      basis_adjoint_parts, basis_field, batched_param_names, jac_times)
@@ -75,7 +94,11 @@ class MoEInfo:
     weights : tuple of (numpy.ndarray, torch.Tensor)
         Per expert group, its expert numbers and their weights ``(batch, K_g, N)``, differentiable
         (implicit gradient) like the output: ``B @ w[:, k]`` is expert ``k``'s field on the whole
-        mesh (what training option ``experts.loss = "experts"`` puts in the loss).
+        mesh (what training option ``experts.loss = "experts"`` puts in the loss). Empty for
+        two-level experts, whose weights are corrections of the coarse field.
+    coarse : LeastSquaresInfo, optional
+        The coarse (global) solve of two-level experts (``coarse=True``); ``converged`` and the
+        other per-expert records are the experts' corrections.
     """
 
     converged: torch.Tensor
@@ -89,6 +112,7 @@ class MoEInfo:
     weight_error: torch.Tensor | None = None
     lm: tuple = ()
     weights: tuple = ()
+    coarse: LeastSquaresInfo | None = None
 
     @property
     def all_converged(self) -> bool:
@@ -138,6 +162,20 @@ def grow(problem: Problem, dofs: np.ndarray, rings: int) -> np.ndarray:
         nb = np.concatenate([pat.indices[pat.indptr[i]:pat.indptr[i + 1]] for i in out]) if out.size else out
         out = np.union1d(out, nb)
     return out
+
+
+def owned_interior(problem: Problem, owner: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: DOFs whose every Jacobian neighbour (a DOF sharing an element with it) has
+    the same owner -- where a two-level expert's correction lives (see the module docstring)."""
+    pat = problem.pattern
+    rows = np.repeat(np.arange(pat.shape[0]), np.diff(pat.indptr))
+    inside = np.ones(pat.shape[0], dtype=bool)
+    inside[rows[owner[pat.indices] != owner[rows]]] = False
+    return inside
+
+
+#: parameter name under which two-level experts pass the coarse field to their folded model
+OFFSET = "__coarse_field__"
 
 
 class _ExpertGroup:
@@ -209,6 +247,36 @@ class _ExpertGroup:
         else:
             self.model = SteadyResidual(u, row_scale=row_scale)
         self._rows_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---------------------------------------------------------------- two-level experts
+    def set_correction(self, inside: np.ndarray) -> None:
+        """Where each expert's correction lives (two-level experts): its owned DOFs flagged in
+        ``inside`` (:func:`owned_interior`), on its padded patch and, with global initial rows,
+        on level 0 at every global DOF."""
+        pad = self.local_pad.numpy()
+        mine = np.zeros((self.K, self.problem.n), dtype=bool)
+        for k, own in enumerate(self.owned_global):
+            mine[k, own[inside[own]]] = True
+        self.corr_patch = torch.as_tensor(np.take_along_axis(mine, pad, 1) & self.local_mask.numpy())
+        self.corr_global = torch.as_tensor(mine)
+
+    def mask_correction(self, Bg: torch.Tensor) -> torch.Tensor:
+        """A folded basis with every column zeroed outside its expert's correction DOFs."""
+        K, nl, N = self.K, self.nl_max, Bg.shape[-1]
+        cp = self.corr_patch.to(device=Bg.device, dtype=Bg.dtype)
+        if not self.ic_global:
+            lead = Bg.shape[1:-2]  # () or (T + 1,)
+            m = cp.reshape(K, *([1] * len(lead)), nl, 1)
+            return (Bg.reshape(-1, K, *Bg.shape[1:]) * m).reshape(Bg.shape)
+        n = self.problem.n
+        S = Bg.shape[1] - n
+        patch = Bg[:, :S].reshape(-1, K, S // nl, nl, N) * cp.reshape(K, 1, nl, 1)
+        level0 = Bg[:, S:].reshape(-1, K, n, N) * self.corr_global.to(device=Bg.device, dtype=Bg.dtype)[..., None]
+        return torch.cat([patch.reshape(Bg.shape[0], S, N), level0.reshape(Bg.shape[0], n, N)], dim=1)
+
+    def gather_field(self, u: torch.Tensor) -> torch.Tensor:
+        """A global field ``(batch, [T+1,] n)`` -> folded, like :meth:`gather_basis`."""
+        return self.gather_basis(u.unsqueeze(-1)).squeeze(-1)
 
     # ---------------------------------------------------------------- folding
     def gather_basis(self, B: torch.Tensor) -> torch.Tensor:
@@ -441,6 +509,63 @@ class _FoldedModel(ResidualModel):
         return g.fold(HB, axis)
 
 
+class _CorrectionModel(ResidualModel):
+    """Two-level experts: the folded experts' rows at ``c + B w``, ``c`` the coarse field
+    (global, ``(batch, [T+1,] n)``, under :data:`OFFSET` in the parameters, so that it receives
+    a gradient like any parameter tensor) gathered to the folded layout."""
+
+    def __init__(self, inner: _FoldedModel):
+        self.inner = inner
+        self.time_dependent = inner.time_dependent
+        self.elements_per_sample = inner.elements_per_sample
+
+    def _split(self, p: Mapping[str, Any]) -> tuple[dict, torch.Tensor]:
+        q = dict(p)
+        return q, self.inner.g.gather_field(q.pop(OFFSET))
+
+    def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
+        q = dict(p)
+        c = q.pop(OFFSET)
+        names = self.inner.sample_params(q, n_samples)
+        if names is None or c.shape[0] != n_samples:
+            return None
+        return names | {OFFSET}
+
+    def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        q, c = self._split(p)
+        return self.inner.residual(u + c, q)
+
+    @torch.no_grad()
+    def gradient_scale(self, B: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        """``||J_w^T r||`` about the zero field: the scale of the relative tolerance, so that a
+        correction stops at the accuracy the single solve is held to (``w = 0`` already gives the
+        coarse field, whose gradient is near zero where the coarse solve converged)."""
+        q, c = self._split(p)
+        r, J = self.inner.linearize(torch.zeros_like(c), B, q)
+        return torch.linalg.vector_norm((J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1), dim=1)
+
+    @torch.no_grad()
+    def row_magnitude(self, B: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        """``||r(c) - r(0)|| + ||r(0)||`` per element: the size of the terms the rows at the
+        coarse field ``c`` are sums of, which sets their round-off (the LM's floor reads the data
+        ``r(0)`` there; here ``r`` at ``w = 0`` is ``r(c)``, near zero where ``c`` is accurate)."""
+        q, c = self._split(p)
+        r0 = self.inner.residual(torch.zeros_like(c), q)
+        return (torch.linalg.vector_norm(self.inner.residual(c, q) - r0, dim=1)
+                + torch.linalg.vector_norm(r0, dim=1))
+
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
+        q, c = self._split(p)
+        return self.inner.linearize(u + c, B, q)
+
+    def prepare_curvature(self) -> None:
+        self.inner.prepare_curvature()
+
+    def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor):
+        q, c = self._split(p)
+        return self.inner.curvature(u + c, B, q, rbar)
+
+
 class HardConstraintMoE(nn.Module):
     """PI-HC-MoE: the hard-constraint layer in basis mode with ``K`` experts.
 
@@ -465,8 +590,11 @@ class HardConstraintMoE(nn.Module):
     unconverged, strict
         As for :class:`~femoe.layers.HardConstraint`; with ``"exclude"`` a sample gives no
         gradient when any of its experts did not converge.
-    global_rows : ``"boundary+initial"``, ``"boundary"``, ``"initial"`` or ``"none"``
-        Rows every expert enforces in addition to its own (see the module docstring):
+    global_rows : ``"boundary+initial"``, ``"boundary"``, ``"initial"``, ``"none"`` or None
+        Rows every expert enforces in addition to its own (see the module docstring; None, the
+        default: ``"boundary+initial"``, and ``"none"`` for two-level experts, whose coarse solve
+        carries the boundary and initial data and whose corrections are constant on other
+        experts' rows):
         ``"boundary"`` the Dirichlet rows and the rows of DOFs on boundary facets with a facet
         term, ``"initial"`` the initial-condition rows at every DOF (time-dependent problems).
         The default makes each expert's problem determine its field as the paper's code does;
@@ -480,6 +608,13 @@ class HardConstraintMoE(nn.Module):
         PDE just beyond its interface, which ties its field to its neighbours' where no global
         row does (a periodic problem has no boundary rows). The output still takes each DOF
         from its owner. 0: own rows only (and the global rows).
+    coarse : bool
+        Two-level experts (see the module docstring): a global least-squares solve on the same
+        basis (a :class:`~femoe.layers.HardConstraint` with the same options) gives ``u_c``, then
+        each expert corrects it on its interior DOFs. The output is conforming and its rows'
+        objective is at most the single solve's; a forward costs one PI-HC solve more than the
+        one-level experts. Not with ``distributed=True`` or ``devices`` (the coarse solve would
+        run on every rank).
     """
 
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
@@ -488,14 +623,17 @@ class HardConstraintMoE(nn.Module):
                  tol: float | None = None, atol: float = 0.0, maxiter: int = 100, damping: float = 1e-6,
                  hessian: str = "exact", hvp_chunk: int | None = None, backward: str = "implicit",
                  strict: bool = False, report: bool = True, row_scale: Any = "mass",
-                 global_rows: str = "boundary+initial", unconverged: str = "flag", patience: int = 20,
-                 overlap: int = 0):
+                 global_rows: str | None = None, unconverged: str = "flag", patience: int = 20,
+                 overlap: int = 0, coarse: bool = False):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
         if problem.is_time_dependent and dt is None:
             raise ProblemError(f"problem {problem.name!r} is time-dependent: give the time step dt")
         self.problem = problem
+        self.coarse = bool(coarse)
+        if global_rows is None:
+            global_rows = "none" if self.coarse else "boundary+initial"
         self.global_rows = parse_global_rows(global_rows)
         self.partition = expert_partition(experts, problem, partition, seed)
         K = self.partition.k
@@ -534,6 +672,19 @@ class HardConstraintMoE(nn.Module):
         self.groups = [_ExpertGroup(problem, self.partition, c, dt, t0, ic_weight, row_scale, self.global_rows,
                                     self.overlap) for c in chunks]
         self._models = [_FoldedModel(g) for g in self.groups]
+        self.coarse_layer = None
+        if self.coarse:
+            if self.distributed or len(self.devices) > 1:
+                raise ConfigError("coarse=True (two-level experts) runs on one process and device: drop "
+                                  "distributed/devices or use one-level experts")
+            self.coarse_layer = HardConstraint(problem, dt=dt, t0=t0, ic_weight=ic_weight, rho=rho, tol=tol, atol=atol,
+                                               maxiter=maxiter, damping=damping, hessian=hessian, hvp_chunk=hvp_chunk,
+                                               backward=backward, row_scale=row_scale, unconverged=unconverged,
+                                               strict=strict, patience=patience)
+            inside = owned_interior(problem, self.partition.owner)
+            for g in self.groups:
+                g.set_correction(inside)
+            self._models = [_CorrectionModel(m) for m in self._models]
         if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
             for m in self._models:
                 m.prepare_curvature()
@@ -550,7 +701,8 @@ class HardConstraintMoE(nn.Module):
     def extra_repr(self) -> str:
         return (f"problem={self.problem.name!r}, experts={self.K}, groups={len(self.groups)}, "
                 f"interface={int(self._interface.numel())}, rho={self.options.rho}, tol={self.options.tol}, "
-                f"global_rows={'+'.join(sorted(self.global_rows)) or 'none'}, overlap={self.overlap}")
+                f"global_rows={'+'.join(sorted(self.global_rows)) or 'none'}, overlap={self.overlap}, "
+                f"coarse={self.coarse}")
 
     def forward(self, B: torch.Tensor, params: Mapping[str, Any] | None = None,
                 u0: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEInfo]:
@@ -567,6 +719,12 @@ class HardConstraintMoE(nn.Module):
         check_finite("B", B)
         params = dict(params or {})
         check_params_finite(params)
+        for reserved in (INITIAL, OFFSET):
+            if reserved in params:
+                raise ProblemError(f"parameter name {reserved!r} is reserved")
+        coarse = None
+        if self.coarse_layer is not None:  # the coarse level: one global solve on the same basis
+            u_c, coarse = self.coarse_layer(B, params, u0) if td else self.coarse_layer(B, params)
         if td:
             if u0 is None:
                 raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
@@ -581,13 +739,20 @@ class HardConstraintMoE(nn.Module):
             dev = home if device is None else torch.device(device)
             Bg = group.gather_basis(B.to(dev))
             pg = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
+            if coarse is not None:  # corrections of u_c on each expert's interior
+                Bg = group.mask_correction(Bg)
+                pg[OFFSET] = u_c.to(dev)
             w, info = least_squares_solve(model, Bg, pg, self.options, self.backward_mode)
-            u_fold, _ = group.split(basis_field(Bg, w))  # (batch K, [T+1,] nl_max)
+            field = basis_field(Bg, w)
+            if coarse is not None:
+                field = field + group.gather_field(pg[OFFSET])
+            u_fold, _ = group.split(field)  # (batch K, [T+1,] nl_max)
             glob, vals = group.owned_values(u_fold)
             u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))
             folded_fields.append((group, u_fold))
             lms.append(info)
-            weights.append((group.experts, w.reshape(batch, len(group.experts), -1).to(home)))
+            if coarse is None:
+                weights.append((group.experts, w.reshape(batch, len(group.experts), -1).to(home)))
         if self.distributed:
             from femoe.experts.distributed import all_reduce_sum
 
@@ -600,11 +765,13 @@ class HardConstraintMoE(nn.Module):
         info = MoEInfo(conv, per_expert("iterations"), per_expert("residual_norms"),
                        *self._interface_report(u_out, folded_fields, params), stalled=per_expert("stalled"),
                        relative_gradient=per_expert("relative_gradient"), weight_error=per_expert("weight_error"),
-                       lm=tuple(lms), weights=tuple(weights))
+                       lm=tuple(lms), weights=tuple(weights), coarse=coarse)
         self.last_info = info
         self._report(info)
         if self.unconverged is Unconverged.EXCLUDE:
             ok = conv.all(1, keepdim=True)
+            if coarse is not None:
+                ok = ok & coarse.converged.to(ok.device)[:, None]
             if self.distributed:  # a sample is excluded on every rank when one rank's expert failed
                 from femoe.experts.distributed import all_reduce_max
 

@@ -44,6 +44,8 @@ time_windows = 1                     # MoE on trajectories: time windows, each w
                                      # experts (spatio-temporal experts); 1: the whole trajectory
 overlap = 0                          # MoE: each expert also enforces the rows of the DOFs within
                                      # this many rings of its own (overlapping experts)
+coarse = false                       # MoE: two-level experts, a global solve corrected by each
+                                     # expert on its interior (needs loss = "stitched")
 
 [solver]
 rho = 1e-4
@@ -169,6 +171,10 @@ class ExpertsConfig:
     # PI-HC-MoE: each expert also enforces the rows of the DOFs within this many rings of its own
     # (overlapping experts; the output still takes each DOF from its owner)
     overlap: int = 0
+    # PI-HC-MoE: two-level experts (HardConstraintMoE(coarse=True)): one global solve on the same
+    # basis, then every expert corrects it on the DOFs it owns whose neighbours it owns; the
+    # output is conforming, so the loss is taken of it (loss = "stitched")
+    coarse: bool = False
 
 
 @dataclass
@@ -437,6 +443,10 @@ def validate(cfg: Config) -> None:
     if cfg.network.tendency_passes > 1 and not cfg.network.tendencies:
         raise ConfigError(f"network.tendency_passes = {cfg.network.tendency_passes} re-takes the tendencies at each "
                           "solution, but network.tendencies = 0; set tendencies > 0 or tendency_passes = 1")
+    if cfg.experts.coarse and cfg.experts.loss != "stitched":
+        raise ConfigError(f"experts.coarse = true (two-level experts) corrects one global solve, so its experts have "
+                          f"no weights of their own to put in the loss; set experts.loss = \"stitched\" (got "
+                          f"{cfg.experts.loss!r})")
     if cfg.data.test_network_mesh not in ("test", "train"):
         raise ConfigError(f"data.test_network_mesh must be 'test' or 'train'; got {cfg.data.test_network_mesh!r}")
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):
