@@ -224,3 +224,35 @@ def test_training_through_two_level_experts(tmp_path, steady):
                 q.sub_(sign * eps * dq)
     fd = (vals[0] - vals[1]) / (2 * eps)
     assert abs(slope) > 0 and abs(fd - slope) <= 5e-3 * abs(slope), (fd, slope)
+
+
+def test_two_level_benchmark_script(tmp_path):
+    """benchmarks/two_level.py on a trained smoke PI-HC: every variant is evaluated on the
+    checkpoint, and at every test sample the two-level output's rows norm is at most PI-HC's."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from femoe.train.config import load_config
+    from femoe.train.run import run
+
+    root = Path(__file__).resolve().parents[1]
+    smoke = root / "tests" / "configs" / "smoke_diffusion_sorption_1d.toml"
+    cfg = load_config(smoke)
+    cfg.methods = ["pihc"]
+    cfg.results, cfg.data.dir = str(tmp_path / "results"), str(tmp_path / "data")
+    run(cfg, isolate=False, progress=False)
+    out = tmp_path / "two_level.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "two_level.py"), str(smoke), "--k", "2", "3",
+                          "--results", str(tmp_path / "results"), "--set", f'data.dir="{tmp_path / "data"}"',
+                          "--out", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"pihc", "moe_k2", "two_level_k2", "moe_k3", "two_level_k3"}
+    single = np.array(doc["results"]["pihc"]["rows_norm"])
+    for k in (2, 3):
+        assert np.all(np.array(doc["results"][f"two_level_k{k}"]["rows_norm"]) <= single * (1 + 1e-9))
+        assert 0 < doc["results"][f"two_level_k{k}"]["rel_l2_mean"] < 10
