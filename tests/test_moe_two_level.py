@@ -256,3 +256,27 @@ def test_two_level_benchmark_script(tmp_path):
     for k in (2, 3):
         assert np.all(np.array(doc["results"][f"two_level_k{k}"]["rows_norm"]) <= single * (1 + 1e-9))
         assert 0 < doc["results"][f"two_level_k{k}"]["rel_l2_mean"] < 10
+
+
+@pytest.mark.parametrize("name", ["steady", "heat", "ns"])
+def test_later_sweeps_never_raise_the_objective_and_cover_the_bands(name, make_square, make_heat,
+                                                                    make_diffusion_sorption):
+    """``sweeps = 2``: the second round corrects the first's output on a partition whose first
+    expert's interior holds every DOF the first round left out; its objective is exactly its
+    experts' sum, and it is at most the first round's."""
+    pb, B, params, u0, dt, part = _case(name, 2, make_square, make_heat, make_diffusion_sorption)
+    one = _layer(pb, dt, part)
+    two = _layer(pb, dt, part, sweeps=2)
+    args = (params, u0) if u0 is not None else (params,)
+    u1, _ = one(B, *args)
+    u2, info = two(B, *args)
+    assert info.all_converged and len(info.rounds) == 1
+    later = two.later_sweeps[0]
+    left_out = ~owned_interior(pb, one.partition.owner)
+    assert owned_interior(pb, later.partition.owner)[left_out].all()
+    r1, r2 = _objective(two, u1, params, u0), _objective(two, u2, params, u0)
+    torch.testing.assert_close(info.rounds[0].residual_norms.square().sum(1).sqrt(), r2, rtol=1e-9, atol=1e-12)
+    assert bool((r2 <= r1 * (1 + 1e-9)).all()) and bool((r2 < (1 - 1e-6) * r1).all())
+    assert info.converged.shape[1] == one.K + later.K
+    with pytest.raises(ConfigError, match="sweeps"):
+        HardConstraintMoE(pb, 2, partition=part, sweeps=2, **({"dt": dt} if dt else {}))

@@ -50,7 +50,7 @@ methods (a global coarse problem, then independent local problems), here in the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -99,6 +99,10 @@ class MoEInfo:
     coarse : LeastSquaresInfo, optional
         The coarse (global) solve of two-level experts (``coarse=True``); ``converged`` and the
         other per-expert records are the experts' corrections.
+    rounds : tuple of MoEInfo
+        Two-level experts with ``sweeps > 1``: the records of the later rounds (their experts'
+        flags and counts are also appended, round after round, to the per-expert fields above,
+        and the interface and residual reports are the last round's).
     """
 
     converged: torch.Tensor
@@ -113,6 +117,7 @@ class MoEInfo:
     lm: tuple = ()
     weights: tuple = ()
     coarse: LeastSquaresInfo | None = None
+    rounds: tuple = ()
 
     @property
     def all_converged(self) -> bool:
@@ -509,6 +514,23 @@ class _FoldedModel(ResidualModel):
         return g.fold(HB, axis)
 
 
+def _band_partition(problem: Problem, covered: np.ndarray) -> ExpertPartition | None:
+    """The partition of a further sweep of two-level experts: expert 0 holds every element
+    with a DOF within one ring of the DOFs ``covered`` leaves out (so those DOFs are in its
+    interior), expert 1 the other elements; ``None`` when every DOF is covered."""
+    from femoe.partition import ExpertPartition
+
+    band = np.zeros(problem.n, dtype=bool)
+    band[grow(problem, np.nonzero(~covered)[0], 1)] = True
+    if not band.any():
+        return None
+    ed = np.asarray(problem.basis.element_dofs)
+    element_part = np.where(band[ed].any(axis=0), 0, 1)
+    if not (element_part == 1).any():
+        element_part[:] = 0
+    return ExpertPartition.from_basis(problem.basis, element_part, dirichlet=problem.dirichlet_dofs)
+
+
 class _CorrectionModel(ResidualModel):
     """Two-level experts: the folded experts' rows at ``c + B w``, ``c`` the coarse field
     (global, ``(batch, [T+1,] n)``, under :data:`OFFSET` in the parameters, so that it receives
@@ -615,6 +637,13 @@ class HardConstraintMoE(nn.Module):
         objective is at most the single solve's; a forward costs one PI-HC solve more than the
         one-level experts. Not with ``distributed=True`` or ``devices`` (the coarse solve would
         run on every rank).
+    sweeps : int
+        Two-level experts only: after the experts' corrections, ``sweeps - 1`` more rounds, each
+        correcting the previous round's output on a new partition whose first expert holds the
+        elements within one ring of the DOFs no interior of the previous round covered (the
+        bands along the interfaces) and whose second holds the rest. Every round is exact in
+        the same sense, so the rows' objective never rises from round to round
+        (multiplicative Schwarz over the rounds).
     """
 
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
@@ -624,7 +653,7 @@ class HardConstraintMoE(nn.Module):
                  hessian: str = "exact", hvp_chunk: int | None = None, backward: str = "implicit",
                  strict: bool = False, report: bool = True, row_scale: Any = "mass",
                  global_rows: str | None = None, unconverged: str = "flag", patience: int = 20,
-                 overlap: int = 0, coarse: bool = False):
+                 overlap: int = 0, coarse: bool = False, sweeps: int = 1):
         super().__init__()
         if not isinstance(problem, Problem):
             raise ProblemError(f"problem must be a femoe.Problem; got {type(problem).__name__}")
@@ -685,6 +714,24 @@ class HardConstraintMoE(nn.Module):
             for g in self.groups:
                 g.set_correction(inside)
             self._models = [_CorrectionModel(m) for m in self._models]
+        if int(sweeps) != sweeps or sweeps < 1 or (sweeps > 1 and not self.coarse):
+            raise ConfigError(f"sweeps must be an integer >= 1, and > 1 only with coarse=True; got {sweeps!r}")
+        self.sweeps = int(sweeps)
+        later = []
+        if self.sweeps > 1:
+            covered = inside
+            for _ in range(self.sweeps - 1):
+                part = _band_partition(problem, covered)
+                if part is None:
+                    break
+                nxt = HardConstraintMoE(problem, part, dt=dt, t0=t0, ic_weight=ic_weight, rho=rho, tol=tol, atol=atol,
+                                        maxiter=maxiter, damping=damping, hessian=hessian, hvp_chunk=hvp_chunk,
+                                        backward=backward, strict=strict, report=report, row_scale=row_scale,
+                                        unconverged=unconverged, patience=patience, coarse=True)
+                nxt.coarse_layer = None  # corrects the previous round's output
+                later.append(nxt)
+                covered = owned_interior(problem, part.owner)
+        self.later_sweeps = nn.ModuleList(later)
         if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
             for m in self._models:
                 m.prepare_curvature()
@@ -705,10 +752,11 @@ class HardConstraintMoE(nn.Module):
                 f"coarse={self.coarse}")
 
     def forward(self, B: torch.Tensor, params: Mapping[str, Any] | None = None,
-                u0: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEInfo]:
+                u0: torch.Tensor | None = None, coarse_field: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEInfo]:
         """Constrain the basis ``B`` (``(batch, n, N)`` or ``(batch, T + 1, n, N)``) expert by
         expert. Returns the stitched field ``(batch, n)`` or ``(batch, T + 1, n)`` and a
-        :class:`MoEInfo`."""
+        :class:`MoEInfo`. ``coarse_field`` (two-level experts): the field to correct, of the
+        output's shape, in place of the layer's own coarse solve."""
         check_float_tensor("B", B)
         n = self.problem.n
         td = self.problem.is_time_dependent
@@ -722,9 +770,19 @@ class HardConstraintMoE(nn.Module):
         for reserved in (INITIAL, OFFSET):
             if reserved in params:
                 raise ProblemError(f"parameter name {reserved!r} is reserved")
+        user_params = dict(params)
         coarse = None
-        if self.coarse_layer is not None:  # the coarse level: one global solve on the same basis
+        if coarse_field is not None:
+            if not self.coarse:
+                raise ConfigError("coarse_field applies to two-level experts (coarse=True)")
+            if coarse_field.shape != B.shape[:-1]:
+                raise ShapeError(f"coarse_field must have shape {tuple(B.shape[:-1])}; received "
+                                 f"{tuple(coarse_field.shape)}")
+            u_c, coarse = coarse_field, False
+        elif self.coarse_layer is not None:  # the coarse level: one global solve on the same basis
             u_c, coarse = self.coarse_layer(B, params, u0) if td else self.coarse_layer(B, params)
+        elif self.coarse:
+            raise ProblemError("this two-level layer corrects a given field: pass coarse_field")
         if td:
             if u0 is None:
                 raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
@@ -739,19 +797,19 @@ class HardConstraintMoE(nn.Module):
             dev = home if device is None else torch.device(device)
             Bg = group.gather_basis(B.to(dev))
             pg = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
-            if coarse is not None:  # corrections of u_c on each expert's interior
+            if self.coarse:  # corrections of u_c on each expert's interior
                 Bg = group.mask_correction(Bg)
                 pg[OFFSET] = u_c.to(dev)
             w, info = least_squares_solve(model, Bg, pg, self.options, self.backward_mode)
             field = basis_field(Bg, w)
-            if coarse is not None:
+            if self.coarse:
                 field = field + group.gather_field(pg[OFFSET])
             u_fold, _ = group.split(field)  # (batch K, [T+1,] nl_max)
             glob, vals = group.owned_values(u_fold)
             u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))
             folded_fields.append((group, u_fold))
             lms.append(info)
-            if coarse is None:
+            if not self.coarse:
                 weights.append((group.experts, w.reshape(batch, len(group.experts), -1).to(home)))
         if self.distributed:
             from femoe.experts.distributed import all_reduce_sum
@@ -765,12 +823,30 @@ class HardConstraintMoE(nn.Module):
         info = MoEInfo(conv, per_expert("iterations"), per_expert("residual_norms"),
                        *self._interface_report(u_out, folded_fields, params), stalled=per_expert("stalled"),
                        relative_gradient=per_expert("relative_gradient"), weight_error=per_expert("weight_error"),
-                       lm=tuple(lms), weights=tuple(weights), coarse=coarse)
+                       lm=tuple(lms), weights=tuple(weights), coarse=coarse or None)
+        if len(self.later_sweeps):  # further rounds, each correcting the previous round's output
+            rounds = []
+            for layer in self.later_sweeps:
+                u_out, r = layer(B, user_params, u0, coarse_field=u_out)
+                rounds.append(r)
+            everyone = (info, *rounds)
+
+            def side_by_side(name: str) -> torch.Tensor:
+                return torch.cat([getattr(i, name) for i in everyone], 1)
+
+            last = rounds[-1]
+            info = replace(info, converged=side_by_side("converged"), iterations=side_by_side("iterations"),
+                           residual_norms=side_by_side("residual_norms"), stalled=side_by_side("stalled"),
+                           relative_gradient=side_by_side("relative_gradient"),
+                           weight_error=side_by_side("weight_error"), interface_jump=last.interface_jump,
+                           residual_interior=last.residual_interior, residual_interface=last.residual_interface,
+                           lm=tuple(x for i in everyone for x in i.lm), rounds=tuple(rounds))
+            conv = info.converged
         self.last_info = info
         self._report(info)
         if self.unconverged is Unconverged.EXCLUDE:
             ok = conv.all(1, keepdim=True)
-            if coarse is not None:
+            if coarse:
                 ok = ok & coarse.converged.to(ok.device)[:, None]
             if self.distributed:  # a sample is excluded on every rank when one rank's expert failed
                 from femoe.experts.distributed import all_reduce_max

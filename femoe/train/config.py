@@ -46,6 +46,8 @@ overlap = 0                          # MoE: each expert also enforces the rows o
                                      # this many rings of its own (overlapping experts)
 coarse = false                       # MoE: two-level experts, a global solve corrected by each
                                      # expert on its interior (needs loss = "stitched")
+sweeps = 1                           # two-level experts: rounds of corrections (later rounds
+                                     # cover the bands along the interfaces)
 
 [solver]
 rho = 1e-4
@@ -175,6 +177,9 @@ class ExpertsConfig:
     # basis, then every expert corrects it on the DOFs it owns whose neighbours it owns; the
     # output is conforming, so the loss is taken of it (loss = "stitched")
     coarse: bool = False
+    # two-level experts: rounds of corrections; each later round corrects the previous output on
+    # a partition that covers the DOFs along the previous interfaces (HardConstraintMoE(sweeps=))
+    sweeps: int = 1
 
 
 @dataclass
@@ -296,7 +301,7 @@ _RULES: dict[str, Any] = {
     "network.fourier_scale": _ge(0), "network.tendencies": _ge(0), "network.tendency_passes": _ge(1),
     "experts.k": _ge(1), "experts.partition": _partitioners, "experts.seed": _ge(0),
     "experts.interface_loss_weight": _ge(0), "experts.warm_start": _ge(0), "experts.time_windows": _ge(1),
-    "experts.overlap": _ge(0),
+    "experts.overlap": _ge(0), "experts.sweeps": _ge(1),
     "experts.loss": ("stitched", "experts", "both"),
     "solver.rho": _ge(0), "solver.tol": _gt(0), "solver.maxiter": _ge(1), "solver.hessian": ("exact", "gauss_newton"),
     "solver.patch_rtol": _gt(0), "solver.row_weights": ("mass", "boundary", "energy", "energy_sample"), "solver.dirichlet_weight": _gt(0),
@@ -447,6 +452,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"experts.coarse = true (two-level experts) corrects one global solve, so its experts have "
                           f"no weights of their own to put in the loss; set experts.loss = \"stitched\" (got "
                           f"{cfg.experts.loss!r})")
+    if cfg.experts.sweeps > 1 and not cfg.experts.coarse:
+        raise ConfigError(f"experts.sweeps = {cfg.experts.sweeps} applies to two-level experts; set experts.coarse = "
+                          "true or sweeps = 1")
     if cfg.data.test_network_mesh not in ("test", "train"):
         raise ConfigError(f"data.test_network_mesh must be 'test' or 'train'; got {cfg.data.test_network_mesh!r}")
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):

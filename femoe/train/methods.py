@@ -232,7 +232,7 @@ class MoE(PIHC):
         from femoe.experts import HardConstraintMoE, TimeWindows
 
         e = task.cfg.experts
-        kw = {**kw, "overlap": e.overlap, "coarse": e.coarse}
+        kw = {**kw, "overlap": e.overlap, "coarse": e.coarse, "sweeps": e.sweeps}
         if e.time_windows == 1:
             return HardConstraintMoE(task.problem, e.k, partition=e.partition, seed=e.seed, **kw)
         if not task.time_dependent or task.lifted:
