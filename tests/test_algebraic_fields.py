@@ -127,3 +127,37 @@ def test_config_option(tmp_path):
         z, info = m(task.test.inputs)
     assert info["unconverged"] == 0
     assert psi_rows(z) < 1e-9 * float(z.abs().max())
+
+
+def test_two_level_experts_keep_the_algebraic_field(tmp_path):
+    """Two-level experts mask the basis per DOF, which breaks psi's equation in the layer's
+    output; the MoE method computes psi again from the output's omega, so it holds exactly."""
+    from femoe.train.config import config_from_dict
+    from femoe.train.methods import build_method
+    from femoe.train.task import Task
+
+    cfg = config_from_dict({
+        "name": "alg2", "methods": ["moe"],
+        "problem": {"name": "navier_stokes_2d", "params": {"grid": 8, "n_steps": 2, "T": 0.5, "lift": "paper"}},
+        "data": {"n_train": 2, "n_test": 2, "dir": str(tmp_path / "d")},
+        "network": {"kind": "gnn", "n_basis": 3, "width": 8, "depth": 2, "solve_algebraic": True},
+        "experts": {"k": 4, "partition": "rcb", "coarse": True, "loss": "stitched"},
+    })
+    task = Task(cfg)
+    m = build_method("moe", task)
+    state = get_problem("navier_stokes_2d").build(grid=8, n_steps=2, T=0.5)
+    ip = state.basis.split_indices()[1]
+
+    def psi_rows(x):
+        return float(state.residual(x.reshape(-1, state.n), {})[:, ip].abs().max())
+
+    with torch.no_grad():
+        B = m.network_output(task.test.inputs)
+        params, u0 = task.layer_args(task.test.inputs)
+        raw, _ = m.layer(B, params, u0)
+        z, info = m(task.test.inputs)
+    assert psi_rows(raw) > 1e-6 * float(raw.abs().max())  # the layer alone breaks it
+    assert psi_rows(z) < 1e-9 * float(z.abs().max())
+    iw = state.basis.split_indices()[0]
+    d = z[..., iw] - raw[..., iw]  # omega is the layer's, projected onto zero mean (the solvability condition)
+    assert float((d - d[..., :1]).abs().max()) < 1e-12

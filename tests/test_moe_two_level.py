@@ -280,3 +280,27 @@ def test_later_sweeps_never_raise_the_objective_and_cover_the_bands(name, make_s
     assert info.converged.shape[1] == one.K + later.K
     with pytest.raises(ConfigError, match="sweeps"):
         HardConstraintMoE(pb, 2, partition=part, sweeps=2, **({"dt": dt} if dt else {}))
+
+
+def test_per_dof_initial_weights_and_rejected_options(make_heat):
+    pb = make_heat(lambda u, v, w: 0.05 * dot(grad(u), grad(v)), 4, theta=0.5, dirichlet={"left": 0.0})
+    g = torch.Generator().manual_seed(11)
+    B = torch.randn(2, 3, pb.n, 3, dtype=F64, generator=g)
+    u0 = torch.rand(2, pb.n, dtype=F64, generator=g)
+    scalar = _layer(pb, DT, "slab", ic_weight=2.0)(B, {}, u0)[0]
+    per_dof = _layer(pb, DT, "slab", ic_weight=torch.full((pb.n,), 2.0, dtype=F64))(B, {}, u0)[0]
+    torch.testing.assert_close(per_dof, scalar, rtol=1e-10, atol=1e-12)
+    for bad in ({"overlap": 1}, {"global_rows": "boundary"}):
+        with pytest.raises(ConfigError, match="two-level"):
+            _layer(pb, DT, "slab", **bad)
+
+
+def test_a_failed_coarse_solve_marks_its_sample(make_square):
+    pb = make_square("nonlinear", 3, f=1.0)
+    g = torch.Generator().manual_seed(12)
+    B = torch.randn(2, pb.n, 6, dtype=F64, generator=g)
+    layer = HardConstraintMoE(pb, 4, partition="rcb", coarse=True, maxiter=1, tol=1e-14)
+    with pytest.warns(Warning):
+        _, info = layer(B)
+    assert not bool(info.coarse.converged.any())
+    assert not bool(info.converged.any())

@@ -38,8 +38,9 @@ are exactly the global one restricted to ``u_c + sum_k E_k B delta_k``, split by
 
     sum_k 1/2 ||r_k(u_c + E_k B delta_k)||^2 = 1/2 ||r(u_c + sum_k E_k B delta_k)||^2
 
-(with the layer's own row weights, which are diagonal; the block ``energy`` rows are an
-approximation of the global dual norm). Since ``delta = 0`` gives ``u_c``, the stitched field's
+(with the layer's own row weights when they are diagonal, ``"mass"`` or an array; the block
+``energy`` rows measure each expert's rows in its own block's dual norm, so for them the identity
+and what follows are approximate). Since ``delta = 0`` gives ``u_c``, the stitched field's
 objective is never above the single solve's (up to the ridge), the field is conforming (the
 corrections vanish on every interface: no jump on any row's stencil) and the coarse solve
 carries the domain-wide modes that local experts cannot see (the one-level experts' weakness on
@@ -97,8 +98,9 @@ class MoEInfo:
         mesh (what training option ``experts.loss = "experts"`` puts in the loss). Empty for
         two-level experts, whose weights are corrections of the coarse field.
     coarse : LeastSquaresInfo, optional
-        The coarse (global) solve of two-level experts (``coarse=True``); ``converged`` and the
-        other per-expert records are the experts' corrections.
+        The coarse (global) solve of two-level experts (``coarse=True``); the other per-expert
+        records are the experts' corrections, and ``converged`` is False for every expert of a
+        sample whose coarse solve did not converge.
     rounds : tuple of MoEInfo
         Two-level experts with ``sweeps > 1``: the records of the later rounds (their experts'
         flags and counts are also appended, round after round, to the per-expert fields above,
@@ -248,6 +250,11 @@ class _ExpertGroup:
                                                 row_scale=row_scale)
                 self.ic_model = TrajectoryResidual(problem, dt, t0, ic_weight=ic_weight, row_scale=None)
             else:
+                if isinstance(ic_weight, torch.Tensor) and ic_weight.dim() == 1:
+                    # per-DOF weights are given on the parent's DOFs: the union's copy of them
+                    ic_weight = ic_weight[torch.as_tensor(u.union_to_global, device=ic_weight.device)]
+                elif isinstance(ic_weight, np.ndarray) and ic_weight.ndim == 1:
+                    ic_weight = ic_weight[u.union_to_global]
                 self.model = TrajectoryResidual(u, dt, t0, ic_weight=ic_weight, row_scale=row_scale)
         else:
             self.model = SteadyResidual(u, row_scale=row_scale)
@@ -634,8 +641,11 @@ class HardConstraintMoE(nn.Module):
         Two-level experts (see the module docstring): a global least-squares solve on the same
         basis (a :class:`~femoe.layers.HardConstraint` with the same options) gives ``u_c``, then
         each expert corrects it on its interior DOFs. The output is conforming and its rows'
-        objective is at most the single solve's; a forward costs one PI-HC solve more than the
-        one-level experts. Not with ``distributed=True`` or ``devices`` (the coarse solve would
+        objective (diagonal row weights) is at most the single solve's; a forward costs one PI-HC
+        solve more than the one-level experts. The corrections mask the basis per DOF, so a
+        relation the basis columns satisfy one by one (a field computed from the others by a
+        linear solve) does not carry over to the output; the training methods compute such
+        fields again from the output (``network.solve_algebraic``). Not with ``distributed=True`` or ``devices`` (the coarse solve would
         run on every rank).
     sweeps : int
         Two-level experts only: after the experts' corrections, ``sweeps - 1`` more rounds, each
@@ -664,6 +674,10 @@ class HardConstraintMoE(nn.Module):
         if global_rows is None:
             global_rows = "none" if self.coarse else "boundary+initial"
         self.global_rows = parse_global_rows(global_rows)
+        if self.coarse and (self.global_rows or overlap):
+            raise ConfigError(f"coarse=True (two-level experts): each expert enforces exactly the rows it owns; global rows "
+                              f"({global_rows!r}) or overlap ({overlap!r}) would add rows its correction cannot change, "
+                              f"at a cost: leave global_rows=None and overlap=0")
         self.partition = expert_partition(experts, problem, partition, seed)
         K = self.partition.k
         self.K = K
@@ -778,6 +792,7 @@ class HardConstraintMoE(nn.Module):
             if coarse_field.shape != B.shape[:-1]:
                 raise ShapeError(f"coarse_field must have shape {tuple(B.shape[:-1])}; received "
                                  f"{tuple(coarse_field.shape)}")
+            check_finite("coarse_field", coarse_field)
             u_c, coarse = coarse_field, False
         elif self.coarse_layer is not None:  # the coarse level: one global solve on the same basis
             u_c, coarse = self.coarse_layer(B, params, u0) if td else self.coarse_layer(B, params)
@@ -820,6 +835,8 @@ class HardConstraintMoE(nn.Module):
             return torch.cat([getattr(i, name).reshape(batch, -1).to(home) for i in lms], 1)
 
         conv = per_expert("converged")
+        if coarse:  # a sample whose coarse solve failed has no converged correction either
+            conv = conv & coarse.converged.to(conv.device)[:, None]
         info = MoEInfo(conv, per_expert("iterations"), per_expert("residual_norms"),
                        *self._interface_report(u_out, folded_fields, params), stalled=per_expert("stalled"),
                        relative_gradient=per_expert("relative_gradient"), weight_error=per_expert("weight_error"),
@@ -846,8 +863,6 @@ class HardConstraintMoE(nn.Module):
         self._report(info)
         if self.unconverged is Unconverged.EXCLUDE:
             ok = conv.all(1, keepdim=True)
-            if coarse:
-                ok = ok & coarse.converged.to(ok.device)[:, None]
             if self.distributed:  # a sample is excluded on every rank when one rank's expert failed
                 from femoe.experts.distributed import all_reduce_max
 

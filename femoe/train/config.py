@@ -452,6 +452,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"experts.coarse = true (two-level experts) corrects one global solve, so its experts have "
                           f"no weights of their own to put in the loss; set experts.loss = \"stitched\" (got "
                           f"{cfg.experts.loss!r})")
+    if cfg.experts.coarse and cfg.experts.overlap:
+        raise ConfigError(f"experts.overlap = {cfg.experts.overlap} does not apply to two-level experts (coarse = true): "
+                          "each corrects its interior from the rows it owns; set overlap = 0")
     if cfg.experts.sweeps > 1 and not cfg.experts.coarse:
         raise ConfigError(f"experts.sweeps = {cfg.experts.sweeps} applies to two-level experts; set experts.coarse = "
                           "true or sweeps = 1")

@@ -155,8 +155,13 @@ class PIHC(Method):
                                                   t.times[:u.shape[1]]) if t.lifted else u.detach()
                 B = torch.cat([net, self.tendency_basis(inputs, B.shape[1], states[:, :-1])], dim=-1)
             u, info = layer(B, params, u0) if u0 is not None else layer(B, params)
+            u = self._after_layer(layer, u)
             iterations += float(info.iterations.float().mean())
         return B, u, info, iterations
+
+    def _after_layer(self, layer, u: torch.Tensor) -> torch.Tensor:
+        """The layer's output as the method returns it (the identity here)."""
+        return u
 
     def forward(self, inputs, levels=None):
         B, u, info, iterations = self.basis(inputs, levels)
@@ -245,6 +250,17 @@ class MoE(PIHC):
                                  seed=e.seed)
         return TimeWindows(lambda t0: HardConstraintMoE(task.problem, part, t0=t0, **kw), task.n_levels - 1,
                            task.dt, e.time_windows)
+
+    def _after_layer(self, layer, u: torch.Tensor) -> torch.Tensor:
+        """Two-level experts mask the basis per DOF, so a field the basis computes from the others
+        column by column (``network.solve_algebraic``: the streamfunction of Navier-Stokes) no
+        longer solves its equation in the corrected output; it is computed again from the
+        output's other fields (the map is linear; it first projects them onto the equation's
+        solvability condition, e.g. the vorticity's zero mean), so it solves its equation
+        exactly, as with PI-HC. The rows' objective is then no longer bounded by PI-HC's."""
+        if self.task.algebraic is None or not self.task.cfg.experts.coarse or layer is self.single:
+            return u
+        return self.task.algebraic(u.unsqueeze(-1)).squeeze(-1)
 
     def _constraint(self) -> nn.Module:
         warm = self.single is not None and self.training and self.train_step < self.task.cfg.experts.warm_start
