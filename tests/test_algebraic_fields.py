@@ -96,6 +96,14 @@ def test_bad_input_is_refused(ns):
         AlgebraicFields(np.array([0, 1]), np.array([2, 3]), sp.eye(2), sp.eye(2), 4, solvability=np.zeros(2))
 
 
+def _psi_rows(grid: int):
+    """``x -> max |psi row|`` of the unlifted Navier-Stokes problem on a ``grid`` x ``grid`` mesh
+    (the lifted unknown obeys the state's psi rows, since u0 does)."""
+    state = get_problem("navier_stokes_2d").build(grid=grid, n_steps=2, T=0.5)
+    ip = state.basis.split_indices()[1]
+    return lambda x: float(state.residual(x.reshape(-1, state.n), {})[:, ip].abs().max())
+
+
 def test_config_option(tmp_path):
     from femoe.train.config import config_from_dict
     from femoe.train.methods import build_method
@@ -112,11 +120,7 @@ def test_config_option(tmp_path):
     task = Task(cfg)
     m = build_method("pihc", task)
     # the lifted unknown z obeys the state's psi rows (u0 does): check them on the unlifted problem
-    state = get_problem("navier_stokes_2d").build(grid=4, n_steps=2, T=0.5)
-    ip = state.basis.split_indices()[1]
-
-    def psi_rows(x):
-        return float(state.residual(x.reshape(-1, state.n), {})[:, ip].abs().max())
+    psi_rows = _psi_rows(grid=4)
 
     B = m.network_output(task.test.inputs)
     assert psi_rows(B.movedim(-1, -2)) < 1e-10 * float(B.abs().max())
@@ -145,11 +149,8 @@ def test_two_level_experts_keep_the_algebraic_field(tmp_path):
     })
     task = Task(cfg)
     m = build_method("moe", task)
+    psi_rows = _psi_rows(grid=8)
     state = get_problem("navier_stokes_2d").build(grid=8, n_steps=2, T=0.5)
-    ip = state.basis.split_indices()[1]
-
-    def psi_rows(x):
-        return float(state.residual(x.reshape(-1, state.n), {})[:, ip].abs().max())
 
     with torch.no_grad():
         B = m.network_output(task.test.inputs)
