@@ -272,6 +272,7 @@ def test_later_sweeps_never_raise_the_objective_and_cover_the_bands(name, make_s
     u2, info = two(B, *args)
     assert info.all_converged and len(info.rounds) == 1
     later = two.later_sweeps[0]
+    assert later.coarse_layer is None  # it corrects the first round's output, with no solve of its own
     left_out = ~owned_interior(pb, one.partition.owner)
     assert owned_interior(pb, later.partition.owner)[left_out].all()
     r1, r2 = _objective(two, u1, params, u0), _objective(two, u2, params, u0)

@@ -250,11 +250,8 @@ class _ExpertGroup:
                                                 row_scale=row_scale)
                 self.ic_model = TrajectoryResidual(problem, dt, t0, ic_weight=ic_weight, row_scale=None)
             else:
-                if isinstance(ic_weight, torch.Tensor) and ic_weight.dim() == 1:
-                    # per-DOF weights are given on the parent's DOFs: the union's copy of them
-                    ic_weight = ic_weight[torch.as_tensor(u.union_to_global, device=ic_weight.device)]
-                elif isinstance(ic_weight, np.ndarray) and ic_weight.ndim == 1:
-                    ic_weight = ic_weight[u.union_to_global]
+                if not isinstance(ic_weight, str) and np.ndim(ic_weight) == 1:
+                    ic_weight = u.gather(torch.as_tensor(ic_weight))  # per-DOF weights: the union's copy
                 self.model = TrajectoryResidual(u, dt, t0, ic_weight=ic_weight, row_scale=row_scale)
         else:
             self.model = SteadyResidual(u, row_scale=row_scale)
@@ -262,29 +259,19 @@ class _ExpertGroup:
 
     # ---------------------------------------------------------------- two-level experts
     def set_correction(self, inside: np.ndarray) -> None:
-        """Where each expert's correction lives (two-level experts): its owned DOFs flagged in
-        ``inside`` (:func:`owned_interior`), on its padded patch and, with global initial rows,
-        on level 0 at every global DOF."""
-        pad = self.local_pad.numpy()
+        """Where each expert's correction lives (two-level experts, which enforce no global
+        rows): its owned DOFs flagged in ``inside`` (:func:`owned_interior`), on its padded patch."""
         mine = np.zeros((self.K, self.problem.n), dtype=bool)
         for k, own in enumerate(self.owned_global):
             mine[k, own[inside[own]]] = True
-        self.corr_patch = torch.as_tensor(np.take_along_axis(mine, pad, 1) & self.local_mask.numpy())
-        self.corr_global = torch.as_tensor(mine)
+        self.corr_patch = torch.as_tensor(np.take_along_axis(mine, self.local_pad.numpy(), 1) & self.local_mask.numpy())
 
     def mask_correction(self, Bg: torch.Tensor) -> torch.Tensor:
-        """A folded basis with every column zeroed outside its expert's correction DOFs."""
-        K, nl, N = self.K, self.nl_max, Bg.shape[-1]
-        cp = self.corr_patch.to(device=Bg.device, dtype=Bg.dtype)
-        if not self.ic_global:
-            lead = Bg.shape[1:-2]  # () or (T + 1,)
-            m = cp.reshape(K, *([1] * len(lead)), nl, 1)
-            return (Bg.reshape(-1, K, *Bg.shape[1:]) * m).reshape(Bg.shape)
-        n = self.problem.n
-        S = Bg.shape[1] - n
-        patch = Bg[:, :S].reshape(-1, K, S // nl, nl, N) * cp.reshape(K, 1, nl, 1)
-        level0 = Bg[:, S:].reshape(-1, K, n, N) * self.corr_global.to(device=Bg.device, dtype=Bg.dtype)[..., None]
-        return torch.cat([patch.reshape(Bg.shape[0], S, N), level0.reshape(Bg.shape[0], n, N)], dim=1)
+        """A folded basis ``(batch K, [T+1,] nl_max, N)`` with every column zeroed outside its
+        expert's correction DOFs."""
+        lead = Bg.shape[1:-2]  # () or (T + 1,)
+        m = self.corr_patch.to(device=Bg.device, dtype=Bg.dtype).reshape(self.K, *([1] * len(lead)), self.nl_max, 1)
+        return (Bg.reshape(-1, self.K, *Bg.shape[1:]) * m).reshape(Bg.shape)
 
     def gather_field(self, u: torch.Tensor) -> torch.Tensor:
         """A global field ``(batch, [T+1,] n)`` -> folded, like :meth:`gather_basis`."""
@@ -565,23 +552,12 @@ class _CorrectionModel(ResidualModel):
         return self.inner.residual(u + c, q)
 
     @torch.no_grad()
-    def gradient_scale(self, B: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
-        """``||J_w^T r||`` about the zero field: the scale of the relative tolerance, so that a
-        correction stops at the accuracy the single solve is held to (``w = 0`` already gives the
-        coarse field, whose gradient is near zero where the coarse solve converged)."""
+    def zero_field_rows(self, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows and ``J_w`` at the zero field: the LM's tolerance and round-off scales, since
+        ``w = 0`` already gives the coarse field, whose rows are near their optimum where the
+        coarse solve converged."""
         q, c = self._split(p)
-        r, J = self.inner.linearize(torch.zeros_like(c), B, q)
-        return torch.linalg.vector_norm((J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1), dim=1)
-
-    @torch.no_grad()
-    def row_magnitude(self, B: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
-        """``||r(c) - r(0)|| + ||r(0)||`` per element: the size of the terms the rows at the
-        coarse field ``c`` are sums of, which sets their round-off (the LM's floor reads the data
-        ``r(0)`` there; here ``r`` at ``w = 0`` is ``r(c)``, near zero where ``c`` is accurate)."""
-        q, c = self._split(p)
-        r0 = self.inner.residual(torch.zeros_like(c), q)
-        return (torch.linalg.vector_norm(self.inner.residual(c, q) - r0, dim=1)
-                + torch.linalg.vector_norm(r0, dim=1))
+        return self.inner.linearize(torch.zeros_like(c), B, q)
 
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
         q, c = self._split(p)
@@ -656,6 +632,9 @@ class HardConstraintMoE(nn.Module):
         (multiplicative Schwarz over the rounds).
     """
 
+    #: two-level experts solve their coarse level themselves (a later round corrects a given field)
+    _own_coarse_solve = True
+
     def __init__(self, problem: Problem, experts: int | ExpertPartition = 4, *, partition: str = "auto",
                  seed: int = 0, devices: Sequence[Any] | None = None, distributed: bool = False,
                  dt: float | None = None, t0: float = 0.0, ic_weight: Any = "paper", rho: float = 1e-4,
@@ -716,14 +695,16 @@ class HardConstraintMoE(nn.Module):
                                     self.overlap) for c in chunks]
         self._models = [_FoldedModel(g) for g in self.groups]
         self.coarse_layer = None
+        # the options every solve of a two-level layer shares (its coarse solve, its later rounds)
+        shared = dict(dt=dt, t0=t0, ic_weight=ic_weight, rho=rho, tol=tol, atol=atol, maxiter=maxiter, damping=damping,
+                      hessian=hessian, hvp_chunk=hvp_chunk, backward=backward, row_scale=row_scale,
+                      unconverged=unconverged, strict=strict, patience=patience)
         if self.coarse:
             if self.distributed or len(self.devices) > 1:
                 raise ConfigError("coarse=True (two-level experts) runs on one process and device: drop "
                                   "distributed/devices or use one-level experts")
-            self.coarse_layer = HardConstraint(problem, dt=dt, t0=t0, ic_weight=ic_weight, rho=rho, tol=tol, atol=atol,
-                                               maxiter=maxiter, damping=damping, hessian=hessian, hvp_chunk=hvp_chunk,
-                                               backward=backward, row_scale=row_scale, unconverged=unconverged,
-                                               strict=strict, patience=patience)
+            if self._own_coarse_solve:
+                self.coarse_layer = HardConstraint(problem, **shared)
             inside = owned_interior(problem, self.partition.owner)
             for g in self.groups:
                 g.set_correction(inside)
@@ -738,12 +719,7 @@ class HardConstraintMoE(nn.Module):
                 part = _band_partition(problem, covered)
                 if part is None:
                     break
-                nxt = HardConstraintMoE(problem, part, dt=dt, t0=t0, ic_weight=ic_weight, rho=rho, tol=tol, atol=atol,
-                                        maxiter=maxiter, damping=damping, hessian=hessian, hvp_chunk=hvp_chunk,
-                                        backward=backward, strict=strict, report=report, row_scale=row_scale,
-                                        unconverged=unconverged, patience=patience, coarse=True)
-                nxt.coarse_layer = None  # corrects the previous round's output
-                later.append(nxt)
+                later.append(_LaterRound(problem, part, report=report, coarse=True, **shared))
                 covered = owned_interior(problem, part.owner)
         self.later_sweeps = nn.ModuleList(later)
         if self.options.hessian.value == "exact" and self.backward_mode.value == "implicit":
@@ -785,7 +761,7 @@ class HardConstraintMoE(nn.Module):
             if reserved in params:
                 raise ProblemError(f"parameter name {reserved!r} is reserved")
         user_params = dict(params)
-        coarse = None
+        coarse = None  # the record of this layer's own coarse solve
         if coarse_field is not None:
             if not self.coarse:
                 raise ConfigError("coarse_field applies to two-level experts (coarse=True)")
@@ -793,7 +769,7 @@ class HardConstraintMoE(nn.Module):
                 raise ShapeError(f"coarse_field must have shape {tuple(B.shape[:-1])}; received "
                                  f"{tuple(coarse_field.shape)}")
             check_finite("coarse_field", coarse_field)
-            u_c, coarse = coarse_field, False
+            u_c = coarse_field
         elif self.coarse_layer is not None:  # the coarse level: one global solve on the same basis
             u_c, coarse = self.coarse_layer(B, params, u0) if td else self.coarse_layer(B, params)
         elif self.coarse:
@@ -835,12 +811,12 @@ class HardConstraintMoE(nn.Module):
             return torch.cat([getattr(i, name).reshape(batch, -1).to(home) for i in lms], 1)
 
         conv = per_expert("converged")
-        if coarse:  # a sample whose coarse solve failed has no converged correction either
+        if coarse is not None:  # a sample whose coarse solve failed has no converged correction either
             conv = conv & coarse.converged.to(conv.device)[:, None]
         info = MoEInfo(conv, per_expert("iterations"), per_expert("residual_norms"),
                        *self._interface_report(u_out, folded_fields, params), stalled=per_expert("stalled"),
                        relative_gradient=per_expert("relative_gradient"), weight_error=per_expert("weight_error"),
-                       lm=tuple(lms), weights=tuple(weights), coarse=coarse or None)
+                       lm=tuple(lms), weights=tuple(weights), coarse=coarse)
         if len(self.later_sweeps):  # further rounds, each correcting the previous round's output
             rounds = []
             for layer in self.later_sweeps:
@@ -916,3 +892,10 @@ class HardConstraintMoE(nn.Module):
                f"(sample, expert) {bad[:10]}{' ...' if len(bad) > 10 else ''} ({self._stall_summary(info, mask)}; "
                f"largest estimated relative weight error {float(info.weight_error[mask].max()):.2e})")
         report_unconverged(self, msg, info)
+
+
+class _LaterRound(HardConstraintMoE):
+    """A later round of two-level experts (``sweeps > 1``): corrects the field it is given
+    (``coarse_field``), so it has no coarse solve of its own."""
+
+    _own_coarse_solve = False

@@ -146,9 +146,9 @@ class Unconverged(_Choice):
 class LMOptions:
     """Levenberg-Marquardt settings (see :func:`least_squares_solve`).
 
-    Stopping: an element converges when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||)`` (a
-    model with a ``gradient_scale(B, p)`` method, such as two-level experts' corrections of a fixed
-    field, may raise that scale to the gradient its rows would have about the zero field), or
+    Stopping: an element converges when ``||grad_w f|| <= max(atol, tol ||grad_w f(0)||)`` (for
+    rows about a fixed field, such as two-level experts' corrections, the larger of that and the
+    gradient about the zero field: :meth:`ResidualModel.zero_field_rows`), or
     when it is below the round-off floor of the gradient at its own scale and no longer
     improving (see :class:`LeastSquaresInfo`); it stalls (not converged) when it makes no
     progress for ``patience`` iterations. ``tol=None`` means 1e-10 in float64 and 1e-5 in
@@ -258,10 +258,14 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     gnorm = torch.linalg.vector_norm(g, dim=1)
     g0 = gnorm.detach().clone()
     r0 = torch.linalg.vector_norm(r.detach(), dim=1)
-    if hasattr(model, "row_magnitude"):  # rows about a fixed field: their terms set the round-off, not r(0)
-        r0 = r0 + model.row_magnitude(B, p)
-    # the relative tolerance's scale: ||grad_w f(0)||, or a model's own (rows about a fixed field)
-    scale0 = torch.maximum(g0, model.gradient_scale(B, p)) if hasattr(model, "gradient_scale") else g0
+    scale0 = g0  # of the relative tolerance
+    zero = model.zero_field_rows(B, p)
+    if zero is not None:  # rows about a fixed field c: the rows at u = 0 set the scales, not those at w = 0
+        with torch.no_grad():
+            rz, Jz = zero
+            r0 = r0 + torch.linalg.vector_norm(r.detach() - rz, dim=1) + torch.linalg.vector_norm(rz, dim=1)
+            scale0 = torch.maximum(g0, torch.linalg.vector_norm((Jz.transpose(1, 2) @ rz.unsqueeze(-1)).squeeze(-1),
+                                                                dim=1))
     target = torch.clamp(o.relative_tolerance(B.dtype) * scale0, min=o.atol)
     floor = _roundoff_floor(A, w, r, r0, o.rho)
     scale = torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))

@@ -423,6 +423,13 @@ class ResidualModel(ABC):
         """``(S, vjp)`` (see :meth:`TrajectoryResidual.basis_adjoint`), or ``None``: not available."""
         return None
 
+    def zero_field_rows(self, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For rows about a fixed field ``c`` (``u = c + B w``): the rows and ``J_w`` at the zero
+        field, ``u = 0``, which set the LM's scales (its relative tolerance and round-off floor),
+        since at ``w = 0`` the rows are already near their optimum; ``None`` (default): the rows
+        at ``w = 0`` set them."""
+        return None
+
 
 class SteadyResidual(ResidualModel):
     """Rows ``rows`` of the steady residual ``R(u; p)`` for a field given on DOFs ``dofs``.
