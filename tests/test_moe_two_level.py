@@ -16,6 +16,7 @@ from femoe.errors import ConfigError
 from femoe.experts import HardConstraintMoE
 from femoe.experts._basis import owned_interior
 from femoe.helpers import dot, grad
+from femoe.layers import HardConstraint
 from femoe.layers._residuals import INITIAL
 from femoe.reference import solve, solve_transient
 
@@ -291,6 +292,12 @@ def test_per_dof_initial_weights_and_rejected_options(make_heat):
     scalar = _layer(pb, DT, "slab", ic_weight=2.0)(B, {}, u0)[0]
     per_dof = _layer(pb, DT, "slab", ic_weight=torch.full((pb.n,), 2.0, dtype=F64))(B, {}, u0)[0]
     torch.testing.assert_close(per_dof, scalar, rtol=1e-10, atol=1e-12)
+    # weights that differ by DOF: each expert must take its own DOFs' (the exact sum fails otherwise)
+    c = 0.5 + torch.rand(pb.n, dtype=F64, generator=g)
+    layer = _layer(pb, DT, "slab", ic_weight=c)
+    u, info = layer(B, {}, u0)
+    torch.testing.assert_close(info.residual_norms.square().sum(1).sqrt(), _objective(layer, u, {}, u0),
+                               rtol=1e-9, atol=1e-12)
     for bad in ({"overlap": 1}, {"global_rows": "boundary"}):
         with pytest.raises(ConfigError, match="two-level"):
             _layer(pb, DT, "slab", **bad)
@@ -300,8 +307,10 @@ def test_a_failed_coarse_solve_marks_its_sample(make_square):
     pb = make_square("nonlinear", 3, f=1.0)
     g = torch.Generator().manual_seed(12)
     B = torch.randn(2, pb.n, 6, dtype=F64, generator=g)
-    layer = HardConstraintMoE(pb, 4, partition="rcb", coarse=True, maxiter=1, tol=1e-14)
+    layer = HardConstraintMoE(pb, 4, partition="rcb", coarse=True)
+    layer.coarse_layer = HardConstraint(pb, maxiter=1, tol=1e-14)  # only the coarse solve fails
     with pytest.warns(Warning):
         _, info = layer(B)
     assert not bool(info.coarse.converged.any())
+    assert all(bool(i.converged.all()) for i in info.lm)  # every correction converged on its own
     assert not bool(info.converged.any())
