@@ -38,6 +38,17 @@ def machine() -> dict:
     return info
 
 
+def apply_sets(d: dict, items) -> dict:
+    """Apply ``--set section.key=value`` overrides (TOML values) to a config dict, in place."""
+    import tomllib
+
+    for item in items:
+        key, _, value = item.partition("=")
+        sec, _, sub = key.partition(".")
+        d[sec][sub] = tomllib.loads(f"v = {value}")["v"]
+    return d
+
+
 def load() -> list[float]:
     """The machine's load average (1, 5, 15 min), rounded: how shared it was."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import time
-import tomllib
 from pathlib import Path
 
 import torch
@@ -37,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
+    from _common import apply_sets
+
     from femoe.train.config import config_from_dict, load_config
     from femoe.train.methods import build_method
     from femoe.train.run import evaluate
@@ -70,10 +71,7 @@ def main() -> None:
         d = base.to_dict()
         d["data"]["dir"] = str(ROOT / base.data_dir)
         d["network"]["tendency_passes"] = p
-        for item in args.set:
-            key, _, value = item.partition("=")
-            sec, _, sub = key.partition(".")
-            d[sec][sub] = tomllib.loads(f"v = {value}")["v"]
+        apply_sets(d, args.set)
         task = Task(config_from_dict(d))
         fine = task.test_mesh_task() if args.network_mesh else None
         res = {}

@@ -31,7 +31,6 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ def evaluate(task, m, batch: int, rows) -> dict:
 
 
 def main() -> None:
-    from _common import load, machine
+    from _common import apply_sets, load, machine
 
     from femoe.train.config import config_from_dict, load_config
     from femoe.train.methods import build_method
@@ -110,10 +109,7 @@ def main() -> None:
         sys.exit(f"{ckpt} is missing: train the config's PI-HC first (femoe run {args.config} --methods pihc)")
     d = base.to_dict()
     d["data"]["dir"] = str(base.data_dir if base.data_dir.is_absolute() else ROOT / base.data_dir)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        sec, _, sub = key.partition(".")
-        d[sec][sub] = tomllib.loads(f"v = {value}")["v"]
+    apply_sets(d, args.set)
     d["experts"]["loss"] = "stitched"  # evaluation only; the two-level config check asks for it
     command = (f"OMP_NUM_THREADS=1 python benchmarks/two_level.py {args.config}" + (f" --run {args.run}" if args.run else "")
                + (f" --k {' '.join(map(str, args.k))}" if args.k else "")
