@@ -61,7 +61,8 @@ from torch import nn
 from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
-from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TrajectoryResidual,
+from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TimeIntegratedRows,
+                                     TrajectoryResidual,
                                      basis_adjoint_parts, basis_field, batched_param_names, jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
@@ -240,6 +241,8 @@ class _ExpertGroup:
         self.union_to_global = torch.as_tensor(u.union_to_global)
         if isinstance(row_scale, RowTransform):  # energy rows: one block per expert (additive Schwarz)
             row_scale = row_scale.for_experts(u, self.rows_union, self.rows_global)
+        elif isinstance(row_scale, TimeIntegratedRows):
+            row_scale = row_scale.for_experts(u.union_to_global)
         elif row_scale is not None and not isinstance(row_scale, str):
             row_scale = np.asarray(row_scale)[u.union_to_global]  # given on the parent's DOFs
         if self.time_dependent:

@@ -325,11 +325,55 @@ class BlockEnergyRows(RowTransform):
         return y.index_copy(1, flat[sel], z[:, sel])
 
 
+class TimeIntegratedRows:
+    """Rows of a trajectory integrated in time (``solver.row_weights = "time_integrated"``).
+
+    The theta-scheme rows of step ``l`` are ``R_l = S (u_l - u_{l-1}) / dt + theta A(u_l) +
+    (1 - theta) A(u_{l-1})``; weighted by ``s`` (``1 / M_ii``: pointwise time derivatives) they
+    measure how far ``u`` is from satisfying *one* step. These rows replace them by
+
+        ``Y_l = dt * sum_{k <= l} s R_k = u_l - u_0 - dt sum_{k <= l} s [theta A(u_k) + (1 - theta) A(u_{k-1})]``
+
+    (storage ``S`` lumped to ``M``): the scheme in integral (Picard) form, in the solution's own
+    units. An error ``e`` that enters at step ``k`` and is carried to the end counts at every later
+    level, as it does in the space-time L2 error, where the step rows count it once, at step
+    ``k``; a least-squares fit of the step rows therefore spends the basis on late steps and
+    leaves early errors that the whole trajectory inherits. The map is lower block-triangular
+    with identity blocks times ``dt`` (invertible), so both sets of rows have the same zeros:
+    the exact solution of the scheme is unchanged, only which member of a basis that cannot
+    reach it the least squares picks.
+
+    ``s`` are the row weights of the ``n`` DOFs (applied before the sum); the initial-condition
+    rows are unchanged. Trajectories only; enforced rows must be the same DOFs at every level (all
+    rows, or an expert's DOFs), so that each level's sum is over the rows of the same DOFs.
+    """
+
+    def __init__(self, s: Any):
+        self.s = np.asarray(s, dtype=np.float64)
+        if self.s.ndim != 1:
+            raise ShapeError(f"time-integrated rows need one weight per DOF; got shape {self.s.shape}")
+
+    def for_experts(self, union_to_global) -> "TimeIntegratedRows":
+        """The same rows on a union of expert fields (``union_to_global``: each union DOF's parent DOF)."""
+        return TimeIntegratedRows(self.s[np.asarray(union_to_global)])
+
+    @staticmethod
+    def integrate(x: torch.Tensor, T: int, dt: float, transpose: bool = False) -> torch.Tensor:
+        """``x`` ``(batch, T k, ...)`` (level-major rows) -> ``dt`` times the cumulative sum over
+        the levels (``transpose``: the adjoint, a reversed cumulative sum)."""
+        y = x.reshape(x.shape[0], T, x.shape[1] // T, *x.shape[2:])
+        y = y.flip(1).cumsum(1).flip(1) if transpose else y.cumsum(1)
+        return (dt * y).reshape(x.shape)
+
+
 def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform | None:
     """Weights of the PDE rows: ``"mass"`` (``1 / M_ii``, see :meth:`Problem.row_scale`), ``None``
     (the raw weak-form rows), an array of ``n`` weights, or a :class:`RowTransform`."""
     if row_scale is None:
         return None
+    if isinstance(row_scale, TimeIntegratedRows):
+        raise ProblemError(f"time-integrated rows apply to trajectories; problem {problem.name!r} is evaluated as a "
+                           "steady residual here: use row weights ('mass', None or an array)")
     if isinstance(row_scale, RowTransform):
         if row_scale.n != problem.n:
             raise ShapeError(f"the row transform has {row_scale.n} rows but the problem has {problem.n}")
@@ -599,7 +643,13 @@ class TrajectoryResidual(SteadyResidual):
             raise ProblemError(f"dt must be positive; got {dt}")
         if isinstance(row_scale, RowTransform):
             raise ProblemError("a row transform (energy rows) applies to steady problems only; a trajectory's "
-                               "rows take row weights ('mass', None or an array)")
+                               "rows take row weights ('mass', None or an array) or TimeIntegratedRows")
+        self.integrate = isinstance(row_scale, TimeIntegratedRows)
+        if self.integrate:
+            if row_scale.s.shape != (problem.n,):
+                raise ShapeError(f"time-integrated rows have {row_scale.s.size} weights but the problem has "
+                                 f"{problem.n} DOFs")
+            row_scale = row_scale.s
         super().__init__(problem, None, dofs, row_scale=row_scale)
         self.rows = rows if rows is None else as_index("rows", rows, 2**62)
         self.ic_rows = as_index("ic_rows", ic_rows, self.n)
@@ -612,6 +662,22 @@ class TrajectoryResidual(SteadyResidual):
         if self.rows is not None and self.rows.numel() and int(self.rows.max()) >= T * self.n:
             raise ShapeError(f"rows index the flattened (T={T}) x (n={self.n}) trajectory residual, so they must be "
                              f"below {T * self.n}; got {int(self.rows.max())}")
+
+    def _integrated(self, x: torch.Tensor, T: int, transpose: bool = False) -> torch.Tensor:
+        """The enforced PDE rows ``x`` ``(batch, m, ...)`` summed over the levels when the rows are
+        time-integrated (:class:`TimeIntegratedRows`), else ``x``."""
+        if not self.integrate:
+            return x
+        if self.rows is not None:
+            ok = self.__dict__.setdefault("_integrable", {})
+            if T not in ok:
+                r = self.rows.cpu().numpy()
+                lev = r.reshape(T, -1) if r.size % T == 0 else None
+                ok[T] = lev is not None and bool(((lev - np.arange(T)[:, None] * self.n) == lev[:1]).all())
+            if not ok[T]:
+                raise ProblemError("time-integrated rows sum each DOF's rows over the levels, so the enforced rows "
+                                   "must be the same DOFs at every level (level-major); these rows are not")
+        return TimeIntegratedRows.integrate(x, T, self.dt, transpose)
 
     def _weights(self, u0: torch.Tensor) -> torch.Tensor:
         if isinstance(self.ic_weight, str):
@@ -644,7 +710,7 @@ class TrajectoryResidual(SteadyResidual):
         R = self.problem.trajectory_residual(U[:, 1:], U[:, 0], self.dt, p, t0=self.t0)
         if R.shape[0] != batch:
             raise ShapeError(f"the parameters have batch {R.shape[0]} but the basis has batch {batch}")
-        R = self._select(R.reshape(batch, T * self.n))
+        R = self._integrated(self._select(R.reshape(batch, T * self.n)), T)
         ic = self._weights(u0) * (U[:, 0] - u0)
         return torch.cat([R, self._ic_rows(ic.expand(batch, -1))], dim=1)
 
@@ -684,10 +750,14 @@ class TrajectoryResidual(SteadyResidual):
             raise ShapeError(f"the parameters have batch {P.batch_size // (T + 1)} but the basis has batch {batch}")
         c = self._weights(u0)
         ic = self._ic_rows((c * (U[:, 0] - u0)).expand(batch, -1))
-        r = torch.cat([self._select(R.reshape(batch, T * self.n)), ic], dim=1)
+        r = torch.cat([self._integrated(self._select(R.reshape(batch, T * self.n)), T), ic], dim=1)
         if not (torch.is_grad_enabled() and (P.values.requires_grad or B.requires_grad or
                                              (isinstance(c, torch.Tensor) and c.requires_grad))):
-            return r, self._stacked_jacobian(P.values, Q.values, c, B, T)
+            J = self._stacked_jacobian(P.values, Q.values, c, B, T)
+            if self.integrate:
+                m = r.shape[1] - ic.shape[1]
+                J = torch.cat([self._integrated(J[:, :m], T), J[:, m:]], dim=1)
+            return r, J
         Bf = self._embed(B, 2)
         N = Bf.shape[-1]
         Bflat = Bf.reshape(batch * (T + 1), self.n, N)
@@ -695,7 +765,8 @@ class TrajectoryResidual(SteadyResidual):
         QB = jac_times(Q, Bflat).reshape(batch, T + 1, self.n, N)
         rows_J = PB[:, 1:] + QB[:, :-1] - PB[:, :-1]
         icJ = self._ic_rows((c.unsqueeze(-1) if c.dim() else c) * Bf[:, 0])
-        J = torch.cat([self._select(rows_J.reshape(batch, T * self.n, -1)), icJ.expand(batch, -1, -1)], dim=1)
+        J = torch.cat([self._integrated(self._select(rows_J.reshape(batch, T * self.n, -1)), T),
+                       icJ.expand(batch, -1, -1)], dim=1)
         return r, J
 
     def _stacked_structure(self, T: int) -> dict[str, np.ndarray]:
@@ -800,11 +871,15 @@ class TrajectoryResidual(SteadyResidual):
         st = self._stacked_structure(T)
         idx = st[("idx", str(vals.device))]
         rows, cols, m, nc = idx["entry_pos"], idx["cols"], int(st["n_rows"]), int(st["n_cols"])
+        m_pde = m - int(idx["ic_dofs"].numel())
 
         def M(x):
-            return x.new_zeros(batch, m).index_add_(1, rows, vals * x[:, cols])
+            y = x.new_zeros(batch, m).index_add_(1, rows, vals * x[:, cols])
+            return torch.cat([self._integrated(y[:, :m_pde], T), y[:, m_pde:]], dim=1) if self.integrate else y
 
         def MT(y):
+            if self.integrate:
+                y = torch.cat([self._integrated(y[:, :m_pde], T, transpose=True), y[:, m_pde:]], dim=1)
             return y.new_zeros(batch, nc).index_add_(1, cols, vals * y[:, rows])
 
         return M, MT, m, nc

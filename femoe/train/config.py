@@ -55,6 +55,7 @@ tol = 1e-8
 maxiter = 100
 row_weights = "mass"                 # basis-mode row weights: "mass" (1/M_ii), "boundary", "energy" or "energy_sample" (steady)
 dirichlet_weight = 1.0               # weight of the Dirichlet rows u_i - g_i (PDE rows: see above)
+time_integrated_rows = false         # trajectories: rows summed over the levels (integral form, solution units)
 unconverged = "flag"                 # every constraint layer, unconverged solves: "flag", "exclude" (no gradient), "raise"
 
 [train]
@@ -195,6 +196,9 @@ class SolverConfig:
     # row, so facet rows weigh their boundary condition like a Dirichlet row (O(1)), not O(1/h)
     row_weights: str = "mass"
     dirichlet_weight: float = 1.0  # weight of Dirichlet rows u_i - g_i
+    # trajectories: each level's rows summed over the levels up to it, times dt (the scheme in
+    # integral form, in solution units; femoe.layers.TimeIntegratedRows), in the layers and the loss
+    time_integrated_rows: bool = False
     # basis-mode samples (or MoE samples with an expert) whose least squares did not converge:
     # "flag" (used, counted in the log), "exclude" (no gradient from them) or "raise"
     unconverged: str = "flag"

@@ -79,6 +79,10 @@ class Task:
             self.row_transform = None
             self.row_scale = torch.as_tensor(row_weights(self.problem, cfg.solver.row_weights,
                                                          cfg.solver.dirichlet_weight))
+        self.time_integrated = bool(cfg.solver.time_integrated_rows)
+        if self.time_integrated and not self.time_dependent:
+            raise ConfigError(f"solver.time_integrated_rows sums a trajectory's rows over its levels; problem "
+                              f"{cfg.problem.name!r} is steady: set it to false")
         # fields computed from the others, not spanned by the network (network.solve_algebraic)
         self.algebraic = self.spec.algebraic_fields(self.problem) if cfg.network.solve_algebraic else None
         self.train = self.test = None
@@ -263,9 +267,15 @@ class Task:
         return out
 
     def layer_row_scale(self):
-        """What the constraint layers take as ``row_scale``: the row weights, or the transform of
-        ``"energy"`` rows."""
-        return self.row_transform if self.row_transform is not None else self.row_scale.numpy()
+        """What the constraint layers take as ``row_scale``: the row weights, the transform of
+        ``"energy"`` rows, or the weights as :class:`~femoe.layers.TimeIntegratedRows`."""
+        if self.row_transform is not None:
+            return self.row_transform
+        if self.time_integrated:
+            from femoe.layers import TimeIntegratedRows
+
+            return TimeIntegratedRows(self.row_scale.numpy())
+        return self.row_scale.numpy()
 
     # ------------------------------------------------------------------ metrics
     def state(self, u: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -296,6 +306,8 @@ class Task:
             scale = scale * dof_weight.to(u.device, u.dtype)
         if self.time_dependent:
             R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params, t0=t0) * scale
+            if self.time_integrated:  # the layers' rows (femoe.layers.TimeIntegratedRows)
+                R = self.dt * R.cumsum(1)
             if self.ic_by_construction:  # the state's level 0 is u0 whatever u[:, 0] is
                 return R.reshape(u.shape[0], -1)
             ic = u[:, 0] - u0
