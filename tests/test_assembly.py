@@ -295,3 +295,55 @@ def test_level_jacobians_equal_per_level_jacobians():
             Ql = problem.jacobian(x, t=level * dt)
             torch.testing.assert_close(P.values[b * 4 + level], Pl.values[0])
             torch.testing.assert_close(Q.values[b * 4 + level], Ql.values[0])
+
+
+def _pair_and_fallback_jacobians(make, batch, monkeypatch):
+    """``residual_and_jacobian`` of the problem ``make()`` at a batch of states, once through the
+    per-element pair tensor (``phi_pair``) and once through the two batched matmuls used when
+    that tensor would be too large (``PAIR_MAX_ENTRIES = 0``)."""
+    import femoe.assembly.torch_basis as tbm
+
+    out = []
+    for cap in (tbm.PAIR_MAX_ENTRIES, 0):
+        monkeypatch.setattr(tbm, "PAIR_MAX_ENTRIES", cap)
+        problem, params = make()
+        assert ("phi_pair" in problem._tb.tensors("cpu", F64)) == (cap > 0)
+        u = torch.as_tensor(np.stack([_state(problem.basis, seed=s) for s in range(batch)]))
+        R, J = problem.residual_and_jacobian(u, params)
+        out.append((problem, R, J))
+    return out
+
+
+def _scalar_p2():
+    basis = fe.Basis(fe.MeshTri.init_symmetric().refined(2), fe.ElementTriP2())
+    return Problem(basis, nonlinear, defaults={"f": 2.0}), {"kappa": torch.tensor(1.0 + basis.doflocs[0] ** 2)}
+
+
+def _mixed_p1p1():  # the (omega, psi) space of Navier-Stokes, with a nonlinear coupling
+    basis = fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1() * fe.ElementTriP1())
+
+    def form(w_, p_, v, q, w):
+        return (dot(grad(w_), grad(v)) + w_ * (grad(p_)[0] * grad(w_)[1] - grad(p_)[1] * grad(w_)[0]) * v
+                + dot(grad(p_), grad(q)) - w_ * q)
+
+    return Problem(basis, form), {}
+
+
+def _vector_p2():
+    basis = fe.Basis(fe.MeshTri().refined(1), fe.ElementVector(fe.ElementTriP2()))
+    return Problem(basis, lambda u, v, w: ddot(sym_grad(u), sym_grad(v)) + dot(u, u) * trace(grad(v))), {}
+
+
+@pytest.mark.parametrize("make", [_scalar_p2, _mixed_p1p1, _vector_p2], ids=["scalar-P2", "mixed-P1xP1", "vector-P2"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_local_jacobian_without_the_pair_tensor_equals_it_and_autograd(make, batch, monkeypatch):
+    (pb, R0, J0), (_, R1, J1) = _pair_and_fallback_jacobians(make, batch, monkeypatch)
+    torch.testing.assert_close(R1, R0, rtol=0, atol=0)
+    scale = float(J0.values.abs().max())
+    torch.testing.assert_close(J1.values, J0.values, rtol=1e-12, atol=1e-13 * scale)
+    # and against the dense autograd Jacobian of the residual, sample by sample
+    _, params = make()
+    for b in range(batch):
+        u = torch.as_tensor(_state(pb.basis, seed=b))
+        dense = torch.autograd.functional.jacobian(lambda x: pb.residual(x, params).reshape(-1), u)
+        np.testing.assert_allclose(J1.to_scipy(b).toarray(), dense.numpy(), rtol=1e-10, atol=1e-10 * scale)
