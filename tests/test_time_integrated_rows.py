@@ -182,3 +182,25 @@ def test_training_loss_uses_the_layers_rows(tmp_path):
     steady.solver.time_integrated_rows = True
     with pytest.raises(ConfigError, match="steady"):
         Task(steady, load_data=False)
+
+
+@pytest.mark.parametrize("name,batch", [("heat", 2), ("ns", 1)])
+def test_experts_basis_adjoint_backward_equals_the_double_backward(name, batch, monkeypatch):
+    from femoe.experts import HardConstraintMoE
+    from femoe.experts._basis import _FoldedModel
+
+    if name == "heat":
+        pb, _, B, params, u0 = _case("heat", batch, False)
+        k, part = 2, "slab"
+    else:  # a mesh on which 4 experts have rows of their own
+        pb = navier_stokes(grid=8)
+        params, u0 = ns_params(pb, batch), torch.zeros(batch, pb.n, dtype=F64)
+        B = 0.3 * torch.randn(batch, 3, pb.n, 4, dtype=F64, generator=torch.Generator().manual_seed(7))
+        k, part = 4, "metis"
+    layer = HardConstraintMoE(pb, k, partition=part, dt=DT, tol=1e-13, row_scale=TimeIntegratedRows(pb.row_scale()))
+    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
+    g_fast = _layer_grad(layer, B, params, u0, loss_w)
+    monkeypatch.delattr(_FoldedModel, "basis_adjoint")  # the autograd reference backward
+    g_ref = _layer_grad(layer, B, params, u0, loss_w)
+    assert g_fast.abs().max() > 0
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
