@@ -343,9 +343,8 @@ class TimeIntegratedRows:
     the exact solution of the scheme is unchanged, only which member of a basis that cannot
     reach it the least squares picks.
 
-    ``s`` are the row weights of the ``n`` DOFs (applied before the sum). Dirichlet rows
-    ``u_i - g_i`` are in solution units already and stay as they are at every level, as do the
-    initial-condition rows. Trajectories only; enforced rows must be the same DOFs at every level (all
+    ``s`` are the row weights of the ``n`` DOFs (applied before the sum); the initial-condition
+    rows are unchanged. Trajectories only; enforced rows must be the same DOFs at every level (all
     rows, or an expert's DOFs), so that each level's sum is over the rows of the same DOFs.
     """
 
@@ -359,16 +358,12 @@ class TimeIntegratedRows:
         return TimeIntegratedRows(self.s[np.asarray(union_to_global)])
 
     @staticmethod
-    def integrate(x: torch.Tensor, T: int, dt: float, transpose: bool = False,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    def integrate(x: torch.Tensor, T: int, dt: float, transpose: bool = False) -> torch.Tensor:
         """``x`` ``(batch, T k, ...)`` (level-major rows) -> ``dt`` times the cumulative sum over
-        the levels (``transpose``: the adjoint, a reversed cumulative sum); the rows of the ``k``
-        per level where ``keep`` ``(k,)`` is true stay as they are (Dirichlet rows)."""
-        x4 = x.reshape(x.shape[0], T, x.shape[1] // T, *x.shape[2:])
-        y = dt * (x4.flip(1).cumsum(1).flip(1) if transpose else x4.cumsum(1))
-        if keep is not None:
-            y = torch.where(keep.to(x.device).reshape(1, 1, -1, *([1] * (x.dim() - 2))), x4, y)
-        return y.reshape(x.shape)
+        the levels (``transpose``: the adjoint, a reversed cumulative sum)."""
+        y = x.reshape(x.shape[0], T, x.shape[1] // T, *x.shape[2:])
+        y = y.flip(1).cumsum(1).flip(1) if transpose else y.cumsum(1)
+        return (dt * y).reshape(x.shape)
 
 
 def _row_scale(problem: Problem, row_scale: Any) -> torch.Tensor | RowTransform | None:
@@ -673,19 +668,16 @@ class TrajectoryResidual(SteadyResidual):
         time-integrated (:class:`TimeIntegratedRows`), else ``x``."""
         if not self.integrate:
             return x
-        keep = self.__dict__.setdefault("_integration_keep", {})
-        if T not in keep:  # the Dirichlet rows among each level's enforced rows
-            dofs = np.arange(self.n)
-            if self.rows is not None:
+        if self.rows is not None:
+            ok = self.__dict__.setdefault("_integrable", {})
+            if T not in ok:
                 r = self.rows.cpu().numpy()
                 lev = r.reshape(T, -1) if r.size % T == 0 else None
-                if lev is None or not bool(((lev - np.arange(T)[:, None] * self.n) == lev[:1]).all()):
-                    raise ProblemError("time-integrated rows sum each DOF's rows over the levels, so the enforced "
-                                       "rows must be the same DOFs at every level (level-major); these rows are not")
-                dofs = lev[0]
-            k = np.isin(dofs, self.problem.dirichlet_dofs)
-            keep[T] = torch.as_tensor(k) if k.any() else None
-        return TimeIntegratedRows.integrate(x, T, self.dt, transpose, keep[T])
+                ok[T] = lev is not None and bool(((lev - np.arange(T)[:, None] * self.n) == lev[:1]).all())
+            if not ok[T]:
+                raise ProblemError("time-integrated rows sum each DOF's rows over the levels, so the enforced rows "
+                                   "must be the same DOFs at every level (level-major); these rows are not")
+        return TimeIntegratedRows.integrate(x, T, self.dt, transpose)
 
     def _weights(self, u0: torch.Tensor) -> torch.Tensor:
         if isinstance(self.ic_weight, str):
