@@ -83,13 +83,17 @@ def main() -> None:
             for label, t, meth in runs:
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    ev = evaluate(t, meth, base.train.batch_size)
+                    ev = evaluate(t, meth, base.train.batch_size, train_until=base.train.train_until)
                 seconds = time.perf_counter() - t0
                 r = {"rel_l2": ev["rel_l2_mean"], "rel_l2_std": ev["rel_l2_std"],
                      "best_in_span": ev["best_in_span_mean"], "interface_jump": ev["interface_jump"],
                      "seconds": seconds}
+                if ev.get("rel_l2_after_train_until_mean") is not None:  # data past train.train_until
+                    r["rel_l2_after_train_until"] = ev["rel_l2_after_train_until_mean"]
                 res[f"{name}: {label}"] = r
-                print(f"passes {p}, {name}, {label}: {r['rel_l2']:.4f} (span {r['best_in_span']:.4f}, "
+                late = (f", after train_until {r['rel_l2_after_train_until']:.4f}"
+                        if "rel_l2_after_train_until" in r else "")
+                print(f"passes {p}, {name}, {label}: {r['rel_l2']:.4f} (span {r['best_in_span']:.4f}{late}, "
                       f"{seconds:.1f} s)", flush=True)
         out["passes"][p] = res
     tag = ("" if args.methods == ["pihc"] else "_" + "_".join(args.methods)) + (f"_{args.tag}" if args.tag else "")
