@@ -99,17 +99,24 @@ def _layer_grad(layer, B, params, u0, loss_w):
     return Bl.grad
 
 
+def assert_fast_backward_equals_reference(layer, B, params, u0, cls, monkeypatch):
+    """The layer's gradient with respect to ``B`` through ``cls.basis_adjoint`` equals the one
+    autograd's double backward gives once that method is removed."""
+    loss_w = torch.randn(B.shape[0], B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
+    g_fast = _layer_grad(layer, B, params, u0, loss_w)
+    monkeypatch.delattr(cls, "basis_adjoint")  # the autograd reference backward
+    g_ref = _layer_grad(layer, B, params, u0, loss_w)
+    assert g_fast.abs().max() > 0
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+
+
 @pytest.mark.parametrize("name,batch,subset", CASES)
 def test_basis_adjoint_backward_equals_the_double_backward(name, batch, subset, monkeypatch):
     pb, kw, B, params, u0 = _case(name, batch, subset)
     layer = HardConstraint(pb, dt=0.1, tol=1e-13, **kw)
-    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
-    g_fast = _layer_grad(layer, B, params, u0, loss_w)
+    _layer_grad(layer, B, params, u0, torch.ones_like(B[..., 0]))
     assert layer.last_info.adjoint_residual.max() < 1e-10
-    monkeypatch.delattr(TrajectoryResidual, "basis_adjoint")  # the autograd reference backward
-    g_ref = _layer_grad(layer, B, params, u0, loss_w)
-    assert g_fast.abs().max() > 0
-    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+    assert_fast_backward_equals_reference(layer, B, params, u0, TrajectoryResidual, monkeypatch)
 
 
 @pytest.mark.parametrize("subset", [False, True])
@@ -186,12 +193,7 @@ def test_moe_basis_adjoint_backward_equals_the_double_backward(name, batch, monk
         params, u0 = ns_params(pb, batch), torch.zeros(batch, pb.n, dtype=F64)
         B = 0.3 * torch.randn(batch, 3, pb.n, 4, dtype=F64, generator=torch.Generator().manual_seed(7))
     layer = HardConstraintMoE(pb, k, partition=part, dt=0.1, tol=1e-13)
-    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
-    g_fast = _layer_grad(layer, B, params, u0, loss_w)
-    monkeypatch.delattr(_FoldedModel, "basis_adjoint")  # the autograd reference backward
-    g_ref = _layer_grad(layer, B, params, u0, loss_w)
-    assert g_fast.abs().max() > 0
-    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+    assert_fast_backward_equals_reference(layer, B, params, u0, _FoldedModel, monkeypatch)
 
 
 def test_the_basis_backward_reuses_the_last_linearisation_of_the_solve(monkeypatch):

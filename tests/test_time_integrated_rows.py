@@ -16,7 +16,8 @@ import torch
 from femoe.errors import ConfigError, ProblemError
 from femoe.layers import HardConstraint, TimeIntegratedRows
 from femoe.layers._residuals import INITIAL, TrajectoryResidual, basis_field
-from tests.test_layers_fast_paths import CASES, _case, _layer_grad, navier_stokes, ns_params
+from tests.test_layers_fast_paths import (CASES, _case, assert_fast_backward_equals_reference, navier_stokes,
+                                         ns_params)
 
 F64 = torch.float64
 DT = 0.1
@@ -76,12 +77,7 @@ def test_both_jacobian_paths_equal_the_dense_jacobian(name, batch, subset):
 def test_basis_adjoint_backward_equals_the_double_backward(name, batch, monkeypatch):
     pb, _, B, params, u0 = _case(name, batch, False)
     layer = HardConstraint(pb, dt=DT, tol=1e-13, row_scale=TimeIntegratedRows(pb.row_scale()))
-    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
-    g_fast = _layer_grad(layer, B, params, u0, loss_w)
-    monkeypatch.delattr(TrajectoryResidual, "basis_adjoint")  # the autograd reference backward
-    g_ref = _layer_grad(layer, B, params, u0, loss_w)
-    assert g_fast.abs().max() > 0
-    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+    assert_fast_backward_equals_reference(layer, B, params, u0, TrajectoryResidual, monkeypatch)
 
 
 def test_gradcheck_of_the_layer_with_integrated_rows():
@@ -194,9 +190,4 @@ def test_experts_basis_adjoint_backward_equals_the_double_backward(name, batch, 
         B = 0.3 * torch.randn(batch, 3, pb.n, 4, dtype=F64, generator=torch.Generator().manual_seed(7))
         k, part = 4, "metis"
     layer = HardConstraintMoE(pb, k, partition=part, dt=DT, tol=1e-13, row_scale=TimeIntegratedRows(pb.row_scale()))
-    loss_w = torch.randn(batch, B.shape[1], B.shape[2], dtype=F64, generator=torch.Generator().manual_seed(5))
-    g_fast = _layer_grad(layer, B, params, u0, loss_w)
-    monkeypatch.delattr(_FoldedModel, "basis_adjoint")  # the autograd reference backward
-    g_ref = _layer_grad(layer, B, params, u0, loss_w)
-    assert g_fast.abs().max() > 0
-    torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9 * float(g_ref.abs().max()))
+    assert_fast_backward_equals_reference(layer, B, params, u0, _FoldedModel, monkeypatch)
