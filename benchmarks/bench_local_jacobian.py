@@ -6,9 +6,10 @@ Three kernels on the same pointwise derivatives ``D`` (``s`` = batch x levels st
 
 - ``per_point``: the formulation before 2026-12-02, two ``torch.matmul`` calls with the states and
   the quadrature points in the batch dimensions (``S E Q`` products of ``J x J`` matrices);
-- ``fallback``: the landed one (``femoe.assembly.form.local_residual_and_jacobian``), batched over
-  ``E Q`` and then ``E`` matrices with the states inside each product;
-- ``pair``: one batched matmul with the pair tensor (what meshes under the cap use).
+- ``fallback``: the landed one (``femoe.assembly.form.jacobian_batched``), batched over ``E Q`` and
+  then ``E`` matrices with the states inside each product;
+- ``pair``: one batched matmul with the pair tensor (``femoe.assembly.form.jacobian_pair``, what
+  meshes under the cap use).
 
 And ``trajectory_residual_and_jacobians`` of the whole trajectory with the landed kernel, for
 scale. Writes ``benchmarks/results/local_jacobian.json`` (median of repeats, machine load).
@@ -29,26 +30,16 @@ from _common import load, timeit, write  # noqa: E402
 
 
 def per_point(t, D, n):
+    """The contraction as femoe did it before commit 7df4530 (the "before" of this benchmark)."""
     J, _, S, E, Q = D.shape
     X = torch.matmul(t["phi_dx_eqia"], D.permute(2, 3, 4, 0, 1))  # (s, e, q, i, b)
     X = X.permute(0, 1, 3, 2, 4).reshape(S, E, n, Q * J)
     return torch.matmul(X, t["phi_e_qb_j"])  # (s, e, i, j)
 
 
-def fallback(t, D, n):
-    J, _, S, E, Q = D.shape
-    X = torch.bmm(t["phi_dx_eqia"].reshape(E * Q, n, J), D.permute(3, 4, 0, 2, 1).reshape(E * Q, J, S * J))
-    X = X.reshape(E, Q, n, S, J).permute(0, 3, 2, 1, 4).reshape(E, S * n, Q * J)
-    return torch.bmm(X, t["phi_e_qb_j"]).reshape(E, S, n, n).transpose(0, 1)
-
-
-def pair(t, D, n, P):
-    J, _, S, E, Q = D.shape
-    Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * J * J)
-    return torch.bmm(Dp, P).reshape(E, S, n, n).transpose(0, 1)
-
-
 def main() -> None:
+    from femoe.assembly.form import jacobian_batched, jacobian_pair
+    from femoe.assembly.torch_basis import pair_tensor
     from femoe.problems import get_problem
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,13 +54,14 @@ def main() -> None:
     t = tb.tensors("cpu", torch.float64)
     J, n, E, Q = t["phi"].shape
     D = torch.randn(J, J, args.states, E, Q, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    P = torch.einsum("aieq,bjeq->eqabij", t["phi_dx"], t["phi"]).reshape(E, Q * J * J, n * n).contiguous()
-    K0 = per_point(t, D, n)
-    err = {k: float((f().sub(K0)).abs().max() / K0.abs().max())
-           for k, f in {"fallback": lambda: fallback(t, D, n), "pair": lambda: pair(t, D, n, P)}.items()}
-    times = {"per_point": timeit(lambda: per_point(t, D, n), repeat=args.repeat),
-             "fallback": timeit(lambda: fallback(t, D, n), repeat=args.repeat),
-             "pair": timeit(lambda: pair(t, D, n, P), repeat=args.repeat)}
+    assert "phi_pair" not in t  # the mesh is past the cap: femoe assembles with jacobian_batched
+    tp = {**t, "phi_pair": pair_tensor(t)}
+    P = tp["phi_pair"]
+    kernels = {"per_point": lambda: per_point(t, D, n), "fallback": lambda: jacobian_batched(t, D),
+               "pair": lambda: jacobian_pair(tp, D)}
+    K0 = kernels["per_point"]()
+    err = {k: float((kernels[k]().sub(K0)).abs().max() / K0.abs().max()) for k in ("fallback", "pair")}
+    times = {k: timeit(f, repeat=args.repeat) for k, f in kernels.items()}
     U = torch.randn(2, 5, pb.n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     u0 = torch.randn(2, pb.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     params = {"initial_state": u0}

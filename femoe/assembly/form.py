@@ -82,20 +82,31 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
         if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
             c = c.detach()
     r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
-    # K_eij = sum_q sum_ab phi_dx[a,i,e,q] D[a,b,s,e,q] phi[b,j,e,q]
-    S, E, Q = D.shape[2], D.shape[3], D.shape[4]
-    if "phi_pair" in t:  # one batched matmul over elements, (s, (q a b)) x ((q a b), (i j))
-        Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * J * J)
-        K = torch.bmm(Dp, t["phi_pair"]).reshape(E, S, tb.n_local, tb.n_local).transpose(0, 1)
-        return r, K
-    # otherwise two batched matmuls (no per-element tensor of phi products), each batched over as
-    # few matrices as possible (a batched matmul costs per matrix: with the samples in the batch
-    # dimension, S E Q products of J x J matrices took 8x longer on the 32 x 32 NS mesh):
-    # X[(e q), i, (s b)] = sum_a phi_dx[(e q), i, a] D[(e q), a, (s b)], then
-    # K[e, (s i), j] = sum_(q b) X[e, (s i), (q b)] phi[e, (q b), j]
-    n = tb.n_local
+    return r, (jacobian_pair(t, D) if "phi_pair" in t else jacobian_batched(t, D))
+
+
+# The local Jacobians K[s, e, i, j] = sum_q sum_ab phi_dx[a, i, e, q] D[a, b, s, e, q] phi[b, j, e, q]
+# from the pointwise derivatives D (J_test, J_trial, states, elements, points) and a basis'
+# tensors t (TorchBasis.tensors), returned as (states, elements, n_local, n_local).
+
+def jacobian_pair(t: dict[str, torch.Tensor], D: torch.Tensor) -> torch.Tensor:
+    """One batched matmul over the elements with the pair tensor ``t["phi_pair"]``
+    (:func:`femoe.assembly.torch_basis.pair_tensor`): ``(s, (q a b)) x ((q a b), (i j))``."""
+    J, _, S, E, Q = D.shape
+    n = t["phi"].shape[1]
+    Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * J * J)
+    return torch.bmm(Dp, t["phi_pair"]).reshape(E, S, n, n).transpose(0, 1)
+
+
+def jacobian_batched(t: dict[str, torch.Tensor], D: torch.Tensor) -> torch.Tensor:
+    """Two batched matmuls, without the pair tensor (bases whose pair tensor would exceed
+    ``PAIR_MAX_ENTRIES``). A batched matmul costs per matrix, so each is batched over as few as
+    possible, with the states inside each product (``benchmarks/bench_local_jacobian.py``):
+    ``X[(e q), i, (s b)] = sum_a phi_dx[(e q), i, a] D[(e q), a, (s b)]``, then
+    ``K[e, (s i), j] = sum_(q b) X[e, (s i), (q b)] phi[e, (q b), j]``."""
+    J, _, S, E, Q = D.shape
+    n = t["phi"].shape[1]
     Dq = D.permute(3, 4, 0, 2, 1).reshape(E * Q, J, S * J)
     X = torch.bmm(t["phi_dx_eqia"].reshape(E * Q, n, J), Dq)  # ((e q), i, (s b))
     X = X.reshape(E, Q, n, S, J).permute(0, 3, 2, 1, 4).reshape(E, S * n, Q * J)
-    K = torch.bmm(X, t["phi_e_qb_j"]).reshape(E, S, n, n).transpose(0, 1)  # (s, e, i, j)
-    return r, K
+    return torch.bmm(X, t["phi_e_qb_j"]).reshape(E, S, n, n).transpose(0, 1)

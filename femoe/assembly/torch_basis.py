@@ -60,6 +60,14 @@ class FieldLayout:
 PAIR_MAX_ENTRIES = 1 << 22
 
 
+def pair_tensor(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``phi_dx[a, i] phi[b, j]`` per element and point, shaped ``(e, (q, a, b), (i, j))``, from a
+    basis' :meth:`TorchBasis.tensors`: with it the local Jacobian is one batched matmul over the
+    elements (:func:`femoe.assembly.form.jacobian_pair`)."""
+    J, n, E, Q = t["phi"].shape
+    return torch.einsum("aieq,bjeq->eqabij", t["phi_dx"], t["phi"]).reshape(E, Q * J * J, n * n).contiguous()
+
+
 class TorchBasis:
     """Torch view of a scikit-fem ``CellBasis`` or ``FacetBasis``.
 
@@ -127,8 +135,7 @@ class TorchBasis:
             if E * Q * J * J * n * n <= PAIR_MAX_ENTRIES:
                 # phi_dx[a, i] phi[b, j] per element and point, (e, (q, a, b), (i, j)): the local
                 # Jacobian is then one batched matmul over elements (see local_residual_and_jacobian)
-                t["phi_pair"] = torch.einsum("aieq,bjeq->eqabij", t["phi_dx"], t["phi"]).reshape(
-                    E, Q * J * J, n * n).contiguous()
+                t["phi_pair"] = pair_tensor(t)
             if self.is_facet:
                 t["n"] = as_t(np.asarray(b.normals))
             h = np.asarray(b.mesh_parameters()) if hasattr(b, "mesh_parameters") else None
