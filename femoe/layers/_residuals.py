@@ -326,7 +326,7 @@ class BlockEnergyRows(RowTransform):
 
 
 class TimeIntegratedRows:
-    """Rows of a trajectory integrated in time (``solver.row_weights = "time_integrated"``).
+    """Rows of a trajectory integrated in time (``solver.time_integrated_rows = true``).
 
     The theta-scheme rows of step ``l`` are ``R_l = S (u_l - u_{l-1}) / dt + theta A(u_l) +
     (1 - theta) A(u_{l-1})``; weighted by ``s`` (``1 / M_ii``: pointwise time derivatives) they

@@ -306,8 +306,10 @@ class Task:
             scale = scale * dof_weight.to(u.device, u.dtype)
         if self.time_dependent:
             R = self.problem.trajectory_residual(u[:, 1:], u[:, 0], self.dt, params, t0=t0) * scale
-            if self.time_integrated:  # the layers' rows (femoe.layers.TimeIntegratedRows)
-                R = self.dt * R.cumsum(1)
+            if self.time_integrated:  # the layers' rows
+                from femoe.layers import TimeIntegratedRows
+
+                R = TimeIntegratedRows.integrate(R.reshape(R.shape[0], -1), R.shape[1], self.dt)
             if self.ic_by_construction:  # the state's level 0 is u0 whatever u[:, 0] is
                 return R.reshape(u.shape[0], -1)
             ic = u[:, 0] - u0
