@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from femoe.errors import ConfigError, ProblemError
+from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers import HardConstraint, TimeIntegratedRows
 from femoe.layers._residuals import INITIAL, TrajectoryResidual, basis_field
 from tests.test_layers_fast_paths import (CASES, _case, assert_fast_backward_equals_reference, navier_stokes,
@@ -126,7 +126,9 @@ def test_experts_use_the_same_rows():
     params = ns_params(pb, 2)
     u0 = torch.zeros(2, pb.n, dtype=F64)
     B = 0.3 * torch.randn(2, 3, pb.n, 5, dtype=F64, generator=torch.Generator().manual_seed(7))
-    rows = TimeIntegratedRows(pb.row_scale())
+    # weights that differ by DOF (the periodic mesh's 1 / M_ii are all equal), so that a
+    # mis-gathered copy in the experts would change them
+    rows = TimeIntegratedRows(np.asarray(pb.row_scale()) * np.linspace(0.5, 1.5, pb.n))
     u_pihc, _ = HardConstraint(pb, dt=DT, tol=1e-13, row_scale=rows)(B, params, u0)
     u_plain, _ = HardConstraint(pb, dt=DT, tol=1e-13, row_scale=pb.row_scale())(B, params, u0)
     moe = HardConstraintMoE(pb, 1, partition="slab", dt=DT, tol=1e-13, row_scale=rows)
@@ -134,8 +136,13 @@ def test_experts_use_the_same_rows():
     assert info.all_converged
     torch.testing.assert_close(u_moe, u_pihc, rtol=0, atol=1e-9)
     assert float((u_pihc - u_plain).abs().max()) > 1e-6
-    # four experts run (and differ from one solve)
-    u4, info4 = HardConstraintMoE(pb, 4, partition="metis", dt=DT, tol=1e-13, row_scale=rows)(B, params, u0)
+    # four experts: each union model sums its rows over the levels, with the parent's weights of
+    # its union DOFs (TimeIntegratedRows.for_experts)
+    moe4 = HardConstraintMoE(pb, 4, partition="metis", dt=DT, tol=1e-13, row_scale=rows)
+    for g in moe4.groups:
+        assert g.model.integrate
+        torch.testing.assert_close(g.model.scale, torch.as_tensor(rows.s)[g.union_to_global], rtol=0, atol=0)
+    u4, info4 = moe4(B, params, u0)
     assert info4.all_converged and torch.isfinite(u4).all()
 
 
@@ -146,7 +153,7 @@ def test_rows_that_differ_by_level_and_steady_problems_are_refused(make_square):
         model.residual(basis_field(B, torch.ones(1, B.shape[-1], dtype=F64)), {**params, INITIAL: u0})
     with pytest.raises(ProblemError, match="trajectories"):
         HardConstraint(make_square("poisson"), row_scale=TimeIntegratedRows(np.ones(make_square("poisson").n)))
-    with pytest.raises(Exception, match="weights"):
+    with pytest.raises(ShapeError, match="weights"):
         TrajectoryResidual(pb, DT, row_scale=TimeIntegratedRows(np.ones(pb.n + 1)))
 
 
