@@ -62,8 +62,8 @@ from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TimeIntegratedRows,
-                                     TrajectoryResidual,
-                                     basis_adjoint_parts, basis_field, batched_param_names, jac_times)
+                                     TrajectoryResidual, basis_adjoint_parts, basis_field, batched_param_names,
+                                     jac_times)
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition

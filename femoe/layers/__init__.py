@@ -27,7 +27,8 @@ from femoe.layers._newton import (REASONS, REFERENCE_NEWTON, NewtonInfoBase, New
                                   NewtonSolveInfo, NewtonSystem, check_newton, newton, newton_options, nonlinear_solve,
                                   nonlinear_step, solve_trajectory)
 from femoe.layers._residuals import (BlockEnergyRows, EnergyRows, ResidualModel, RowTransform, SampleEnergyRows,
-                                     SteadyResidual, TimeIntegratedRows, TrajectoryResidual, energy_factor, energy_matrix)
+                                     SteadyResidual, TimeIntegratedRows, TrajectoryResidual, energy_factor,
+                                     energy_matrix)
 from femoe.layers._soft import soft_residual_loss, soft_trajectory_loss
 
 __all__ = [
