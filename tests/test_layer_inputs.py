@@ -120,3 +120,33 @@ def test_own_partition_without_dirichlet_is_accepted(layer_cls, poisson):
 def test_bad_number_of_experts(layer_cls, experts, poisson):
     with pytest.raises(ConfigError, match="experts must be a positive integer"):
         layer_cls(poisson, experts)
+
+
+@pytest.mark.parametrize("name", ["initial", "u_old", "__initial__"])
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_a_parameter_named_like_a_state_input_is_a_parameter(make_heat, layer, name):
+    """The layers pass their state inputs (``u0``, the previous level, patch mode's held values)
+    to their models under :class:`femoe.layers._state.StateKey` keys, which are not strings: a
+    problem parameter of any name, the state inputs' own names and the old reserved strings
+    included, is read as the parameter it is and gets its gradient."""
+    from femoe.layers._state import INITIAL, StateKey, parameters_only
+
+    pb = make_heat(lambda u, v, w: w[name] * dot(grad(u), grad(v)), 4, theta=1.0, dirichlet={"left": 1.0},
+                   **{name: 0.05})
+    m = LAYERS[layer](pb)
+    x = torch.as_tensor(pb.doflocs[0])
+    u0 = (0.2 * torch.sin(3 * x)).unsqueeze(0)
+    steps = 3
+    B = torch.randn(1, steps + 1, pb.n, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    if layer == "patch":
+        B = B[..., 0]
+    D = torch.tensor(0.05, dtype=F64, requires_grad=True)
+    u_default, _ = m(B, None, u0)
+    u_same, _ = m(B, {name: D}, u0)
+    u_other, _ = m(B, {name: torch.tensor(0.2, dtype=F64)}, u0)
+    torch.testing.assert_close(u_same, u_default, rtol=1e-10, atol=1e-12)
+    assert float((u_other - u_default).abs().max()) > 1e-6
+    (g,) = torch.autograd.grad(u_same.square().sum(), D)
+    assert torch.isfinite(g) and float(g.abs()) > 0
+    assert INITIAL != "initial" and isinstance(INITIAL, StateKey)
+    assert parameters_only({name: D, INITIAL: u0}) == {name: D}

@@ -64,6 +64,7 @@ from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged,
 from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TimeIntegratedRows,
                                      TrajectoryResidual, basis_adjoint_parts, basis_field, batched_param_names,
                                      jac_times)
+from femoe.layers._state import COARSE_FIELD
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
 from femoe.partition import ExpertPartition
@@ -180,10 +181,6 @@ def owned_interior(problem: Problem, owner: np.ndarray) -> np.ndarray:
     inside = np.ones(pat.shape[0], dtype=bool)
     inside[rows[owner[pat.indices] != owner[rows]]] = False
     return inside
-
-
-#: parameter name under which two-level experts pass the coarse field to their folded model
-OFFSET = "__coarse_field__"
 
 
 class _ExpertGroup:
@@ -530,7 +527,7 @@ def _band_partition(problem: Problem, covered: np.ndarray) -> ExpertPartition | 
 
 class _CorrectionModel(ResidualModel):
     """Two-level experts: the folded experts' rows at ``c + B w``, ``c`` the coarse field
-    (global, ``(batch, [T+1,] n)``, under :data:`OFFSET` in the parameters, so that it receives
+    (global, ``(batch, [T+1,] n)``, under :data:`COARSE_FIELD` in the parameters, so that it receives
     a gradient like any parameter tensor) gathered to the folded layout."""
 
     def __init__(self, inner: _FoldedModel):
@@ -540,15 +537,15 @@ class _CorrectionModel(ResidualModel):
 
     def _split(self, p: Mapping[str, Any]) -> tuple[dict, torch.Tensor]:
         q = dict(p)
-        return q, self.inner.g.gather_field(q.pop(OFFSET))
+        return q, self.inner.g.gather_field(q.pop(COARSE_FIELD))
 
     def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
         q = dict(p)
-        c = q.pop(OFFSET)
+        c = q.pop(COARSE_FIELD)
         names = self.inner.sample_params(q, n_samples)
         if names is None or c.shape[0] != n_samples:
             return None
-        return names | {OFFSET}
+        return names | {COARSE_FIELD}
 
     def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         q, c = self._split(p)
@@ -760,9 +757,6 @@ class HardConstraintMoE(nn.Module):
         check_finite("B", B)
         params = dict(params or {})
         check_params_finite(params)
-        for reserved in (INITIAL, OFFSET):
-            if reserved in params:
-                raise ProblemError(f"parameter name {reserved!r} is reserved")
         user_params = dict(params)
         coarse = None  # the record of this layer's own coarse solve
         if coarse_field is not None:
@@ -793,11 +787,11 @@ class HardConstraintMoE(nn.Module):
             pg = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in params.items()}
             if self.coarse:  # corrections of u_c on each expert's interior
                 Bg = group.mask_correction(Bg)
-                pg[OFFSET] = u_c.to(dev)
+                pg[COARSE_FIELD] = u_c.to(dev)
             w, info = least_squares_solve(model, Bg, pg, self.options, self.backward_mode)
             field = basis_field(Bg, w)
             if self.coarse:
-                field = field + group.gather_field(pg[OFFSET])
+                field = field + group.gather_field(pg[COARSE_FIELD])
             u_fold, _ = group.split(field)  # (batch K, [T+1,] nl_max)
             glob, vals = group.owned_values(u_fold)
             u_out = u_out.index_copy(u_out.dim() - 1, glob.to(home), vals.to(home))

@@ -27,6 +27,7 @@ from torch import nn
 
 from femoe.errors import ProblemError, ShapeError
 from femoe.layers import NewtonRoot, NewtonSolveInfo, NewtonSystem, Unconverged, implicit_root, newton_options
+from femoe.layers._state import PATCH_FIXED, PATCH_OLD, parameters_only
 from femoe.layers._validate import (NEWTON_REMEDY, check_finite, check_float_tensor, check_initial,
                                     check_params_finite, exclude_unconverged, expert_partition, parse_unconverged,
                                     report_unconverged, split_params)
@@ -34,8 +35,6 @@ from femoe.partition import ExpertPartition
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
 
-_FIXED = "__patch_fixed__"
-_OLD = "__patch_old__"
 
 
 @dataclass(frozen=True)
@@ -137,11 +136,11 @@ class PatchConstraint(nn.Module):
 
     # ------------------------------------------------------------------ one solve
     def _assemble(self, x: torch.Tensor, p: Mapping[str, Any], t) -> torch.Tensor:
-        fixed = p[_FIXED]
+        fixed = p[PATCH_FIXED]
         u = fixed.expand(x.shape[0], -1) if fixed.shape[0] != x.shape[0] else fixed
         if self._D.numel():
-            g = self.problem.dirichlet_values({k: v for k, v in p.items() if k not in (_FIXED, _OLD)}, t=t,
-                                              batch=u.shape[0], device=u.device, dtype=u.dtype)
+            g = self.problem.dirichlet_values(parameters_only(p), t=t, batch=u.shape[0], device=u.device,
+                                              dtype=u.dtype)
             u = u.index_copy(1, self._D.to(u.device), g)
         return u.index_copy(1, self._I.to(u.device), x)
 
@@ -149,29 +148,26 @@ class PatchConstraint(nn.Module):
         pb, I = self.problem, self._I.to(fixed.device)
         user = dict(params)
 
-        def prm(p):
-            return {k: v for k, v in p.items() if k not in (_FIXED, _OLD)}
-
         def res(x, p):
             u = self._assemble(x, p, t)
             if u_old is None:
-                R = pb.residual(u, prm(p), t=t)
+                R = pb.residual(u, parameters_only(p), t=t)
             else:
-                R = pb.step_residual(u, p[_OLD], self.dt, prm(p), t_new=t)
+                R = pb.step_residual(u, p[PATCH_OLD], self.dt, parameters_only(p), t_new=t)
             return R.reshape(-1, pb.n).index_select(1, I)
 
         def res_jac(x, p):
             u = self._assemble(x, p, t)
             if u_old is None:
-                R, J = pb.residual_and_jacobian(u, prm(p), t=t)
+                R, J = pb.residual_and_jacobian(u, parameters_only(p), t=t)
             else:
-                R, J = pb.step_residual(u, p[_OLD], self.dt, prm(p), t_new=t, jacobian=True)
+                R, J = pb.step_residual(u, p[PATCH_OLD], self.dt, parameters_only(p), t_new=t, jacobian=True)
             vals = J.values.index_select(1, self._sub_pos.to(J.values.device))
             return R.reshape(-1, pb.n).index_select(1, I), BatchedCSR(self.sub_pattern, vals)
 
-        user[_FIXED] = fixed
+        user[PATCH_FIXED] = fixed
         if u_old is not None:
-            user[_OLD] = u_old
+            user[PATCH_OLD] = u_old
         names, tensors, static = split_params(user)
         info_out: list[NewtonSolveInfo] = []
         opts = self._opts
@@ -218,28 +214,26 @@ class PatchConstraint(nn.Module):
         take = take.to(U_hat.device)
         sub_pos = self._sub_pos.to(U_hat.device)
 
-        def prm(p):
-            return {k: v for k, v in p.items() if k not in (_FIXED, _OLD)}
-
         def levels(x, p):  # (batch, T + 1, n): u0, then the fixed values with x on the interior
-            fixed = p[_FIXED]
+            fixed = p[PATCH_FIXED]
             U = fixed.expand(x.shape[0], -1, -1) if fixed.shape[0] != x.shape[0] else fixed
             if self._D.numel():
-                g = torch.stack([pb.dirichlet_values(prm(p), t=self.t0 + (lev + 1) * self.dt, batch=U.shape[0],
-                                                     device=U.device, dtype=U.dtype) for lev in range(T)], 1)
+                g = torch.stack([pb.dirichlet_values(parameters_only(p), t=self.t0 + (lev + 1) * self.dt,
+                                                     batch=U.shape[0], device=U.device, dtype=U.dtype)
+                                 for lev in range(T)], 1)
                 U = U.index_copy(2, self._D.to(U.device), g)
             U = U.index_copy(2, I, x.reshape(x.shape[0], T, nI))
-            u_0 = p[_OLD].expand(U.shape[0], -1)
+            u_0 = p[PATCH_OLD].expand(U.shape[0], -1)
             return torch.cat([u_0.unsqueeze(1), U], dim=1)
 
         def res(x, p):
             U = levels(x, p)
-            R = pb.trajectory_residual(U[:, 1:], U[:, 0], self.dt, prm(p), t0=self.t0)
+            R = pb.trajectory_residual(U[:, 1:], U[:, 0], self.dt, parameters_only(p), t0=self.t0)
             return R.index_select(2, I).reshape(R.shape[0], T * nI)
 
         def res_jac(x, p):
             U = levels(x, p)
-            R, P, Q = pb.trajectory_residual_and_jacobians(U, self.dt, prm(p), t0=self.t0)
+            R, P, Q = pb.trajectory_residual_and_jacobians(U, self.dt, parameters_only(p), t0=self.t0)
             b = R.shape[0]
             Pv = P.values.reshape(b, T + 1, -1).index_select(2, sub_pos)
             Qv = Q.values.reshape(b, T + 1, -1).index_select(2, sub_pos)
@@ -247,8 +241,8 @@ class PatchConstraint(nn.Module):
             return R.index_select(2, I).reshape(b, T * nI), BatchedCSR(pattern, V.index_select(1, take))
 
         user = dict(params)
-        user[_FIXED] = U_hat[:, 1:]
-        user[_OLD] = u0
+        user[PATCH_FIXED] = U_hat[:, 1:]
+        user[PATCH_OLD] = u0
         names, tensors, static = split_params(user)
         info_out: list[NewtonSolveInfo] = []
         opts = self._opts

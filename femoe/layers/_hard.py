@@ -179,8 +179,6 @@ class HardConstraint(nn.Module):
             if u0 is None:
                 raise ProblemError(f"problem {self.problem.name!r} is time-dependent: give the initial condition u0")
             u0 = check_initial(u0, self.problem.n, B3.shape[0], B3.dtype)
-            if INITIAL in params:
-                raise ProblemError(f"parameter name {INITIAL!r} is reserved")
             params[INITIAL] = u0
             self.model.check_levels(B3.shape[1] - 1)
         elif u0 is not None:

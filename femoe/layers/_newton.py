@@ -24,6 +24,7 @@ import torch
 
 from femoe.errors import ConvergenceError, ConvergenceWarning, NonFiniteError, ProblemError, ShapeError
 from femoe.layers._implicit import ImplicitProblem, implicit_root
+from femoe.layers._state import U_OLD
 from femoe.layers._validate import check_finite, check_float_tensor, check_params_finite, join_params, split_params
 from femoe.linalg import check_nonsingular, make_solver
 from femoe.problem import Problem
@@ -31,7 +32,6 @@ from femoe.sparse import BatchedCSR
 
 log = logging.getLogger(__name__)
 
-_U_OLD = "__u_old__"  # reserved key under which a time step passes u^{t-1} through the Function
 
 #: why a Newton solve stopped, per sample (``NewtonInfoBase.reason``)
 REASONS = ("converged", "maxiter", "stalled line search", "non-finite")
@@ -487,23 +487,21 @@ def nonlinear_step(
         raise ShapeError(f"u_old must have shape (batch, {problem.n}) or ({problem.n},); got {tuple(u_old.shape)}")
     check_finite("u_old", u_old)
     params = dict(params or {})
-    if _U_OLD in params:
-        raise ShapeError(f"parameter name {_U_OLD!r} is reserved")
     check_params_finite(params)
     squeeze = u_old.dim() == 1 and (u_guess is None or u_guess.dim() == 1)
     u_init = _initial_guess(problem, u_old.detach() if u_guess is None else u_guess, params, "u_guess")
     names, tensors, static = split_params(params)
-    names, tensors = [_U_OLD, *names], [u_old.reshape(-1, problem.n), *tensors]
+    names, tensors = [U_OLD, *names], [u_old.reshape(-1, problem.n), *tensors]
     info_out: list[NewtonSolveInfo] = []
 
     def res(u, p):
         p = dict(p)
-        old = p.pop(_U_OLD)
+        old = p.pop(U_OLD)
         return problem.step_residual(u, old.expand(u.shape[0], -1), dt, p, t_new=t_new).reshape(-1, problem.n)
 
     def res_jac(u, p):
         p = dict(p)
-        old = p.pop(_U_OLD)
+        old = p.pop(U_OLD)
         R, J = problem.step_residual(u, old.expand(u.shape[0], -1), dt, p, t_new=t_new, jacobian=True)
         return R.reshape(-1, problem.n), J
 

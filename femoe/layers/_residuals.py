@@ -28,13 +28,11 @@ import scipy.sparse as sp
 import torch
 
 from femoe.errors import ProblemError, ShapeError
+from femoe.layers._state import INITIAL
 from femoe.layers._validate import as_index
 from femoe.linalg._base import csr_operator
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
-
-#: Key under which the initial condition travels in the parameter dict of a trajectory model.
-INITIAL = "__initial__"
 
 
 def jac_times(J: BatchedCSR, X: torch.Tensor) -> torch.Tensor:
@@ -422,6 +420,11 @@ class ResidualModel(ABC):
     """The rows a basis-mode layer least-squares, as functions of a local field (the contract of
     :func:`femoe.layers.least_squares_solve`; see the module docstring).
 
+    ``p`` holds the problem's parameters under their names and the layer's state inputs (the
+    initial condition of a trajectory, a coarse field, ...) under :class:`~femoe.layers._state.StateKey`
+    keys (:mod:`femoe.layers._state`): both are differentiated alike, and a model passes the
+    parameters alone on to its problem (:func:`~femoe.layers._state.parameters_only`).
+
     Subclasses implement the abstract :meth:`residual` and :meth:`linearize`. The other methods are optional
     hooks whose defaults say "not available"; the least-squares core then falls back to a slower
     exact path (autograd Hessian-vector products in ``w``, the double backward):
@@ -611,8 +614,8 @@ class TrajectoryResidual(SteadyResidual):
 
     where ``R^t`` is :meth:`Problem.trajectory_residual` with ``U_0`` as the initial level
     (flattened ``(T, n) -> T n``, so ``rows`` indexes ``t n + i`` for step ``t + 1``) and ``c``
-    the initial-condition weight. The initial condition ``u0`` is passed in the parameter dict
-    under :data:`INITIAL`.
+    the initial-condition weight. The initial condition ``u0`` is passed in the parameter mapping
+    under the state key :data:`~femoe.layers._state.INITIAL`.
 
     Parameters
     ----------
