@@ -47,6 +47,7 @@ def _loop_loss(m, r, params, u0):
     dict(steady=False, interface_loss_weight=4.0),
     dict(steady=False, time_windows=2),
     dict(steady=False, time_windows=2, interface_loss_weight=4.0, loss="both"),
+    dict(steady=False, time_windows=2, state_column=True),
     dict(steady=True),
     dict(steady=True, interface_loss_weight=4.0),
 ])

@@ -146,3 +146,94 @@ def test_time_windows_are_refused_where_they_do_not_apply(tmp_path):
     cfg.experts.time_windows = 2
     with pytest.raises(ConfigError, match="time_windows applies to trajectories"):
         build_method("moe", Task(cfg))
+
+
+def _steady(problem, g: float) -> np.ndarray:
+    """The steady state of a linear problem with boundary data ``g``: one implicit Euler step of
+    length 1e12 (its distance from the steady state is O(1e-12) relative)."""
+    return solve_transient(problem, np.zeros(problem.n), 1e12, 1, {"g": torch.tensor([g], dtype=F64)})[1][-1]
+
+
+@pytest.fixture
+def diffusion(make_heat):
+    """u_t = 0.05 u_xx, u = g on "left", Robin outflow on "right" (linear: a steady state)."""
+    return make_heat(lambda u, v, w: 0.05 * dot(grad(u), grad(v)), 4, facets={"right": lambda u, v, w: u * v},
+                     theta=1.0, dirichlet={"left": "g"})
+
+
+def _state_layers(problem, K, windows, state_column, **opts):
+    kw = {"dt": DT, "rho": 1e-14, "tol": 1e-13, **opts}
+    if K == 0:
+        return TimeWindows(lambda t0: HardConstraint(problem, t0=t0, **kw), STEPS, DT, windows,
+                           state_column=state_column)
+    part = HardConstraintMoE(problem, K, partition="slab", **kw).partition
+    return TimeWindows(lambda t0: HardConstraintMoE(problem, part, t0=t0, **kw), STEPS, DT, windows,
+                       state_column=state_column)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("K", [0, 3])
+def test_a_state_column_gives_back_a_steady_trajectory_from_a_basis_that_cannot(diffusion, batch, K):
+    """From a steady initial state the trajectory is that state at every level. The network's
+    columns are random (the state is not in their span), so the windows alone miss it; with
+    the state column every window gives it back exactly, for PI-HC and experts."""
+    g = [1.0, 0.7][:batch]
+    u0 = torch.tensor(np.stack([_steady(diffusion, gb) for gb in g]))
+    params = {"g": torch.tensor(g, dtype=F64)}
+    B = torch.randn(batch, STEPS + 1, diffusion.n, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    exact = u0[:, None].expand(-1, STEPS + 1, -1)
+    u, info = _state_layers(diffusion, K, 3, True)(B, params, u0)
+    assert info.all_converged
+    torch.testing.assert_close(u, exact, atol=1e-9, rtol=0)
+    u_plain, _ = _state_layers(diffusion, K, 3, False)(B, params, u0)
+    assert float((u_plain - exact).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("K", [0, 2])
+def test_each_window_solves_on_its_basis_with_its_initial_state_appended(heat, K):
+    """Window 2 with the state column is the plain layer on ``[B, u(a) 1]`` from ``u(a)``."""
+    B, params, u0, _ = _case(heat, 2)
+    B = B[..., [0, 2, 3]]
+    tw = _state_layers(heat, K, 2, True, rho=1e-4, tol=1e-12)
+    u, info = tw(B, params, u0)
+    a = info.edges[1][0]
+    start = u[:, a]
+    aug = torch.cat([B[:, a:], start[:, None, :, None].expand(-1, B.shape[1] - a, -1, 1)], -1)
+    torch.testing.assert_close(tw.window_basis(B, a, STEPS, start), aug, rtol=0, atol=0)
+    kw = dict(dt=DT, t0=a * DT, rho=1e-4, tol=1e-12)
+    second = (HardConstraint(heat, **kw) if K == 0 else
+              HardConstraintMoE(heat, tw.layers[1].partition, **kw))
+    u2, _ = second(aug, params, start)
+    torch.testing.assert_close(u[:, a + 1:], u2[:, 1:], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ShapeError, match="state column needs u0"):
+        tw(B, params, u0[0])
+
+
+def test_gradcheck_through_the_windows_with_a_state_column(make_heat):
+    """The state column carries a window's output into the next window's basis; the gradient
+    through it (to the earlier windows' basis and the initial state) is checked."""
+    problem = make_heat(lambda u, v, w: 0.05 * dot(grad(u), grad(v)) - 0.3 * u**2 * v, 2,
+                        facets={"right": lambda u, v, w: u * v}, theta=1.0, dirichlet={"left": "g"})
+    steps = 4
+    part = HardConstraintMoE(problem, 2, partition="slab", dt=DT).partition
+    tw = TimeWindows(lambda t0: HardConstraintMoE(problem, part, dt=DT, t0=t0, tol=1e-13, report=False), steps,
+                     DT, 2, state_column=True)
+    gen = torch.Generator().manual_seed(4)
+    B = (0.3 * torch.randn(2, steps + 1, problem.n, 3, dtype=F64, generator=gen)).requires_grad_(True)
+    u0 = (0.3 + 0.1 * torch.rand(2, problem.n, dtype=F64, generator=gen)).requires_grad_(True)
+    params = {"g": torch.tensor([1.0, 0.8], dtype=F64)}
+    assert torch.autograd.gradcheck(lambda B, u0: tw(B, params, u0)[0], (B, u0), fast_mode=True)
+
+
+def test_the_state_column_needs_windows(tmp_path):
+    from pathlib import Path
+
+    from femoe.train.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parent / "configs" / "smoke_diffusion_sorption_1d.toml")
+    d = cfg.to_dict()
+    d["experts"]["state_column"] = True
+    from femoe.train.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="state_column = true .* needs experts.time_windows > 1"):
+        config_from_dict(d)

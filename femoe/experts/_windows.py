@@ -10,6 +10,13 @@ windows give the basis ``W`` times the freedom: a late window is not tied to the
 fit the early levels, which is what extrapolation in time needs. Gradients reach the basis of
 every window and, through each window's initial state, the windows before it (every layer is
 differentiable with respect to its initial condition).
+
+With ``state_column=True`` each window's basis gets one more column, its initial state held at
+every level of the window: ``B_j = [B(levels of j), u(a_j) 1]``. The span then always holds the
+persistent field ``u(t) = u(a_j)``, so the window's initial rows can be met exactly and the
+network's columns only have to span the change over the window. In extrapolation (a window past
+the times the network was trained on) the network's columns are extrapolated too and are the
+poorer part of the span; the state column is not: it is the field the windows before computed.
 """
 
 from __future__ import annotations
@@ -69,17 +76,21 @@ class TimeWindows(nn.Module):
         Number of windows (1: one layer over the whole trajectory).
     t0 : float
         Time of level 0.
+    state_column : bool
+        Append each window's initial state as one more basis column, the same at every level of
+        the window (see the module docstring); each layer then sees ``N + 1`` columns.
     """
 
     def __init__(self, make_layer: Callable[[float], nn.Module], n_steps: int, dt: float, windows: int,
-                 t0: float = 0.0):
+                 t0: float = 0.0, state_column: bool = False):
         super().__init__()
         self.edges = window_edges(int(n_steps), int(windows))
         self.dt, self.t0 = float(dt), float(t0)
+        self.state_column = bool(state_column)
         self.layers = nn.ModuleList([make_layer(self.t0 + int(a) * self.dt) for a in self.edges[:-1]])
 
     def extra_repr(self) -> str:
-        return f"windows={len(self.layers)}, edges={self.edges.tolist()}"
+        return f"windows={len(self.layers)}, edges={self.edges.tolist()}, state_column={self.state_column}"
 
     def spans(self, n_levels: int) -> list[tuple[int, int, nn.Module]]:
         """``(first, last, layer)`` of the windows that a trajectory of ``n_levels`` levels
@@ -90,6 +101,14 @@ class TimeWindows(nn.Module):
                 break
             out.append((int(a), int(min(b, n_levels - 1)), layer))
         return out
+
+    def window_basis(self, B: torch.Tensor, a: int, b: int, start: torch.Tensor) -> torch.Tensor:
+        """The basis window ``(a, b)`` solves on: ``B[:, a:b + 1]``, with its initial state ``start``
+        ``(batch, n)`` appended as a column held over the window when ``state_column``."""
+        Bj = B[:, a:b + 1]
+        if not self.state_column:
+            return Bj
+        return torch.cat([Bj, start.to(Bj.dtype)[:, None, :, None].expand(-1, b + 1 - a, -1, 1)], -1)
 
     def forward(self, B: torch.Tensor, params: Mapping[str, Any] | None = None,
                 u0: torch.Tensor | None = None) -> tuple[torch.Tensor, WindowsInfo]:
@@ -102,10 +121,13 @@ class TimeWindows(nn.Module):
             raise ShapeError(f"the basis has {L} levels; the windows cover {int(self.edges[-1]) + 1}")
         if u0 is None:
             raise ConfigError("time windows need the initial condition u0")
+        if self.state_column and u0.shape != (B.shape[0], B.shape[2]):
+            raise ShapeError(f"a state column needs u0 of shape (batch, n) = {(B.shape[0], B.shape[2])}; "
+                             f"got {tuple(u0.shape)}")
         pieces, infos, edges, starts = [], [], [], []
         start = u0
         for a, b, layer in self.spans(L):
-            u, info = layer(B[:, a:b + 1], params, start)
+            u, info = layer(self.window_basis(B, a, b, start), params, start)
             pieces.append(u if a == 0 else u[:, 1:])
             infos.append(info)
             edges.append((a, b))

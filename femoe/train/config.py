@@ -42,6 +42,8 @@ interface_loss_weight = 1.0          # MoE loss: weight of the rows at interface
 warm_start = 0                       # train the first steps through one PI-HC solve
 time_windows = 1                     # MoE on trajectories: time windows, each with its own
                                      # experts (spatio-temporal experts); 1: the whole trajectory
+state_column = false                 # time windows: each window's initial state as one more
+                                     # basis column, held over the window
 overlap = 0                          # MoE: each expert also enforces the rows of the DOFs within
                                      # this many rings of its own (overlapping experts)
 coarse = false                       # MoE: two-level experts, a global solve corrected by each
@@ -171,6 +173,11 @@ class ExpertsConfig:
     # experts (spatio-temporal experts, femoe.experts.TimeWindows), marched in order; 1: one set
     # of experts over the whole trajectory
     time_windows: int = 1
+    # time windows: each window's basis gets its initial state (the previous window's last level)
+    # as one more column, held over the window (femoe.experts.TimeWindows(state_column=True)): the
+    # span always holds the persistent field, so in extrapolation the window is not left with the
+    # network's extrapolated columns alone
+    state_column: bool = False
     # PI-HC-MoE: each expert also enforces the rows of the DOFs within this many rings of its own
     # (overlapping experts; the output still takes each DOF from its owner)
     overlap: int = 0
@@ -459,6 +466,9 @@ def validate(cfg: Config) -> None:
     if cfg.experts.coarse and cfg.experts.overlap:
         raise ConfigError(f"experts.overlap = {cfg.experts.overlap} does not apply to two-level experts (coarse = true): "
                           "each corrects its interior from the rows it owns; set overlap = 0")
+    if cfg.experts.state_column and cfg.experts.time_windows == 1:
+        raise ConfigError("experts.state_column = true appends each time window's initial state to its basis; it "
+                          "needs experts.time_windows > 1")
     if cfg.experts.sweeps > 1 and not cfg.experts.coarse:
         raise ConfigError(f"experts.sweeps = {cfg.experts.sweeps} applies to two-level experts; set experts.coarse = "
                           "true or sweeps = 1")

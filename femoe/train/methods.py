@@ -249,7 +249,7 @@ class MoE(PIHC):
         part = partition_experts(task.problem.basis, e.k, e.partition, dirichlet=task.problem.dirichlet_dofs,
                                  seed=e.seed)
         return TimeWindows(lambda t0: HardConstraintMoE(task.problem, part, t0=t0, **kw), task.n_levels - 1,
-                           task.dt, e.time_windows)
+                           task.dt, e.time_windows, state_column=e.state_column)
 
     def _after_layer(self, layer, u: torch.Tensor) -> torch.Tensor:
         """Two-level experts mask the basis per DOF, so a field the basis computes from the others
@@ -282,7 +282,7 @@ class MoE(PIHC):
             self._expert_fields = []
             for part, (a, b), start in zip(parts, spans, starts):
                 w = torch.cat([wg for _, wg in part.weights], 1)
-                Bw = B if b is None else B[:, a:b + 1]
+                Bw = B if b is None else self.layer.window_basis(B, a, b, start)
                 self._expert_fields.append((torch.einsum("b...N,bkN->bk...", Bw, w), a, start))
         return {"interface_jump": max(float(p.interface_jump.max()) for p in parts)}
 
