@@ -31,6 +31,8 @@ tendencies = 0                       # > 0: m Krylov tendencies of the initial s
                                      # added to the basis (trajectories; pihc, moe)
 tendency_passes = 1                  # > 1: tendencies re-taken at each solution's previous
                                      # level, then solved again (this many solves in all)
+state_columns = false                # passes > 1: each level also gets the previous solution's
+                                     # state it starts from as a column (on the test mesh itself)
 
 [experts]
 k = 4
@@ -149,6 +151,13 @@ class NetworkConfig:
     # at the solution's previous level and the layer solves again, this many solves in all; the
     # recomputed columns are constants to the gradient (stop-gradient). 1: the initial state's
     tendency_passes: int = 1
+    # passes > 1: from the second pass on, level l's basis also gets the state the previous
+    # solution has at level l - 1, as one column of its own (in the unknown's units: for a
+    # lifted u = u0 + s(t) z, (u_{l-1} - u0) / s(t_l)), so the span holds the persistent field
+    # beside the tendencies at that state (a Taylor step from it); stop-gradient like the
+    # tendencies, and taken on the mesh the rows are enforced on (not interpolated from the
+    # network's mesh)
+    state_columns: bool = False
 
 
 @dataclass
@@ -456,6 +465,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"network.tendencies = {cfg.network.tendencies}, but problem {cfg.problem.name!r} does not "
                           "provide tendencies of an initial state (a trajectory problem whose spec defines "
                           "tendencies); set it to 0")
+    if cfg.network.state_columns and cfg.network.tendency_passes == 1:
+        raise ConfigError("network.state_columns = true adds each level's previous state from the previous pass; it "
+                          "needs network.tendency_passes > 1")
     if cfg.network.tendency_passes > 1 and not cfg.network.tendencies:
         raise ConfigError(f"network.tendency_passes = {cfg.network.tendency_passes} re-takes the tendencies at each "
                           "solution, but network.tendencies = 0; set tendencies > 0 or tendency_passes = 1")

@@ -140,7 +140,9 @@ class PIHC(Method):
         """``(B, u, info, iterations)``: the basis the last solve used, its solution, solver record
         and the LM iterations summed over the solves. With ``network.tendency_passes = p > 1`` the
         layer solves p times: after each solve every level's tendencies are taken again at the
-        solution's previous level (a constant to the gradient); the network's columns are kept."""
+        solution's previous level (a constant to the gradient); the network's columns are kept.
+        With ``network.state_columns`` each level also gets that previous state as a column
+        (:meth:`Task.state_columns`, on this task's mesh)."""
         t = self.task
         B = self.network_output(inputs, levels)
         params, u0 = t.layer_args(inputs)
@@ -153,7 +155,11 @@ class PIHC(Method):
             if p:
                 states = t.spec.state_from_lifted(t.problem, u.detach(), params["initial_state"],
                                                   t.times[:u.shape[1]]) if t.lifted else u.detach()
-                B = torch.cat([net, self.tendency_basis(inputs, B.shape[1], states[:, :-1])], dim=-1)
+                cols = [net, self.tendency_basis(inputs, B.shape[1], states[:, :-1])]
+                if t.cfg.network.state_columns:  # on this task's mesh: the rows' own
+                    u_init = params["initial_state"] if t.lifted else None
+                    cols.append(self._completed(t.state_columns(states[:, :-1], u_init)))
+                B = torch.cat(cols, dim=-1)
             u, info = layer(B, params, u0) if u0 is not None else layer(B, params)
             u = self._after_layer(layer, u)
             iterations += float(info.iterations.float().mean())

@@ -266,6 +266,22 @@ class Task:
             out[:, lev, :, (lev - 1) * m:lev * m] = F[:, lev - 1].transpose(1, 2)
         return out
 
+    def state_columns(self, states: torch.Tensor, u0: torch.Tensor | None) -> torch.Tensor:
+        """The ``network.state_columns`` of a basis of ``levels`` levels from ``states``
+        ``(batch, levels - 1, n)`` (the state each level starts from): ``(batch, levels, n,
+        levels - 1)``, level ``l``'s in column ``l - 1`` at that level only, in the unknown's units
+        (lifted ``u = u0 + s(t) z``: ``(states[:, l - 1] - u0) / s(t_l)``, with ``u0`` ``(batch, n)``)."""
+        batch, L1, n = states.shape
+        cols = states.detach()
+        if self.lifted:
+            s = torch.as_tensor(self.spec.lift_scale(self.problem, self.times[1:L1 + 1]), dtype=cols.dtype,
+                                device=cols.device)
+            cols = (cols - u0.detach().to(cols)[:, None]) / s[None, :, None]
+        out = cols.new_zeros(batch, L1 + 1, n, L1)
+        for lev in range(L1):
+            out[:, lev + 1, :, lev] = cols[:, lev]
+        return out
+
     def layer_row_scale(self):
         """What the constraint layers take as ``row_scale``: the row weights, the transform of
         ``"energy"`` rows, or the weights as :class:`~femoe.layers.TimeIntegratedRows`."""
