@@ -154,6 +154,7 @@ def test_lifted_hard_constraint_keeps_the_initial_state_exactly():
     """PI-HC on the 'paper' lift: whatever the basis, level 0 of the state is u0 to the last bit,
     and the solve drives the rows of the state down."""
     from femoe.layers import HardConstraint
+    from femoe.layers._state import INITIAL
 
     lifted = SPEC.build(grid=6, n_steps=2, T=0.5, lift="paper")
     rng = np.random.default_rng(2)
@@ -163,8 +164,8 @@ def test_lifted_hard_constraint_keeps_the_initial_state_exactly():
     z, info = layer(B, {"initial_state": u0}, torch.zeros_like(u0))
     U = SPEC.state_from_lifted(lifted, z, u0, [0.0, 0.25, 0.5])
     assert torch.equal(U[:, 0], u0)
-    r0 = layer.model.residual(torch.zeros_like(z), {"initial_state": u0, "__initial__": torch.zeros_like(u0)})
-    r = layer.model.residual(z.detach(), {"initial_state": u0, "__initial__": torch.zeros_like(u0)})
+    r0 = layer.model.residual(torch.zeros_like(z), {"initial_state": u0, INITIAL: torch.zeros_like(u0)})
+    r = layer.model.residual(z.detach(), {"initial_state": u0, INITIAL: torch.zeros_like(u0)})
     assert float(r.norm()) < float(r0.norm())
 
 
