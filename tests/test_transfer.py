@@ -171,6 +171,40 @@ def test_basis_on_the_training_mesh_gives_interpolated_columns(tmp_path, kind):
     assert all(p.grad is None for p in m.net.parameters())
 
 
+def test_state_tendencies_on_the_test_mesh(tmp_path):
+    """data.test_state_tendency_mesh = "test": the tendencies at solved states (later passes) are
+    the test mesh's own at those states (batch 1 and 2), not the training mesh's interpolated;
+    those at the inputs (the first pass) stay the training mesh's; a bad value is refused."""
+    from femoe.train.methods import build_method
+    from femoe.train.task import NetworkOnMesh, Task, transfer_method
+
+    coarse = Task(_ns_config(tmp_path, "gnn"))
+    fine = coarse.test_mesh_task()
+    fine.cfg.data.test_state_tendency_mesh = "test"
+    m = build_method("pihc", coarse)
+    mt = transfer_method(m, fine, "train")
+    fine.cfg.data.test_state_tendency_mesh = "train"
+    ms = transfer_method(m, fine, "train")
+    assert mt.network_mesh.state_tendencies == "target" and ms.network_mesh.state_tendencies == "source"
+    L = coarse.n_levels
+    for b in (1, 2):
+        xf = fine.test.inputs[:b]
+        states = torch.randn(b, L - 1, fine.n, dtype=torch.float64, generator=torch.Generator().manual_seed(b))
+        own = fine.tendency_columns(xf, L, states).double()
+        torch.testing.assert_close(mt.network_mesh.tendency_columns(xf, L, states), own, rtol=0, atol=0)
+        assert not torch.allclose(ms.network_mesh.tendency_columns(xf, L, states), own, atol=1e-6)
+        torch.testing.assert_close(mt.network_mesh.tendency_columns(xf, L), ms.network_mesh.tendency_columns(xf, L),
+                                   rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="state_tendencies"):
+        NetworkOnMesh(coarse, fine, state_tendencies="fine")
+    cfg = _ns_config(tmp_path, "gnn").to_dict()
+    cfg["data"]["test_state_tendency_mesh"] = "coarse"
+    from femoe.train.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="test_state_tendency_mesh"):
+        config_from_dict(cfg)
+
+
 def test_network_mesh_interpolation_gradcheck(tmp_path):
     """NetworkOnMesh's interpolation along the DOF axis of ``(batch, levels, n, cols)`` columns
     equals the dense product and is differentiable (float64 gradcheck)."""

@@ -18,6 +18,10 @@ test_network_mesh = "test"           # where the basis is built for that test: "
                                      # rebuilt on the test mesh) or "train" (network and tendencies
                                      # on the training mesh, interpolated to the test mesh; the
                                      # constraint stays there)
+test_state_tendency_mesh = "train"   # with test_network_mesh = "train" and tendency passes: where
+                                     # the tendencies at each pass's solved state are taken,
+                                     # "train" (the state interpolated there) or "test" (on the
+                                     # test mesh, at the state itself)
 
 [network]
 kind = "deeponet"                    # or "gnn"
@@ -129,6 +133,11 @@ class DataConfig:
     # interpolated to the test mesh field by field); the constraint layer and the algebraic
     # fields are the test mesh's in both
     test_network_mesh: str = "test"
+    # with test_network_mesh = "train" and network.tendency_passes > 1: where the tendencies at each
+    # pass's solved state are taken, "train" (that state interpolated to the training mesh, the
+    # columns interpolated back) or "test" (on the test mesh at the state itself, so they carry
+    # the fine state's own detail; the first pass's, at u0, stay the training mesh's)
+    test_state_tendency_mesh: str = "train"
 
 
 @dataclass
@@ -486,6 +495,9 @@ def validate(cfg: Config) -> None:
                           "true or sweeps = 1")
     if cfg.data.test_network_mesh not in ("test", "train"):
         raise ConfigError(f"data.test_network_mesh must be 'test' or 'train'; got {cfg.data.test_network_mesh!r}")
+    if cfg.data.test_state_tendency_mesh not in ("test", "train"):
+        raise ConfigError("data.test_state_tendency_mesh must be 'test' or 'train'; got "
+                          f"{cfg.data.test_state_tendency_mesh!r}")
     for where, params in (("problem.params", cfg.problem.params), ("data.test_params", cfg.data.test_params)):
         try:
             spec.parameters(**params)
@@ -494,7 +506,8 @@ def validate(cfg: Config) -> None:
 
 
 _ALWAYS_CHANGEABLE = {"name", "methods", "results", "data.dir", "data.workers", "train.device",
-                      "data.test_params", "data.test_network_mesh"}  # evaluation only
+                      "data.test_params", "data.test_network_mesh",
+                      "data.test_state_tendency_mesh"}  # evaluation only
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

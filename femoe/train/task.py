@@ -449,12 +449,18 @@ class NetworkOnMesh:
 
     Why the tendencies too: on a finer mesh the Krylov tendencies ``f'(u0)^k f(u0)`` turn towards
     the grid-scale modes the finer mesh adds (its Jacobian's largest eigenvalues grow as the mesh
-    is refined), and the constraint then picks a poorer member (``benchmarks/ns_super_resolution.py``)."""
+    is refined), and the constraint then picks a poorer member (``benchmarks/ns_super_resolution.py``).
+    ``state_tendencies = "target"`` takes the tendencies at solved states (tendency passes after
+    the first) on ``target``'s mesh instead, at the state itself: a state solved on the finer mesh
+    holds detail the source mesh cannot, and its first few tendencies are the physics of that
+    detail (the first pass's, at ``u0``, stay the source's)."""
 
-    def __init__(self, source: Task, target: Task):
+    def __init__(self, source: Task, target: Task, state_tendencies: str = "source"):
         from femoe.problem import interpolation_operator
 
-        self.source = source
+        if state_tendencies not in ("source", "target"):
+            raise ConfigError(f"state_tendencies must be 'source' or 'target'; got {state_tendencies!r}")
+        self.source, self.target, self.state_tendencies = source, target, state_tendencies
         self._restrict = _torch_sparse(interpolation_matrix(target, source.input_points()))
         self._prolong = _torch_sparse(interpolation_operator(source.problem, target.problem))
         self._restrict_state = _torch_sparse(interpolation_operator(target.problem, source.problem))
@@ -479,7 +485,10 @@ class NetworkOnMesh:
 
     def tendency_columns(self, inputs: torch.Tensor, levels: int, states: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`Task.tendency_columns` of the source mesh, interpolated to ``target``'s DOFs;
-        ``states (batch, levels - 1, target.n)`` are interpolated to the source mesh first."""
+        ``states (batch, levels - 1, target.n)`` are interpolated to the source mesh first (with
+        ``state_tendencies = "target"``: :meth:`Task.tendency_columns` of ``target`` at them)."""
+        if states is not None and self.state_tendencies == "target":
+            return self.target.tendency_columns(inputs, levels, states)
         if states is not None:
             states = self._interpolate(self._restrict_state, states.detach().unsqueeze(-1))[..., 0]
         T = self.source.tendency_columns(self._inputs(inputs), levels, states)
@@ -498,7 +507,9 @@ def transfer_method(method, task: Task, network_mesh: str = "test"):
     trained network. Its constraint layer (and expert partition) is built afresh on the new
     mesh. ``network_mesh``: ``"test"``, the network moves to ``task``'s mesh (every parameter
     and buffer copied except the graph of a mesh GNN); ``"train"``, it stays on the mesh it was
-    trained on and its output is interpolated to ``task``'s (:class:`NetworkOnMesh`)."""
+    trained on and its output is interpolated to ``task``'s (:class:`NetworkOnMesh`; the
+    tendencies at solved states are taken on the mesh ``task.cfg.data.test_state_tendency_mesh``
+    names)."""
     from femoe.train.methods import build_method
 
     if network_mesh not in ("test", "train"):
@@ -506,7 +517,8 @@ def transfer_method(method, task: Task, network_mesh: str = "test"):
     out = build_method(method.name, task).to(next(method.parameters()).device)
     if network_mesh == "train":
         out.net = copy.deepcopy(method.net)
-        out.network_mesh = NetworkOnMesh(method.task, task)
+        where = {"train": "source", "test": "target"}[task.cfg.data.test_state_tendency_mesh]
+        out.network_mesh = NetworkOnMesh(method.task, task, state_tendencies=where)
         return out
     src, dst = method.net.state_dict(), out.net.state_dict()
     mesh_bound = {"coords", "src", "dst", "edge_attr", "inv_deg"}
