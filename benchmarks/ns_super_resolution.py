@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def main() -> None:
     out = {"command": f"OMP_NUM_THREADS=1 python benchmarks/ns_super_resolution.py {args.config} --passes "
                       + " ".join(map(str, args.passes)) + " --methods " + " ".join(args.methods)
                       + " --network-mesh " + " ".join(args.network_mesh) + (f" --run {args.run}" if args.run else "")
-                      + (" --set " + " ".join(args.set) if args.set else "") + (f" --tag {args.tag}" if args.tag else ""),
+                      + (" --set " + " ".join(map(shlex.quote, args.set)) if args.set else "") + (f" --tag {args.tag}" if args.tag else ""),
            "checkpoint": str(ckpt.relative_to(ROOT)), "test_params": dict(base.data.test_params),
            "load": os.getloadavg(), "passes": {}}
     for p in args.passes:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -114,7 +115,7 @@ def main() -> None:
     command = (f"OMP_NUM_THREADS=1 python benchmarks/two_level.py {args.config}" + (f" --run {args.run}" if args.run else "")
                + (f" --k {' '.join(map(str, args.k))}" if args.k else "")
                + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else "")
-               + (" --set " + " ".join(args.set) if args.set else "") + (f" --batch {args.batch}" if args.batch != 2 else "")
+               + (" --set " + " ".join(map(shlex.quote, args.set)) if args.set else "") + (f" --batch {args.batch}" if args.batch != 2 else "")
                + (f" --test-mesh {args.test_mesh}" if args.test_mesh else "")
                + (f" --tag {args.tag}" if args.tag else ""))
     out = {"command": command, "checkpoint": str(ckpt), "machine": machine(), "load_before": load(),
