@@ -237,10 +237,9 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     # (the implicit backward), a trial evaluates only the samples with an active element (a
     # sample's elements: one sample, or its K folded experts, come from one evaluation), and
     # the others keep their values: the tail of one slow element costs one sample's evaluation.
-    per = int(getattr(model, "elements_per_sample", 1))
+    per = int(model.elements_per_sample)
     n_samples = batch // per if batch % per == 0 else 0
-    sliced = (model.sample_params(p, n_samples) if n_samples > 1 and not torch.is_grad_enabled()
-              and hasattr(model, "sample_params") else None)
+    sliced = model.sample_params(p, n_samples) if n_samples > 1 and not torch.is_grad_enabled() else None
     offsets = torch.arange(per, device=B.device)
 
     def trial(w, active, r, f, g, A):
