@@ -35,6 +35,7 @@ def poisson(make_square):
 LAYERS = {
     "pihc": lambda pb: HardConstraint(pb, dt=0.1),
     "moe": lambda pb: HardConstraintMoE(pb, 2, partition="slab", dt=0.1),
+    "moe_coarse": lambda pb: HardConstraintMoE(pb, 2, partition="slab", dt=0.1, coarse=True),
     "patch": lambda pb: PatchConstraint(pb, 2, partition="slab", dt=0.1),
 }
 
@@ -122,13 +123,15 @@ def test_bad_number_of_experts(layer_cls, experts, poisson):
         layer_cls(poisson, experts)
 
 
-@pytest.mark.parametrize("name", ["initial", "u_old", "__initial__"])
+@pytest.mark.parametrize("name", ["initial", "u_old", "__initial__", "__u_old__", "__coarse_field__",
+                                  "__patch_fixed__", "__patch_old__"])
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_a_parameter_named_like_a_state_input_is_a_parameter(make_heat, layer, name):
-    """The layers pass their state inputs (``u0``, the previous level, patch mode's held values)
-    to their models under :class:`femoe.layers._state.StateKey` keys, which are not strings: a
-    problem parameter of any name, the state inputs' own names and the old reserved strings
-    included, is read as the parameter it is and gets its gradient."""
+    """The layers pass their state inputs (``u0``, the previous level, the two-level experts'
+    coarse field, patch mode's held values) to their models under
+    :class:`femoe.layers._state.StateKey` keys, which are not strings: a problem parameter of any
+    name, the state inputs' own names and every old reserved string included, is read as the
+    parameter it is and gets its gradient (PI-HC, one- and two-level experts, patch mode)."""
     from femoe.layers._state import INITIAL, StateKey, parameters_only
 
     pb = make_heat(lambda u, v, w: w[name] * dot(grad(u), grad(v)), 4, theta=1.0, dirichlet={"left": 1.0},

@@ -331,3 +331,20 @@ def test_mass_diagonal_matches_scikit_fem():
         s = pb.row_scale()
         assert np.all(s[pb.dirichlet_dofs] == 1.0)
         np.testing.assert_allclose(s[pb.free_dofs], 1 / M.diagonal()[pb.free_dofs])
+
+
+def test_the_least_squares_core_refuses_a_model_that_is_not_a_residual_model():
+    """least_squares_solve and LeastSquaresRoot take a ResidualModel (the contract their optional
+    hooks come from); anything else is refused up front with the fix, not an AttributeError later."""
+    from femoe.errors import ProblemError
+    from femoe.layers import LeastSquaresRoot, LMOptions, least_squares_solve
+
+    class Duck:
+        def residual(self, u, p):
+            return u
+
+    B = torch.zeros(1, 3, 2, dtype=torch.float64)
+    with pytest.raises(ProblemError, match="subclass ResidualModel"):
+        least_squares_solve(Duck(), B)
+    with pytest.raises(ProblemError, match="subclass ResidualModel"):
+        LeastSquaresRoot(Duck(), LMOptions(), [], {}, [])

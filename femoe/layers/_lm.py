@@ -379,6 +379,9 @@ class LeastSquaresRoot(ImplicitProblem):
     """
 
     def __init__(self, model: ResidualModel, opts: LMOptions, names, static, info_out: list):
+        if not isinstance(model, ResidualModel):
+            raise ProblemError(f"LeastSquaresRoot needs a femoe.layers.ResidualModel (residual, linearize and the "
+                               f"optional hooks); got {type(model).__name__}: subclass ResidualModel")
         self.model, self.opts, self.names, self.static, self.info_out = model, opts, names, static, info_out
         self._vjp = None
 

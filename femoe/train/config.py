@@ -36,7 +36,8 @@ tendencies = 0                       # > 0: m Krylov tendencies of the initial s
 tendency_passes = 1                  # > 1: tendencies re-taken at each solution's previous
                                      # level, then solved again (this many solves in all)
 state_columns = false                # passes > 1: each level also gets the previous solution's
-                                     # state it starts from as a column (on the test mesh itself)
+                                     # state it starts from as a column (on the mesh the rows
+                                     # are enforced on)
 
 [experts]
 k = 4
@@ -136,7 +137,8 @@ class DataConfig:
     # with test_network_mesh = "train" and network.tendency_passes > 1: where the tendencies at each
     # pass's solved state are taken, "train" (that state interpolated to the training mesh, the
     # columns interpolated back) or "test" (on the test mesh at the state itself, so they carry
-    # the fine state's own detail; the first pass's, at u0, stay the training mesh's)
+    # the fine state's own detail). Every level's, in the passes after the first: level 1's, at the
+    # solved state's level 0, which is u0, too; the first pass's, all at u0, stay the training mesh's
     test_state_tendency_mesh: str = "train"
 
 

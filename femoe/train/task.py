@@ -453,7 +453,9 @@ class NetworkOnMesh:
     ``state_tendencies = "target"`` takes the tendencies at solved states (tendency passes after
     the first) on ``target``'s mesh instead, at the state itself: a state solved on the finer mesh
     holds detail the source mesh cannot, and its first few tendencies are the physics of that
-    detail (the first pass's, at ``u0``, stay the source's)."""
+    detail. In the passes after the first every level's are taken there, level 1's (at the
+    solved state's level 0, ``u0`` itself) included; the first pass's, all at ``u0``, stay the
+    source's."""
 
     def __init__(self, source: Task, target: Task, state_tendencies: str = "source"):
         from femoe.problem import interpolation_operator
