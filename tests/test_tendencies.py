@@ -131,11 +131,12 @@ def test_passes_retake_the_tendencies_at_the_solution(tmp_path):
     assert torch.isfinite(g).all() and float(g.abs().max()) > 0
 
 
-@pytest.mark.parametrize("lift", ["paper", "increment"])
-def test_state_columns_hold_each_levels_previous_state(tmp_path, lift):
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("lift", ["none", "paper", "increment"])
+def test_state_columns_hold_each_levels_previous_state(tmp_path, lift, batch):
     """``network.state_columns``: from the second pass on, level l also gets the previous pass's
-    state at level l - 1 as a column of its own. In the lifted unknown, the member with weight 1
-    on it alone is exactly that state (the persistent field), at level l and nowhere else."""
+    state at level l - 1 as a column of its own. In the unknown (lifted or not), the member with
+    weight 1 on it alone is exactly that state (the persistent field), at level l and nowhere else."""
     from femoe.train.config import config_from_dict
     from femoe.train.methods import build_method
     from femoe.train.task import Task
@@ -149,18 +150,22 @@ def test_state_columns_hold_each_levels_previous_state(tmp_path, lift):
         "data": {"n_train": 2, "n_test": 2, "dir": str(tmp_path / "d")},
         "network": {"kind": "gnn", "n_basis": 3, "width": 8, "depth": 2, "tendencies": 2,
                     "solve_algebraic": True, "tendency_passes": 2, "state_columns": True}}))
-    inputs = task.test.inputs
+    inputs = task.test.inputs[:batch]
     params, u0 = task.layer_args(inputs)
-    u_init = params["initial_state"]
-    states = u_init[:, None] + 0.1 * torch.randn(2, 3, task.n, dtype=torch.float64,
+    u_init = params["initial_state"] if task.lifted else u0
+    assert task.lifted == (lift != "none")
+
+    def state(z, u_init, times):  # the state of the unknown z
+        return task.spec.state_from_lifted(task.problem, z, u_init, times) if task.lifted else z
+
+    states = u_init[:, None] + 0.1 * torch.randn(batch, 3, task.n, dtype=torch.float64,
                                                  generator=torch.Generator().manual_seed(0))
     C = task.state_columns(states, u_init)
-    assert C.shape == (2, 4, task.n, 3)
+    assert C.shape == (batch, 4, task.n, 3)
     for lev in range(4):
         for col in range(3):
             if lev == col + 1:
-                u = task.spec.state_from_lifted(task.problem, C[:, lev:lev + 1, :, col], u_init,
-                                                task.times[lev:lev + 1])[:, 0]
+                u = state(C[:, lev:lev + 1, :, col], u_init, task.times[lev:lev + 1])[:, 0]
                 torch.testing.assert_close(u, states[:, col], rtol=1e-12, atol=1e-12)
             else:
                 assert not C[:, lev, :, col].any()
@@ -168,9 +173,8 @@ def test_state_columns_hold_each_levels_previous_state(tmp_path, lift):
     with torch.no_grad():
         B, z, info, _ = m.basis(inputs)
     assert B.shape[-1] == 3 + 3 * 2 + 3 and info.all_converged
-    s = task.spec.state_from_lifted(task.problem, z, u_init, task.times)
-    first = task.spec.state_from_lifted(task.problem, m.layer(m.network_output(inputs), params, u0)[0], u_init,
-                                        task.times)
+    s = state(z, u_init, task.times)
+    first = state(m.layer(m.network_output(inputs), params, u0)[0], u_init, task.times)
     torch.testing.assert_close(B[..., -3:], task.algebraic(task.state_columns(first[:, :-1], u_init)),
                                rtol=1e-10, atol=1e-12)
     assert torch.isfinite(s).all()

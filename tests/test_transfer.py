@@ -174,7 +174,9 @@ def test_basis_on_the_training_mesh_gives_interpolated_columns(tmp_path, kind):
 def test_state_tendencies_on_the_test_mesh(tmp_path):
     """data.test_state_tendency_mesh = "test": the tendencies at solved states (later passes) are
     the test mesh's own at those states (batch 1 and 2), not the training mesh's interpolated;
-    those at the inputs (the first pass) stay the training mesh's; a bad value is refused."""
+    those at the inputs (the first pass) stay the training mesh's; end to end, the second pass's
+    basis holds the test mesh's tendencies at the first pass's solved state; a bad value is refused."""
+    from femoe.train.config import config_from_dict
     from femoe.train.methods import build_method
     from femoe.train.task import NetworkOnMesh, Task, transfer_method
 
@@ -195,12 +197,26 @@ def test_state_tendencies_on_the_test_mesh(tmp_path):
         assert not torch.allclose(ms.network_mesh.tendency_columns(xf, L, states), own, atol=1e-6)
         torch.testing.assert_close(mt.network_mesh.tendency_columns(xf, L), ms.network_mesh.tendency_columns(xf, L),
                                    rtol=0, atol=0)
+    # end to end: the second pass's basis holds the test mesh's own tendencies at the first pass's state
+    cfg2 = _ns_config(tmp_path, "gnn").to_dict()
+    cfg2["network"]["tendency_passes"] = 2
+    cfg2["data"]["test_state_tendency_mesh"] = "test"
+    coarse2 = Task(config_from_dict(cfg2))
+    fine2 = coarse2.test_mesh_task()
+    m2 = transfer_method(build_method("pihc", coarse2), fine2, "train")
+    xf = fine2.test.inputs[:2]
+    with torch.no_grad():
+        B, _, _, _ = m2.basis(xf)
+        params, u0 = fine2.layer_args(xf)
+        first = m2._after_layer(m2.layer, m2.layer(m2.network_output(xf), params, u0)[0])
+        states = fine2.spec.state_from_lifted(fine2.problem, first, params["initial_state"], fine2.times)
+    n_net = 3
+    torch.testing.assert_close(B[..., n_net:], m2._completed(fine2.tendency_columns(xf, L, states[:, :-1]).double()),
+                               rtol=1e-9, atol=1e-11)
     with pytest.raises(ConfigError, match="state_tendencies"):
         NetworkOnMesh(coarse, fine, state_tendencies="fine")
     cfg = _ns_config(tmp_path, "gnn").to_dict()
     cfg["data"]["test_state_tendency_mesh"] = "coarse"
-    from femoe.train.config import config_from_dict
-
     with pytest.raises(ConfigError, match="test_state_tendency_mesh"):
         config_from_dict(cfg)
 

@@ -151,6 +151,7 @@ class PIHC(Method):
         passes = t.cfg.network.tendency_passes
         if passes > 1:  # the network's (completed) columns, ahead of the tendencies'
             net = B[..., :B.shape[-1] - (B.shape[1] - 1) * t.cfg.network.tendencies]
+        u = None  # the previous pass's solution, from the second pass on
         for p in range(passes):
             if p:
                 states = t.spec.state_from_lifted(t.problem, u.detach(), params["initial_state"],
