@@ -161,7 +161,6 @@ def test_return_info_and_float32_backward():
 def test_gradcheck_cuda(name):
     pattern = small_pattern()
     symmetric = name in SYMMETRIC_ONLY or name == "auto"
-    values = parametrise(pattern, symmetric)
     theta = base_values(pattern, 2, symmetric).cuda().requires_grad_()
     b = torch.randn(2, 9, dtype=torch.float64, device="cuda", requires_grad=True)
     opts = {"rtol": 1e-13} if name in KRYLOV else {}

@@ -225,7 +225,7 @@ class LinearSolver(abc.ABC):
     def residual_norms(self, x: torch.Tensor, b: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``(B,)`` relative residuals of ``(B, n, k)`` ``x`` (max over columns)."""
         if x.device.type == "cpu":
-            xn, bn = x.numpy(), b.numpy()
+            bn = b.numpy()
             r = bn - self.matmul(x, transpose).numpy()
             rn = np.linalg.norm(r, axis=1)
             bnorm = np.broadcast_to(np.linalg.norm(bn, axis=1), rn.shape)
