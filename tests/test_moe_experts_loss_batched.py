@@ -22,6 +22,7 @@ def _method(tmp_path, steady, **experts):
         "train": {"epochs": 1, "batch_size": 2},
     })
     task = Task(cfg)
+    torch.manual_seed(0)  # the network's initialisation, whatever ran before in this process
     return task, build_method("moe", task)
 
 
