@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,14 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def command_line(script: str, argv: list[str] | None = None, env: str = "OMP_NUM_THREADS=1 ") -> str:
+    """The shell command that reruns this benchmark: ``env``, ``python benchmarks/<script>`` and
+    the arguments (``sys.argv[1:]`` by default), each shell-quoted (a ``--set`` value such as
+    ``data.key="test"`` keeps its TOML quotes)."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"{env}python benchmarks/{script}" + (" " + shlex.join(args) if args else "")
 
 
 def apply_sets(d: dict, items) -> dict:

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import load, training_step  # noqa: E402  (benchmarks/ is not a package)
+from _common import command_line, load, training_step  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _worker(args) -> None:
@@ -120,7 +120,7 @@ def main() -> None:
                 out[f"{a}_over_{b}"] = med[a][v] / med[b][v]
         return out
 
-    doc = {"command": "OMP_NUM_THREADS=1 python benchmarks/ab_step.py " + " ".join(sys.argv[1:]),
+    doc = {"command": command_line("ab_step.py"),
            "base": base_sha, "head": head_sha, "uncommitted_at_head": [ln[3:] for ln in dirty if ln.strip()],
            "config": args.config, "trained": args.trained, "steps": args.steps, "rounds": args.rounds,
            "seconds_per_step": med, "speedup_head_over_base": {m: d["base"] / d["head"] for m, d in med.items()},

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write  # noqa: E402
+from _common import RESULTS, command_line, write  # noqa: E402
 
 logger = logging.getLogger("bench_moe")
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, png)
     path = write(args.name, dict(
-        command="python benchmarks/bench_moe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command=command_line("bench_moe.py", argv, env=""),
         benchmark="PI-HC-MoE vs PI-HC: time per training step (forward+backward), inference, peak memory",
         cases={"ds": "diffusion_sorption_1d, constrained DOFs = (n_cells+1) * n_saved, spatial experts (METIS/auto)",
                "2d": "-div((1+u^2) grad u) = f, zero Dirichlet, MeshTri.init_tensor side x side, P1"},

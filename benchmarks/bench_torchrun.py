@@ -37,7 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _common import load  # noqa: E402  (benchmarks/ is not a package)
+from _common import command_line, load  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _worker(args) -> None:
@@ -124,7 +124,7 @@ def main() -> None:
     ref = runs[args.procs[0]][0]
     med = {P: statistics.median(x["step_s"] for x in rs) for P, rs in runs.items()}
     doc = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_torchrun.py " + " ".join(sys.argv[1:]),
+        "command": command_line("bench_torchrun.py"),
         "machine": machine(),
         "problem": {"name": "diffusion_sorption_1d", "size": args.size, "batch": args.batch, "N": args.basis,
                     "experts": args.experts, "partition": "slab", "maxiter": args.maxiter},

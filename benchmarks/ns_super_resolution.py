@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    from _common import apply_sets
+    from _common import apply_sets, command_line
 
     from femoe.train.config import config_from_dict, load_config
     from femoe.train.methods import build_method
@@ -62,10 +61,7 @@ def main() -> None:
     ckpt = ROOT / "results" / run_name / "pihc" / "checkpoint.pt"
     if not ckpt.is_file():
         raise SystemExit(f"{ckpt} is missing: OMP_NUM_THREADS=1 femoe run {args.config}")
-    out = {"command": f"OMP_NUM_THREADS=1 python benchmarks/ns_super_resolution.py {args.config} --passes "
-                      + " ".join(map(str, args.passes)) + " --methods " + " ".join(args.methods)
-                      + " --network-mesh " + " ".join(args.network_mesh) + (f" --run {args.run}" if args.run else "")
-                      + (" --set " + " ".join(map(shlex.quote, args.set)) if args.set else "") + (f" --tag {args.tag}" if args.tag else ""),
+    out = {"command": command_line("ns_super_resolution.py"),
            "checkpoint": str(ckpt.relative_to(ROOT)), "test_params": dict(base.data.test_params),
            "load": os.getloadavg(), "passes": {}}
     for p in args.passes:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -81,7 +80,7 @@ def evaluate(task, m, batch: int, rows) -> dict:
 
 
 def main() -> None:
-    from _common import apply_sets, load, machine
+    from _common import apply_sets, command_line, load, machine
 
     from femoe.train.config import config_from_dict, load_config
     from femoe.train.methods import build_method
@@ -112,12 +111,7 @@ def main() -> None:
     d["data"]["dir"] = str(base.data_dir if base.data_dir.is_absolute() else ROOT / base.data_dir)
     apply_sets(d, args.set)
     d["experts"]["loss"] = "stitched"  # evaluation only; the two-level config check asks for it
-    command = (f"OMP_NUM_THREADS=1 python benchmarks/two_level.py {args.config}" + (f" --run {args.run}" if args.run else "")
-               + (f" --k {' '.join(map(str, args.k))}" if args.k else "")
-               + (f" --variants {' '.join(args.variants)}" if args.variants != list(VARIANTS) else "")
-               + (" --set " + " ".join(map(shlex.quote, args.set)) if args.set else "") + (f" --batch {args.batch}" if args.batch != 2 else "")
-               + (f" --test-mesh {args.test_mesh}" if args.test_mesh else "")
-               + (f" --tag {args.tag}" if args.tag else ""))
+    command = command_line("two_level.py")
     out = {"command": command, "checkpoint": str(ckpt), "machine": machine(), "load_before": load(),
            "experts": {k: v for k, v in d["experts"].items() if k != "loss"},
            "test_mesh": (None if not args.test_mesh else {"test_params": d["data"]["test_params"],

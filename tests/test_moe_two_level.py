@@ -232,6 +232,7 @@ def test_two_level_benchmark_script(tmp_path):
     checkpoint, and at every test sample the two-level output's rows norm is at most PI-HC's."""
     import json
     import os
+    import shlex
     import subprocess
     import sys
     from pathlib import Path
@@ -247,11 +248,14 @@ def test_two_level_benchmark_script(tmp_path):
     run(cfg, isolate=False, progress=False)
     out = tmp_path / "two_level.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, str(root / "benchmarks" / "two_level.py"), str(smoke), "--k", "2", "3",
-                          "--results", str(tmp_path / "results"), "--set", f'data.dir="{tmp_path / "data"}"',
-                          "--out", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    args = [str(smoke), "--k", "2", "3", "--results", str(tmp_path / "results"), "--set",
+            f'data.dir="{tmp_path / "data"}"', "--out", str(out)]
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "two_level.py"), *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
+    # the recorded command reruns this one: the --set value keeps its TOML quotes through the shell
+    assert shlex.split(doc["command"]) == ["OMP_NUM_THREADS=1", "python", "benchmarks/two_level.py", *args]
     assert set(doc["results"]) == {"pihc", "moe_k2", "two_level_k2", "moe_k3", "two_level_k3"}
     single = np.array(doc["results"]["pihc"]["rows_norm"])
     for k in (2, 3):
