@@ -180,14 +180,15 @@ def test_state_tendencies_on_the_test_mesh(tmp_path):
     from femoe.train.methods import build_method
     from femoe.train.task import NetworkOnMesh, Task, transfer_method
 
-    coarse = Task(_ns_config(tmp_path, "gnn"))
+    d = _ns_config(tmp_path, "gnn").to_dict()
+    d["network"]["tendency_passes"] = 2
+    coarse = Task(config_from_dict(d))
     fine = coarse.test_mesh_task()
-    fine.cfg.data.test_state_tendency_mesh = "test"
     m = build_method("pihc", coarse)
-    mt = transfer_method(m, fine, "train")
-    fine.cfg.data.test_state_tendency_mesh = "train"
     ms = transfer_method(m, fine, "train")
-    assert mt.network_mesh.state_tendencies == "target" and ms.network_mesh.state_tendencies == "source"
+    fine.cfg.data.test_state_tendency_mesh = "test"
+    mt = transfer_method(m, fine, "train")
+    assert mt.network_mesh.state_tendency_mesh == "test" and ms.network_mesh.state_tendency_mesh == "train"
     L = coarse.n_levels
     for b in (1, 2):
         xf = fine.test.inputs[:b]
@@ -197,28 +198,20 @@ def test_state_tendencies_on_the_test_mesh(tmp_path):
         assert not torch.allclose(ms.network_mesh.tendency_columns(xf, L, states), own, atol=1e-6)
         torch.testing.assert_close(mt.network_mesh.tendency_columns(xf, L), ms.network_mesh.tendency_columns(xf, L),
                                    rtol=0, atol=0)
-    # end to end: the second pass's basis holds the test mesh's own tendencies at the first pass's state
-    cfg2 = _ns_config(tmp_path, "gnn").to_dict()
-    cfg2["network"]["tendency_passes"] = 2
-    cfg2["data"]["test_state_tendency_mesh"] = "test"
-    coarse2 = Task(config_from_dict(cfg2))
-    fine2 = coarse2.test_mesh_task()
-    m2 = transfer_method(build_method("pihc", coarse2), fine2, "train")
-    xf = fine2.test.inputs[:2]
-    with torch.no_grad():
-        B, _, _, _ = m2.basis(xf)
-        params, u0 = fine2.layer_args(xf)
-        first = m2._after_layer(m2.layer, m2.layer(m2.network_output(xf), params, u0)[0])
-        states = fine2.spec.state_from_lifted(fine2.problem, first, params["initial_state"], fine2.times)
-    n_net = 3
-    torch.testing.assert_close(B[..., n_net:], m2._completed(fine2.tendency_columns(xf, L, states[:, :-1]).double()),
-                               rtol=1e-9, atol=1e-11)
-    with pytest.raises(ConfigError, match="state_tendencies"):
-        NetworkOnMesh(coarse, fine, state_tendencies="fine")
-    cfg = _ns_config(tmp_path, "gnn").to_dict()
-    cfg["data"]["test_state_tendency_mesh"] = "coarse"
+        # end to end: the second pass's basis holds the test mesh's own tendencies at the first pass's state
+        with torch.no_grad():
+            B, _, _, _ = mt.basis(xf)
+            params, u0 = fine.layer_args(xf)
+            first = mt._after_layer(mt.layer, mt.layer(mt.network_output(xf), params, u0)[0])
+            solved = fine.spec.state_from_lifted(fine.problem, first, params["initial_state"], fine.times)
+        torch.testing.assert_close(B[..., d["network"]["n_basis"]:],
+                                   mt._completed(fine.tendency_columns(xf, L, solved[:, :-1]).double()),
+                                   rtol=1e-9, atol=1e-11)
+    with pytest.raises(ConfigError, match="state_tendency_mesh"):
+        NetworkOnMesh(coarse, fine, state_tendency_mesh="fine")
+    d["data"]["test_state_tendency_mesh"] = "coarse"
     with pytest.raises(ConfigError, match="test_state_tendency_mesh"):
-        config_from_dict(cfg)
+        config_from_dict(d)
 
 
 def test_network_mesh_interpolation_gradcheck(tmp_path):

@@ -450,19 +450,19 @@ class NetworkOnMesh:
     Why the tendencies too: on a finer mesh the Krylov tendencies ``f'(u0)^k f(u0)`` turn towards
     the grid-scale modes the finer mesh adds (its Jacobian's largest eigenvalues grow as the mesh
     is refined), and the constraint then picks a poorer member (``benchmarks/ns_super_resolution.py``).
-    ``state_tendencies = "target"`` takes the tendencies at solved states (tendency passes after
-    the first) on ``target``'s mesh instead, at the state itself: a state solved on the finer mesh
+    ``state_tendency_mesh = "test"`` (``data.test_state_tendency_mesh``) takes the tendencies at
+    solved states (tendency passes after the first) on ``target``'s mesh instead, at the state itself: a state solved on the finer mesh
     holds detail the source mesh cannot, and its first few tendencies are the physics of that
     detail. In the passes after the first every level's are taken there, level 1's (at the
     solved state's level 0, ``u0`` itself) included; the first pass's, all at ``u0``, stay the
     source's."""
 
-    def __init__(self, source: Task, target: Task, state_tendencies: str = "source"):
+    def __init__(self, source: Task, target: Task, state_tendency_mesh: str = "train"):
         from femoe.problem import interpolation_operator
 
-        if state_tendencies not in ("source", "target"):
-            raise ConfigError(f"state_tendencies must be 'source' or 'target'; got {state_tendencies!r}")
-        self.source, self.target, self.state_tendencies = source, target, state_tendencies
+        if state_tendency_mesh not in ("train", "test"):
+            raise ConfigError(f"state_tendency_mesh must be 'train' or 'test'; got {state_tendency_mesh!r}")
+        self.source, self.target, self.state_tendency_mesh = source, target, state_tendency_mesh
         self._restrict = _torch_sparse(interpolation_matrix(target, source.input_points()))
         self._prolong = _torch_sparse(interpolation_operator(source.problem, target.problem))
         self._restrict_state = _torch_sparse(interpolation_operator(target.problem, source.problem))
@@ -488,8 +488,8 @@ class NetworkOnMesh:
     def tendency_columns(self, inputs: torch.Tensor, levels: int, states: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`Task.tendency_columns` of the source mesh, interpolated to ``target``'s DOFs;
         ``states (batch, levels - 1, target.n)`` are interpolated to the source mesh first (with
-        ``state_tendencies = "target"``: :meth:`Task.tendency_columns` of ``target`` at them)."""
-        if states is not None and self.state_tendencies == "target":
+        ``state_tendency_mesh = "test"``: :meth:`Task.tendency_columns` of ``target`` at them)."""
+        if states is not None and self.state_tendency_mesh == "test":
             return self.target.tendency_columns(inputs, levels, states)
         if states is not None:
             states = self._interpolate(self._restrict_state, states.detach().unsqueeze(-1))[..., 0]
@@ -519,8 +519,7 @@ def transfer_method(method, task: Task, network_mesh: str = "test"):
     out = build_method(method.name, task).to(next(method.parameters()).device)
     if network_mesh == "train":
         out.net = copy.deepcopy(method.net)
-        where = {"train": "source", "test": "target"}[task.cfg.data.test_state_tendency_mesh]
-        out.network_mesh = NetworkOnMesh(method.task, task, state_tendencies=where)
+        out.network_mesh = NetworkOnMesh(method.task, task, task.cfg.data.test_state_tendency_mesh)
         return out
     src, dst = method.net.state_dict(), out.net.state_dict()
     mesh_bound = {"coords", "src", "dst", "edge_attr", "inv_deg"}
