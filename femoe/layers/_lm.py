@@ -209,6 +209,14 @@ def _roundoff_floor(A: torch.Tensor, w: torch.Tensor, r: torch.Tensor, r0norm: t
     return eps * (jn * (jn * wn + r0norm + rn) + rho * wn)
 
 
+def _require_residual_model(model, who: str) -> None:
+    """Refuse, before any solve, a model that is not a :class:`ResidualModel` (the contract the
+    least-squares core reads its optional hooks and defaults from)."""
+    if not isinstance(model, ResidualModel):
+        raise ProblemError(f"{who} needs a femoe.layers.ResidualModel (residual, linearize and the optional hooks); "
+                           f"got {type(model).__name__}: subclass ResidualModel")
+
+
 def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     """The LM iterations; differentiable when run with grad enabled (unrolled backward).
 
@@ -379,9 +387,7 @@ class LeastSquaresRoot(ImplicitProblem):
     """
 
     def __init__(self, model: ResidualModel, opts: LMOptions, names, static, info_out: list):
-        if not isinstance(model, ResidualModel):
-            raise ProblemError(f"LeastSquaresRoot needs a femoe.layers.ResidualModel (residual, linearize and the "
-                               f"optional hooks); got {type(model).__name__}: subclass ResidualModel")
+        _require_residual_model(model, "LeastSquaresRoot")
         self.model, self.opts, self.names, self.static, self.info_out = model, opts, names, static, info_out
         self._vjp = None
 
@@ -459,9 +465,7 @@ def least_squares_solve(
         ``(batch, N)`` weights.
     info : LeastSquaresInfo
     """
-    if not isinstance(model, ResidualModel):
-        raise ProblemError(f"least_squares_solve needs a femoe.layers.ResidualModel (residual, linearize and the "
-                           f"optional hooks); got {type(model).__name__}: subclass ResidualModel")
+    _require_residual_model(model, "least_squares_solve")
     o = options or LMOptions()
     mode = Backward.parse(backward, "backward")
     params = dict(params or {})
