@@ -754,6 +754,7 @@ class HardConstraintMoE(nn.Module):
         if B.dim() != want or B.shape[-2] != n:
             shape = f"(batch, T + 1, {n}, N)" if td else f"(batch, {n}, N)"
             raise ShapeError(f"B must have shape {shape}; received {tuple(B.shape)}")
+        B = B.contiguous()  # read many times by the experts' gathers and solves: copied once if strided
         check_finite("B", B)
         params = dict(params or {})
         check_params_finite(params)

@@ -139,6 +139,9 @@ class HardConstraint(nn.Module):
             squeeze = B.dim() == 2
         if not ok:
             raise ShapeError(f"B must have shape {expected}; received {tuple(B.shape)}")
+        # the solve reads B at every iteration (B w, J_w = M B, reshapes): a strided basis (a
+        # permuted network output) would be copied at each read, so it is copied once here
+        B = B.contiguous()
         check_finite("B", B)
         return (B.unsqueeze(0) if squeeze else B), squeeze
 

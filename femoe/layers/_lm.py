@@ -468,6 +468,7 @@ def least_squares_solve(
     _require_residual_model(model, "least_squares_solve")
     o = options or LMOptions()
     mode = Backward.parse(backward, "backward")
+    B = B.contiguous()  # every LM iteration reads B: a strided one would be copied each time
     params = dict(params or {})
     if mode is Backward.UNROLLED:
         w, _, _, info = _lm(model, B, params, o)

@@ -40,7 +40,9 @@ def run_network(net: nn.Module, task: Task, inputs: torch.Tensor, levels: int | 
     if isinstance(net, DeepONet):
         out = net(task.branch_input(inputs), task.points(L).to(inputs.device))
         shape = (inputs.shape[0], L, task.n, -1) if L else (inputs.shape[0], task.n, -1)
-        return out.reshape(shape).double()
+        # the einsum's output is strided (levels and points outermost): one copy to float64 in
+        # the (batch, [L,] n, N) layout the constraint layers read
+        return out.reshape(shape).to(torch.float64, memory_format=torch.contiguous_format)
     a = task.node_input(inputs)
     if L:
         times = torch.as_tensor(task.times[:L], dtype=torch.float32, device=inputs.device)
