@@ -69,7 +69,10 @@ def basis_adjoint_parts(B: torch.Tensor, w: torch.Tensor, a: torch.Tensor, M, MT
             c2 = MT(M((B @ v.unsqueeze(-1)).squeeze(-1)))
             if HB is not None:
                 c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
-            return -(a.unsqueeze(-1) * v.unsqueeze(1) + c2.unsqueeze(-1) * w.unsqueeze(1)).reshape(shape)
+            # the two rank-one terms as one (k x 2) (2 x N) product: one basis-sized result, not four
+            left = torch.stack([a, c2], dim=-1)
+            right = torch.stack([v, w], dim=1)
+            return torch.bmm(left, right).neg_().reshape(shape)
 
     return S, vjp
 
