@@ -348,3 +348,22 @@ def test_the_least_squares_core_refuses_a_model_that_is_not_a_residual_model():
         least_squares_solve(Duck(), B)
     with pytest.raises(ProblemError, match="subclass ResidualModel"):
         LeastSquaresRoot(Duck(), LMOptions(), [], {}, [])
+
+
+def test_the_finiteness_check_is_exact_where_the_sum_is_not():
+    """check_finite's shortcut (a finite sum) must not pass a NaN or an Inf, and a sum that
+    overflows on finite entries must not raise."""
+    from femoe.layers._validate import check_finite
+
+    big = torch.full((2, 3), 1e308, dtype=F64)
+    check_finite("x", big)  # the sum overflows to inf: finite entries, no error
+    check_finite("x", torch.empty(0, dtype=F64))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.ones(2, 3, dtype=F64)
+        x[1, 2] = bad
+        with pytest.raises(NonFiniteError, match=r"x .*index \(1, 2\)"):
+            check_finite("x", x)
+    x = torch.zeros(4, dtype=torch.float32)
+    x[0], x[3] = float("inf"), -float("inf")  # +inf and -inf: the sum is NaN, still caught
+    with pytest.raises(NonFiniteError, match=r"index \(0,\)"):
+        check_finite("x", x)
