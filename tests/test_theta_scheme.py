@@ -31,11 +31,19 @@ def test_theta_outside_the_unit_interval_is_refused():
         ThetaScheme(1.5)
 
 
-@pytest.mark.parametrize("theta", [0.0, 0.5, 1.0])
-def test_the_step_and_trajectory_paths_agree(make_heat, theta):
+def _ramp(x, t):  # boundary data that depend on the time
+    return 0.5 + 2.0 * t + 0 * x[0]
+
+
+@pytest.mark.parametrize("theta,dirichlet,in_time", [
+    (0.0, {"left": 0.0}, False), (0.5, {"left": 0.0}, False), (1.0, {"left": 0.0}, False),
+    (0.5, {"left": 0.7, "right": _ramp}, True), (1.0, {"right": _ramp}, True)])
+def test_the_step_and_trajectory_paths_agree(make_heat, theta, dirichlet, in_time):
     pb = make_heat(lambda u, v, w: 0.05 * dot(grad(u), grad(v)) + 0.3 * u**2 * v, 3, theta=theta,
-                   dirichlet={"left": 0.0})
+                   dirichlet=dirichlet)
     assert pb.scheme == ThetaScheme(theta) and pb.theta == theta
+    # time-independent data are taken once for every level of a trajectory
+    assert pb.dirichlet_depends_on_time is in_time
     g = torch.Generator().manual_seed(1)
     U = torch.randn(2, 4, pb.n, dtype=F64, generator=g)
     dt = 0.1

@@ -107,6 +107,12 @@ class DirichletData:
         return entries
 
     @property
+    def depends_on_time(self) -> bool:
+        """Whether some entry's values depend on the time: a callable ``g(x, t)``."""
+        return any(callable(e.value) and not isinstance(e.value, str) and n_args(e.value) >= 2
+                   for e in self.entries)
+
+    @property
     def sizes(self) -> dict[str, list[int]]:
         """``{parameter name: [m of each entry naming it]}``: what a per-DOF parameter must hold."""
         return {name: [int(e.dofs.size) for e in entries] for name, entries in self.params.items()}

@@ -88,6 +88,12 @@ class WeakForm(abc.ABC):
                          dtype=torch.float64) -> torch.Tensor:
         """Values ``g`` on :attr:`dirichlet_dofs`, shape ``(B, n_dirichlet)``."""
 
+    @property
+    def dirichlet_depends_on_time(self) -> bool:
+        """Whether :meth:`dirichlet_values` depends on ``t`` (True unless a subclass knows it
+        does not: then a trajectory's rows take the values once for all its levels)."""
+        return True
+
     # ------------------------------------------------------------------ delegated data
     @property
     def pattern(self):
@@ -430,8 +436,11 @@ class WeakForm(abc.ABC):
         if self.dirichlet_dofs.size:
             B, T = R.shape[0], R.shape[1]
             d = torch.as_tensor(self.dirichlet_dofs, device=R.device)
-            g = torch.stack([self.dirichlet_values(p, t=t0 + dt * (k + 1), batch=B, device=R.device, dtype=R.dtype)
-                             for k in range(T)], dim=1)
+            if self.dirichlet_depends_on_time:
+                g = torch.stack([self.dirichlet_values(p, t=t0 + dt * (k + 1), batch=B, device=R.device,
+                                                       dtype=R.dtype) for k in range(T)], dim=1)
+            else:
+                g = self.dirichlet_values(p, t=t0 + dt, batch=B, device=R.device, dtype=R.dtype).unsqueeze(1)
             R = R.index_copy(2, d, levels[:, 1:, d] - g)
         return R
 

@@ -191,6 +191,10 @@ class Problem(WeakForm):
         p = params if isinstance(params, Params) else self._params(params, device, dtype, batch)
         return self._dirichlet.values(p, t, batch, device, dtype, kind=self._kind)
 
+    @property
+    def dirichlet_depends_on_time(self) -> bool:
+        return self._dirichlet.depends_on_time
+
     # ------------------------------------------------------------------ geometry, patches
     @property
     def doflocs(self) -> np.ndarray:

@@ -121,3 +121,7 @@ class PatchUnion(WeakForm):
         """The parent's Dirichlet values at the union's Dirichlet DOFs ``(B, n_dirichlet)``."""
         g = self.parent.dirichlet_values(params, t=t, batch=batch, device=device, dtype=dtype)
         return g[:, torch.as_tensor(self._dir_in_parent, device=g.device)]
+
+    @property
+    def dirichlet_depends_on_time(self) -> bool:
+        return self.parent.dirichlet_depends_on_time
