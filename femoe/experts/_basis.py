@@ -361,8 +361,10 @@ class _ExpertGroup:
         idx, mask = self.row_index(T, r.device)
         out = r.index_select(1, idx.reshape(-1))
         out = out.reshape(r.shape[0], self.K, idx.shape[1], *r.shape[2:])
-        m = mask.to(r.dtype).reshape(1, self.K, idx.shape[1], *([1] * (r.dim() - 2)))
-        return (out * m).reshape(r.shape[0] * self.K, idx.shape[1], *r.shape[2:])
+        if not bool(mask.all()):  # zero the few padding rows (not a product of the whole with the mask)
+            k, i = (~mask).nonzero(as_tuple=True)
+            out[:, k, i] = 0  # out is index_select's own result: writing it in place is safe
+        return out.reshape(r.shape[0] * self.K, idx.shape[1], *r.shape[2:])
 
     def owned_values(self, u_fold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global DOF indices owned by this group and the owners' values ``(batch, [T+1,] n_own)``
@@ -421,16 +423,33 @@ class _FoldedModel(ResidualModel):
             return r
         return torch.cat([r, self._ic(u0f, None, p)[0]], dim=1)
 
-    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
-        patch, u0f = self.g.split(u)
+    def _unfolded_basis(self, B: torch.Tensor, p: Mapping[str, Any]):
+        """``(unfolded patch basis, initial rows' Jacobian c B_0 or None)`` of a folded basis.
+        Both depend on ``B`` (and ``u0``) only, which a solve keeps fixed over its iterations:
+        without gradients they are kept for the last ``B`` seen (the very tensor, unmodified)."""
+        u0 = p.get(INITIAL)
+        last = self.__dict__.get("_last_basis")
+        if (last is not None and last[0] is B and last[1] == B._version and last[2] is u0
+                and (u0 is None or last[3] == u0._version)):
+            return last[4]
         Bp, B0 = self.g.split(B)
         axis = 2 if self.time_dependent else 1
-        r, J = self.g.model.linearize(self.g.unfold(patch, axis), self.g.unfold(Bp, axis), self._p(p))
+        # the initial rows' Jacobian c B_0 (the rows _ic returns with it, at B_0's first column, are not used)
+        out = (self.g.unfold(Bp, axis), None if B0 is None else self._ic(B0[:, :, 0], B0, p)[1])
+        if not (torch.is_grad_enabled() and B.requires_grad):
+            self._last_basis = (B, B._version, u0, None if u0 is None else u0._version, out)
+        return out
+
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
+        patch, u0f = self.g.split(u)
+        axis = 2 if self.time_dependent else 1
+        Bu, Jic = self._unfolded_basis(B, p)
+        r, J = self.g.model.linearize(self.g.unfold(patch, axis), Bu, self._p(p))
         T = self._T(patch)
         r, J = self.g.fold_rows(r, T), self.g.fold_rows(J, T)
         if u0f is None:
             return r, J
-        ric, Jic = self._ic(u0f, B0, p)
+        ric, _ = self._ic(u0f, None, p)
         return torch.cat([r, ric], dim=1), torch.cat([J, Jic], dim=1)
 
     def prepare_curvature(self) -> None:
