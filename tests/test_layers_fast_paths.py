@@ -15,7 +15,7 @@ import torch
 
 from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint
-from femoe.layers._residuals import INITIAL, TrajectoryResidual, basis_field
+from femoe.layers._residuals import INITIAL, SteadyResidual, TrajectoryResidual, basis_field
 from femoe.problem import Problem
 
 F64 = torch.float64
@@ -89,6 +89,35 @@ def test_stacked_jacobian_equals_the_level_by_level_products(name, batch, subset
         lambda ww: model.residual(basis_field(B[b:b + 1], ww.unsqueeze(0)), {k: v[b:b + 1] for k, v in p.items()})[0],
         wl[b].detach()) for b in range(batch)])
     torch.testing.assert_close(J_fast, J_dense, rtol=1e-10, atol=1e-10 * float(J_dense.abs().max()))
+
+
+def _dense_magnitude(model, u, p):
+    """``sum_j |dr_i/du_j| |u_j|`` per sample from the dense Jacobian of the rows by autograd."""
+    out = []
+    for b in range(u.shape[0]):
+        pb = {k: (v[b:b + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == u.shape[0] else v)
+              for k, v in p.items()}
+        jac = torch.autograd.functional.jacobian(lambda x: model.residual(x.reshape(u[b:b + 1].shape), pb)[0],
+                                                 u[b].reshape(-1))
+        out.append(jac.abs() @ u[b].reshape(-1).abs())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name,batch,subset", CASES)
+def test_row_magnitude_is_the_rows_terms_magnitudes(name, batch, subset):
+    """The round-off scale the LM reads for rows about a fixed field (ResidualModel.row_magnitude)."""
+    pb, kw, B, params, u0 = _case(name, batch, subset)
+    model = TrajectoryResidual(pb, 0.1, rows=kw.get("rows"), dofs=kw.get("dofs"), ic_rows=kw.get("ic_rows"))
+    p = {**params, INITIAL: u0}
+    u = basis_field(B, torch.randn(batch, B.shape[-1], dtype=F64, generator=torch.Generator().manual_seed(2)))
+    mag = model.row_magnitude(u, p)
+    ref = _dense_magnitude(model, u, p)
+    torch.testing.assert_close(mag, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    # a steady model of the same problem's spatial rows
+    steady = SteadyResidual(pb, dofs=kw.get("dofs"), t=0.0)
+    us = u[:, 1]
+    torch.testing.assert_close(steady.row_magnitude(us, params), _dense_magnitude(steady, us, params),
+                               rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
 
 
 def _layer_grad(layer, B, params, u0, loss_w):

@@ -143,6 +143,9 @@ def test_a_basis_holding_the_solution_gives_it_back(K, make_heat):
     B = torch.cat([exact[..., None], torch.randn(STEPS + 1, pb.n, 3, dtype=F64, generator=g)], -1)[None]
     u, info = _layer(pb, DT, "slab", K)(B, params, torch.tensor(u0)[None])
     torch.testing.assert_close(u[0], exact, rtol=0, atol=1e-8)
+    # the experts' corrections are zero up to round-off: each stops at its round-off floor (the
+    # fixed field's terms set it, ResidualModel.row_magnitude), none stalls
+    assert info.all_converged and not any(bool(li.stalled.any()) for li in info.lm)
 
 
 def test_steady_solution_recovered(make_square):

@@ -401,8 +401,9 @@ class _FoldedModel(ResidualModel):
             p[INITIAL] = self.g.union.gather(p[INITIAL])
         return p
 
-    def _ic(self, u0f: torch.Tensor, Bf: torch.Tensor | None, p: Mapping[str, Any]):
-        """Global initial rows ``c (U_0 - u0)`` per (sample, expert) and their Jacobian ``c B_0``."""
+    def _ic(self, u0f: torch.Tensor, Bf: torch.Tensor | None, p: Mapping[str, Any], magnitude: bool = False):
+        """Global initial rows ``c (U_0 - u0)`` per (sample, expert) and their Jacobian ``c B_0``
+        (with ``magnitude``: the field's terms' magnitudes ``|c| |U_0|`` instead)."""
         g = self.g
         u0 = p[INITIAL]
         c = g.ic_model._weights(u0)
@@ -410,7 +411,7 @@ class _FoldedModel(ResidualModel):
         u0 = u0.expand(batch, -1).repeat_interleave(g.K, 0)
         if c.dim():
             c = c.expand(batch, -1).repeat_interleave(g.K, 0)
-        r = c * (u0f - u0)
+        r = abs(c) * u0f.abs() if magnitude else c * (u0f - u0)
         if Bf is None:
             return r, None
         return r, (c.unsqueeze(-1) if c.dim() else c) * Bf
@@ -422,6 +423,21 @@ class _FoldedModel(ResidualModel):
         if u0f is None:
             return r
         return torch.cat([r, self._ic(u0f, None, p)[0]], dim=1)
+
+    def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
+        """Per expert, its union rows' terms' magnitudes (the union model's, folded), then the
+        global initial rows' ``|c| |U_0|``."""
+        g = self.g
+        patch, u0f = g.split(u)
+        axis = 2 if self.time_dependent else 1
+        mag = g.model.row_magnitude(g.unfold(patch, axis), self._p(p))
+        if mag is None:
+            return None
+        mag = g.fold_rows(mag, self._T(patch))
+        if u0f is None:
+            return mag
+        ric, _ = self._ic(u0f.abs(), None, p, magnitude=True)
+        return torch.cat([mag, ric], dim=1)
 
     def _unfolded_basis(self, B: torch.Tensor, p: Mapping[str, Any]):
         """``(unfolded patch basis, initial rows' Jacobian c B_0 or None)`` of a folded basis.
@@ -581,6 +597,10 @@ class _CorrectionModel(ResidualModel):
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
         q, c = self._split(p)
         return self.inner.linearize(u + c, B, q)
+
+    def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
+        q, c = self._split(p)
+        return self.inner.row_magnitude(u + c, q)
 
     def prepare_curvature(self) -> None:
         self.inner.prepare_curvature()

@@ -84,7 +84,10 @@ class LeastSquaresInfo:
         ``(B,)`` the threshold the element met or missed: ``max(atol, tol ||grad_w f(0)||)``, or
         the round-off floor ``eps ||J_w||_F (||J_w||_F ||w|| + ||r(0)|| + ||r||)`` of the
         computed gradient at this element's own scale (``eps`` of the dtype) where the element
-        converged on it: below the floor and no longer improving for 2 iterations.
+        converged on it: below the floor and no longer improving for 2 iterations. For rows
+        about a fixed field (:meth:`ResidualModel.zero_field_rows`) ``||r(0)||`` also counts the
+        rows at the zero field and the size of the field's own terms
+        (:meth:`ResidualModel.row_magnitude`), which round off at their size.
     stalled : torch.Tensor
         ``(B,)`` bool: stopped without converging because neither ``f`` (relative decrease
         ``1e-8``) nor ``||grad_w f||`` (by 10 %) improved in ``patience`` iterations, or the
@@ -235,11 +238,15 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     def evaluate(w, B=B, p=p):
         # J_w is needed only here: the loop keeps the N x N normal matrix, not the (rows x N)
         # Jacobian (whose Frobenius norm the round-off floor reads off A's trace)
-        r, J = model.linearize(basis_field(B, w), B, p)
+        u = basis_field(B, w)
+        r, J = model.linearize(u, B, p)
         f = 0.5 * (r * r).sum(1) + 0.5 * o.rho * (w * w).sum(1)
         g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
         A = J.transpose(1, 2) @ J
-        return r, f, g, A
+        # the size of the field's terms in the rows, the scale of their round-off (0: not known)
+        mag = model.row_magnitude(u, p)
+        m = r.new_zeros(r.shape[0]) if mag is None else torch.linalg.vector_norm(mag.detach(), dim=1)
+        return r, f, g, A, m
 
     # Stopped elements are frozen: their trial values are discarded. Without a graph to keep
     # (the implicit backward), a trial evaluates only the samples with an active element (a
@@ -250,7 +257,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     sliced = model.sample_params(p, n_samples) if n_samples > 1 and not torch.is_grad_enabled() else None
     offsets = torch.arange(per, device=B.device)
 
-    def trial(w, active, r, f, g, A):
+    def trial(w, active, r, f, g, A, m):
         if sliced is None:
             return evaluate(w)
         samples = active.reshape(n_samples, per).any(1).nonzero().squeeze(1)
@@ -258,10 +265,11 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             return evaluate(w)
         e = (samples[:, None] * per + offsets).reshape(-1)
         ps = {k: (v.index_select(0, samples) if k in sliced else v) for k, v in p.items()}
-        rs, fs, gs, As = evaluate(w.index_select(0, e), B.index_select(0, e), ps)
-        return r.index_copy(0, e, rs), f.index_copy(0, e, fs), g.index_copy(0, e, gs), A.index_copy(0, e, As)
+        rs, fs, gs, As, ms = evaluate(w.index_select(0, e), B.index_select(0, e), ps)
+        return (r.index_copy(0, e, rs), f.index_copy(0, e, fs), g.index_copy(0, e, gs), A.index_copy(0, e, As),
+                m.index_copy(0, e, ms))
 
-    r, f, g, A = evaluate(w)
+    r, f, g, A, m = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
     g0 = gnorm.detach().clone()
     r0 = torch.linalg.vector_norm(r.detach(), dim=1)
@@ -274,7 +282,9 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             scale0 = torch.maximum(g0, torch.linalg.vector_norm((Jz.transpose(1, 2) @ rz.unsqueeze(-1)).squeeze(-1),
                                                                 dim=1))
     target = torch.clamp(o.relative_tolerance(B.dtype) * scale0, min=o.atol)
-    floor = _roundoff_floor(A, w, r, r0, o.rho)
+    # the field's terms round off at their own size, which the rows do not show where they nearly
+    # cancel (a stiffness row sums terms ~1/h^2 larger than itself): the floor counts them (m)
+    floor = _roundoff_floor(A, w, r, r0 + m, o.rho)
     scale = torch.diagonal(A, dim1=1, dim2=2).detach().amax(1).clamp_min(max(o.rho, 1e-30))
     mu, mu_max = o.damping * scale, 1e16 * scale
     nu = torch.full_like(mu, 2.0)
@@ -290,7 +300,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             break
         d = -_normal_solve(A + (o.rho + mu)[:, None, None] * eye, g)
         d = torch.where(active[:, None], d, torch.zeros_like(d))
-        r_t, f_t, g_t, A_t = trial(w + d, active, r, f, g, A)
+        r_t, f_t, g_t, A_t, m_t = trial(w + d, active, r, f, g, A, m)
         pred = 0.5 * (d * (mu[:, None] * d - g)).sum(1).detach()
         gain = (f - f_t).detach() / torch.where(pred > 0, pred, torch.ones_like(pred))
         # Near the optimum f(w) - f(w + d) drops below the round-off of f and the gain ratio is
@@ -304,12 +314,13 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         f = torch.where(accept, f_t, f)
         g = torch.where(a1, g_t, g)
         A = torch.where(a1[:, :, None], A_t, A)
+        m = torch.where(accept, m_t, m)
         gnorm = torch.linalg.vector_norm(g, dim=1)
         shrink = torch.clamp(1 - (2 * gain.clamp(0, 1) - 1) ** 3, min=1.0 / 3.0)
         mu = torch.where(accept, mu * shrink, torch.where(active, mu * nu, mu))
         nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(active, nu * 2, nu))
         iterations += active.to(torch.int64)
-        floor = torch.where(accept, _roundoff_floor(A, w, r, r0, o.rho), floor)
+        floor = torch.where(accept, _roundoff_floor(A, w, r, r0 + m, o.rho), floor)
         # progress: since the last progress, f decreased by 1e-8 relative or ||g|| by 10 % (the
         # anchors only decrease, so an oscillating gradient at a kink does not count twice; a
         # Gauss-Newton iteration converging linearly, as on large-residual rows, counts)

@@ -480,6 +480,14 @@ class ResidualModel(ABC):
         at ``w = 0`` set them."""
         return None
 
+    def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
+        """``(batch, m)``: for each row, the sum of the magnitudes of the field's terms in it,
+        ``sum_j |dr_i/du_j| |u_j|`` (row weights and the initial rows' weights included), the
+        scale of the round-off of the computed row; ``None`` (default): not available. The LM
+        reads it for rows about a fixed field, whose terms can be large while the rows, the
+        weights and ``J_w`` are all small (the field nearly solves them)."""
+        return None
+
 
 class SteadyResidual(ResidualModel):
     """Rows ``rows`` of the steady residual ``R(u; p)`` for a field given on DOFs ``dofs``.
@@ -601,8 +609,37 @@ class SteadyResidual(ResidualModel):
         """The enforced rows for a field on all ``n`` DOFs."""
         return self._select(self.problem.residual(x, p, t=self.t).reshape(-1, self.n), p)
 
+    def _reuse(self, x: torch.Tensor, p: Mapping[str, Any], compute):
+        """``compute()``, the linearisation at the full field ``x``, or the last one made without
+        gradients when ``x`` and every parameter tensor equal its own (compared by value): the
+        implicit backward at ``w*`` and the rows' magnitudes then find the LM's last evaluation
+        instead of assembling it again."""
+        tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(v.requires_grad for v in tensors.values()))
+        last = self.__dict__.get("_last_linearization")
+        if not grad and last is not None:
+            x_last, p_last, out = last
+            if (x_last.shape == x.shape and x_last.dtype == x.dtype and x_last.device == x.device
+                    and torch.equal(x_last, x) and p_last.keys() == tensors.keys()
+                    and all(p_last[k].shape == v.shape and torch.equal(p_last[k], v) for k, v in tensors.items())):
+                return out
+        out = compute()
+        if not grad:
+            self._last_linearization = (x.detach().clone(), {k: v.detach().clone() for k, v in tensors.items()}, out)
+        return out
+
+    def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
+        if isinstance(self.scale, RowTransform):
+            return None  # the transform mixes rows: no bound from the rows' own terms
+        with torch.no_grad():
+            x = self._embed(u.detach(), 1)
+            _, J = self._reuse(x, p, lambda: self.problem.residual_and_jacobian(x, p, t=self.t))
+            mag = BatchedCSR(J.pattern, J.values.abs()).matvec(x.abs()).reshape(-1, self.n)
+            return self._select(mag, p)
+
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        R, J = self.problem.residual_and_jacobian(self._embed(u, 1), p, t=self.t)
+        x = self._embed(u, 1)
+        R, J = self._reuse(x, p, lambda: self.problem.residual_and_jacobian(x, p, t=self.t))
         R = R.reshape(-1, self.n)
         self._check_batch(R, u)
         return self._select(R, p), self._select(jac_times(J, self._embed(B, 1)), p)
@@ -733,19 +770,7 @@ class TrajectoryResidual(SteadyResidual):
         reusing the last evaluation made without gradients when ``U`` and every parameter tensor
         are equal to its own (compared by value): the implicit backward at ``w*`` then finds the
         LM's last accepted evaluation instead of assembling it again."""
-        tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
-        grad = torch.is_grad_enabled() and (U.requires_grad or any(v.requires_grad for v in tensors.values()))
-        last = self.__dict__.get("_last_linearization")
-        if not grad and last is not None:
-            U_last, p_last, out = last
-            if (U_last.shape == U.shape and U_last.dtype == U.dtype and U_last.device == U.device
-                    and torch.equal(U_last, U) and p_last.keys() == tensors.keys()
-                    and all(p_last[k].shape == v.shape and torch.equal(p_last[k], v) for k, v in tensors.items())):
-                return out
-        out = self.problem.trajectory_residual_and_jacobians(U, self.dt, p, t0=self.t0)
-        if not grad:
-            self._last_linearization = (U.detach().clone(), {k: v.detach().clone() for k, v in tensors.items()}, out)
-        return out
+        return self._reuse(U, p, lambda: self.problem.trajectory_residual_and_jacobians(U, self.dt, p, t0=self.t0))
 
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         p, u0 = self._split(p)
@@ -825,7 +850,20 @@ class TrajectoryResidual(SteadyResidual):
         return out
 
     def _stacked_values(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int) -> torch.Tensor:
-        """The entries ``(batch, e)`` of the stacked Jacobian (see :meth:`_stacked_structure`)."""
+        """The entries ``(batch, e)`` of the stacked Jacobian (see :meth:`_stacked_structure`); the
+        last ones are kept for the same ``P``, ``Q`` (the very tensors) and weights ``c``: the LM's
+        ``J_w`` and the rows' magnitudes at one linearisation gather them once."""
+        last = self.__dict__.get("_last_stacked")
+        if (last is not None and last[0] is Pv and last[1] is Qv and last[3] == (batch, T)
+                and (last[2] is c or (isinstance(c, torch.Tensor) and isinstance(last[2], torch.Tensor)
+                                      and last[2].shape == c.shape and torch.equal(last[2], c.detach())))):
+            return last[4]
+        vals = self._stacked_values_new(Pv, Qv, c, batch, T)
+        if not torch.is_grad_enabled() or not (Pv.requires_grad or Qv.requires_grad):
+            self._last_stacked = (Pv, Qv, c.detach() if isinstance(c, torch.Tensor) else c, (batch, T), vals)
+        return vals
+
+    def _stacked_values_new(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int) -> torch.Tensor:
         st = self._stacked_structure(T)
         nnz = self.problem.pattern.nnz
         Pv, Qv = Pv.detach().reshape(batch, T + 1, nnz), Qv.detach().reshape(batch, T + 1, nnz)
@@ -870,10 +908,13 @@ class TrajectoryResidual(SteadyResidual):
         M = torch.sparse_csr_tensor(crow, col, vals.reshape(-1), (batch * m, batch * nc), check_invariants=False)
         return (M @ X).reshape(batch, m, N)
 
-    def _stacked_operator(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int):
+    def _stacked_operator(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int, absolute: bool = False):
         """``(M, M^T, m, nc)``: products of the stacked Jacobian (:meth:`_stacked_structure`) with
-        vectors, ``(batch, nc) -> (batch, m)`` and back, by gather and scatter (any device)."""
+        vectors, ``(batch, nc) -> (batch, m)`` and back, by gather and scatter (any device); with
+        ``absolute`` of the matrix of its entries' magnitudes."""
         vals = self._stacked_values(Pv, Qv, c, batch, T)
+        if absolute:
+            vals = vals.abs()
         st = self._stacked_structure(T)
         idx = st[("idx", str(vals.device))]
         rows, cols, m, nc = idx["entry_pos"], idx["cols"], int(st["n_rows"]), int(st["n_cols"])
@@ -889,6 +930,20 @@ class TrajectoryResidual(SteadyResidual):
             return y.new_zeros(batch, nc).index_add_(1, cols, vals * y[:, rows])
 
         return M, MT, m, nc
+
+    def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
+        """The rows' terms' magnitudes (:meth:`ResidualModel.row_magnitude`) from the stacked
+        Jacobian at ``u`` (the LM's linearisation there, reused), applied to ``|u|``."""
+        if isinstance(self.scale, RowTransform):
+            return None
+        p0, u0 = self._split(p)
+        with torch.no_grad():
+            U = self._embed(u.detach(), 2)
+            batch, T = U.shape[0], U.shape[1] - 1
+            _, P, Q = self._linearization(U, p0)
+            c = self._weights(u0)
+            M, _, _, nc = self._stacked_operator(P.values, Q.values, c, batch, T, absolute=True)
+            return M(u.detach().abs().reshape(batch, nc))
 
     def basis_adjoint(self, w: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], r_star: torch.Tensor):
         """The implicit backward's pieces with respect to ``B`` alone, without differentiating the
