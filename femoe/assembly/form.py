@@ -54,6 +54,71 @@ def check_linear_in_test(integrand: Callable, tb: TorchBasis, ujets: torch.Tenso
         )
 
 
+# Autograd nodes of maps that are smooth wherever they are defined. For a composition of them,
+# a derivative that does not depend on the jets (no graph back to them) means the map is affine.
+# Non-smooth maps (clamp, abs, max, where, sign, ...) have piecewise-constant derivatives that
+# autograd computes from masks, without a graph: they are not listed, so an integrand using them
+# is never taken for affine. Unknown nodes count as non-smooth.
+_SMOOTH_NODES = frozenset({
+    "AccumulateGrad", "AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "RsubBackward0",
+    "RsubBackward1", "MulBackward0", "MulBackward1", "DivBackward0", "DivBackward1", "NegBackward0",
+    "PowBackward0", "PowBackward1", "PowBackward2", "ExpBackward0", "LogBackward0", "SinBackward0",
+    "CosBackward0", "TanhBackward0", "SqrtBackward0", "SumBackward0", "SumBackward1", "MeanBackward0",
+    "MeanBackward1", "ExpandBackward0", "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0",
+    "SliceBackward0", "SelectBackward0", "IndexBackward0", "UnsqueezeBackward0", "SqueezeBackward0",
+    "SqueezeBackward1", "SqueezeBackward2", "PermuteBackward0", "TransposeBackward0", "CloneBackward0",
+    "StackBackward0", "CatBackward0", "MmBackward0", "BmmBackward0", "MvBackward0", "DotBackward0",
+    "ToCopyBackward0", "AsStridedBackward0", "AliasBackward0",
+})
+
+
+def _smooth_graph(fn, leaf: torch.Tensor) -> bool:
+    """Whether every node of the autograd graph below ``fn`` is a smooth map (:data:`_SMOOTH_NODES`)
+    and ``leaf`` its only leaf (no other tensor that requires a gradient, such as a learnable
+    coefficient the integrand's closure holds, enters it)."""
+    seen, stack = set(), [fn]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        if type(f).__name__ not in _SMOOTH_NODES:
+            return False
+        if type(f).__name__ == "AccumulateGrad" and f.variable is not leaf:
+            return False
+        seen.add(f)
+        stack.extend(nxt for nxt, _ in f.next_functions)
+    return True
+
+
+#: what a form may read from ``w`` and still have a Jacobian fixed by the mesh: the geometry
+GEOMETRY = frozenset({"x", "h", "n"})
+
+
+def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> bool:
+    """Whether the integrand is affine in ``u`` with a derivative fixed by the mesh, so that its
+    local Jacobians and its residual at ``u = 0`` can be assembled once: it reads only the
+    geometry from ``w`` (no parameter, no time), its autograd graph holds only smooth maps, and
+    the derivative of its coefficients with respect to the jets ``ujets`` has no graph back to
+    them (nor to any tensor that requires a gradient). ``ujets``: ``(J, S, nel, nqp)``, the states
+    ``w`` was made for. A tensor captured by the integrand's closure counts as fixed: integrands are pure
+    functions of ``(u, v, w)``."""
+    probe = FormParams(w)  # its own record of what the integrand reads
+    var = ujets.detach().requires_grad_(True)
+    with torch.enable_grad():
+        c = _call(integrand, tb, var, probe)
+        if not probe.read <= GEOMETRY:
+            return False
+        if not c.requires_grad:
+            return True  # does not depend on u (or on anything that needs a gradient)
+        if not _smooth_graph(c.grad_fn, var):
+            return False
+        for a in range(c.shape[0]):
+            (g,) = torch.autograd.grad(c[a].sum(), var, retain_graph=True, create_graph=True, allow_unused=True)
+            if g is not None and g.requires_grad:
+                return False
+    return True
+
+
 def local_residual(integrand, tb: TorchBasis, ujets, w) -> torch.Tensor:
     """Local residual vectors ``(B, n_local, nel)``."""
     c = _call(integrand, tb, ujets, w)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from femoe.assembly.fields import FormParams
-from femoe.assembly.form import check_linear_in_test, local_residual, local_residual_and_jacobian
+from femoe.assembly.form import check_linear_in_test, is_affine, local_residual, local_residual_and_jacobian
 from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
 from femoe.errors import ProblemError, ShapeError, UnusedParameterWarning
 from femoe.problem._dirichlet import DirichletRows
@@ -73,6 +73,9 @@ class WeakForm(abc.ABC):
         self._dirichlet_rows = dirichlet_rows
         self._parameters = parameters
         self._checked: set[int] = set()
+        # integrands found affine with a mesh-fixed derivative: (CSR values, residual at u = 0)
+        self._affine: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._affine_probed: set[tuple] = set()
         self._read_names: set[str] = set()  # parameter names some form has read (see _warn_unused)
         self._warned_unused: set[str] = set()
         self._torch_cache: dict[tuple, dict[str, torch.Tensor]] = {}
@@ -244,34 +247,67 @@ class WeakForm(abc.ABC):
             check_linear_in_test(integrand, tb, jets[:, :1].detach(), w)
             self._checked.add(id(integrand))
 
+    def _term(self, integrand, tb: TorchBasis, index: torch.Tensor, u: torch.Tensor, params: dict, t,
+              jacobian: bool, create_graph: bool):
+        """One integrand's global residual ``(B, n)`` and CSR values ``(B, nnz)`` (or None).
+
+        An integrand that is affine in ``u`` with a derivative the mesh fixes (it reads only the
+        geometry: :func:`~femoe.assembly.form.is_affine`, probed at its first evaluation) is
+        assembled once, as a matrix on the pattern and its residual at ``u = 0``, and evaluated as
+        ``K u + r(0)`` from then on, that first call included (so every evaluation of it rounds
+        alike): a diffusion or mass term is not linearised again at every call."""
+        B, device, dtype = u.shape[0], u.device, u.dtype
+        key = (id(integrand), id(tb), str(device), dtype)
+        if key not in self._affine_probed:
+            self._affine_probed.add(key)
+            self._probe_affine(key, integrand, tb, index, u, params, t)
+        fixed = self._affine.get(key)
+        if fixed is not None:
+            kv, r0 = fixed
+            R = BatchedCSR(self.pattern, kv.unsqueeze(0)).matvec(u) + r0
+            return R, (kv.expand(B, -1) if jacobian else None)
+        w = self._form_params(tb, params, B, device, dtype, t)
+        jets = tb.jets(u)
+        self._check(integrand, tb, jets, w)
+        if jacobian:
+            r, K = local_residual_and_jacobian(integrand, tb, jets, w, create_graph)
+            vals = u.new_zeros(B, self.pattern.nnz).index_add(1, index, K.reshape(B, -1))
+        else:
+            r, vals = local_residual(integrand, tb, jets, w), None
+        self._note_reads(w)
+        return tb.scatter(r, self.n), vals
+
+    def _probe_affine(self, key, integrand, tb: TorchBasis, index: torch.Tensor, u: torch.Tensor, params: dict,
+                      t) -> None:
+        """Assemble ``integrand`` once (its CSR values and residual at ``u = 0``) if it is affine
+        with a derivative the mesh fixes; probed at the states of its first call, ``u``."""
+        B = u.shape[0]
+        w = self._form_params(tb, params, B, u.device, u.dtype, t)
+        jets = tb.jets(u.detach())
+        self._check(integrand, tb, jets, w)
+        affine = is_affine(integrand, tb, jets, w)  # all states: w may hold per-state entries
+        self._note_reads(w)
+        if not affine:
+            return
+        with torch.no_grad():
+            zero = torch.zeros_like(jets)
+            r0, K = local_residual_and_jacobian(integrand, tb, zero, w, False)
+            kv = u.new_zeros(B, self.pattern.nnz).index_add(1, index, K.reshape(B, -1).to(u.dtype))
+            self._affine[key] = (kv[0].clone(), tb.scatter(r0, self.n)[0].clone())
+
     def _spatial(self, u: torch.Tensor, params: dict, t, jacobian: bool, create_graph: bool):
         """``A(u)`` (no Dirichlet treatment): global residual and CSR values (or None)."""
         B, device, dtype = u.shape[0], u.device, u.dtype
         tc = self._tensors(device, dtype)
         R = u.new_zeros(B, self.n)
         vals = u.new_zeros(B, self.pattern.nnz) if jacobian else None
-        if self.residual_integrand is not None:
-            w = self._form_params(self._tb, params, B, device, dtype, t)
-            jets = self._tb.jets(u)
-            self._check(self.residual_integrand, self._tb, jets, w)
+        terms = [(self.residual_integrand, self._tb, tc["cell_index"])] if self.residual_integrand is not None else []
+        terms += [(ft.integrand, ft.tb, tc[f"facet_index_{i}"]) for i, ft in enumerate(self._facets)]
+        for integrand, tb, index in terms:
+            r, v = self._term(integrand, tb, index, u, params, t, jacobian, create_graph)
+            R = R + r
             if jacobian:
-                r, K = local_residual_and_jacobian(self.residual_integrand, self._tb, jets, w, create_graph)
-                vals = vals.index_add(1, tc["cell_index"], K.reshape(B, -1))
-            else:
-                r = local_residual(self.residual_integrand, self._tb, jets, w)
-            R = R + self._tb.scatter(r, self.n)
-            self._note_reads(w)
-        for i, ft in enumerate(self._facets):
-            w = self._form_params(ft.tb, params, B, device, dtype, t)
-            jets = ft.tb.jets(u)
-            self._check(ft.integrand, ft.tb, jets, w)
-            if jacobian:
-                r, K = local_residual_and_jacobian(ft.integrand, ft.tb, jets, w, create_graph)
-                vals = vals.index_add(1, tc[f"facet_index_{i}"], K.reshape(B, -1))
-            else:
-                r = local_residual(ft.integrand, ft.tb, jets, w)
-            R = R + ft.tb.scatter(r, self.n)
-            self._note_reads(w)
+                vals = vals + v
         if self._A is not None:
             A = BatchedCSR(self.pattern, tc["A_values"].unsqueeze(0))
             R = R + A.matvec(u)
@@ -282,17 +318,8 @@ class WeakForm(abc.ABC):
         return R, vals
 
     def _storage(self, u, params, t, jacobian, create_graph):
-        w = self._form_params(self._tb, params, u.shape[0], u.device, u.dtype, t)
-        jets = self._tb.jets(u)
-        self._check(self.storage_integrand, self._tb, jets, w)
         tc = self._tensors(u.device, u.dtype)
-        if jacobian:
-            r, K = local_residual_and_jacobian(self.storage_integrand, self._tb, jets, w, create_graph)
-            vals = u.new_zeros(u.shape[0], self.pattern.nnz).index_add(1, tc["cell_index"], K.reshape(u.shape[0], -1))
-        else:
-            r, vals = local_residual(self.storage_integrand, self._tb, jets, w), None
-        self._note_reads(w)
-        return self._tb.scatter(r, self.n), vals
+        return self._term(self.storage_integrand, self._tb, tc["cell_index"], u, params, t, jacobian, create_graph)
 
     def _apply_dirichlet(self, R, vals, u, params, t):
         tc = self._tensors(u.device, u.dtype)
