@@ -933,7 +933,9 @@ class TrajectoryResidual(SteadyResidual):
 
     def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
         """The rows' terms' magnitudes (:meth:`ResidualModel.row_magnitude`) from the stacked
-        Jacobian at ``u`` (the LM's linearisation there, reused), applied to ``|u|``."""
+        Jacobian at ``u`` (the LM's linearisation there, reused), applied to ``|u|``; for
+        time-integrated rows the cumulative sums of the levels' magnitudes (a bound: the terms of
+        one DOF at successive levels are counted apart)."""
         if isinstance(self.scale, RowTransform):
             return None
         p0, u0 = self._split(p)
