@@ -49,10 +49,32 @@ def _probe(pb, integrand=None, t=None):
     (lambda u, v, w: torch.abs(u.value) * v + dot(grad(u), grad(v)), False),
     (lambda u, v, w: LEARNABLE * dot(grad(u), grad(v)), False),  # a learnable coefficient
     (lambda u, v, w: dot(grad(u), grad(v)) + LEARNABLE * v, False),  # ... in the load only
+    # no autograd graph, not affine: a mask, a detached factor (the numerical check catches them)
+    (lambda u, v, w: (u.value > 0).to(u.value.dtype) * u.value * v + dot(grad(u), grad(v)), False),
+    (lambda u, v, w: u.value.detach() ** 2 * u.value * v, False),
+    (lambda u, v, w: (2.0 if "f" in w else 1.0) * u * v, False),  # looks at all of w
 ])
 def test_which_integrands_are_affine(form, affine):
     pb = _square_p1(form, dirichlet={"left": 0.0}, defaults={"f": 1.0})
     assert _probe(pb) is affine
+
+
+def test_a_parameter_named_like_the_geometry_is_a_parameter():
+    """``w.h`` is the element size unless a parameter ``h`` (a Robin coefficient, say) shadows it."""
+    def build():
+        return _square_p1(lambda u, v, w: dot(grad(u), grad(v)), facets={"right": lambda u, v, w: w.h * u * v},
+                          dirichlet={"left": 0.0}, defaults={"h": 1.0})
+
+    pb = build()
+    u = torch.rand(2, pb.n, dtype=F64, generator=torch.Generator().manual_seed(0))
+    pb.residual_and_jacobian(u)
+    assert len(pb._affine) == 1  # the diffusion, not the Robin term
+    h = torch.tensor([[5.0], [2.0]], dtype=F64)
+    R, J = pb.residual_and_jacobian(u, {"h": h})
+    R0, J0 = build().residual_and_jacobian(u, {"h": h})
+    torch.testing.assert_close(R, R0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(J.values, J0.values, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(R, pb.residual_and_jacobian(u)[0])  # h = 5, 2 is not h = 1
 
 
 def test_an_integrand_that_reads_the_time_is_not_affine():
@@ -88,21 +110,41 @@ def _mixed():
                    fields=("om", "ps"), dirichlet={"left": {"ps": 0.0}})
 
 
+@pytest.fixture
+def uncached(monkeypatch):
+    """``uncached(make)``: the problem ``make()`` with no term taken for affine, so that every
+    term is evaluated from its integrand (the reference the cached terms must equal)."""
+    import femoe.problem._form as form_module
+
+    def make(build):
+        with monkeypatch.context() as m:
+            m.setattr(form_module, "is_affine", lambda *a, **k: False)
+            pb = build()
+            pb.residual(torch.zeros(1, pb.n, dtype=F64))  # probed now, while is_affine says no
+            if pb.storage_integrand is not None:
+                pb.trajectory_residual(torch.zeros(1, 1, pb.n, dtype=F64), torch.zeros(1, pb.n, dtype=F64), 0.1)
+        assert not pb._affine
+        return pb
+
+    return make
+
+
 @pytest.mark.parametrize("build,n_affine", [(_scalar_with_facet, 1), (_scalar_affine_parts, 2), (_vector, 1),
                                             (_mixed, 1)])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_a_warmed_problem_equals_a_fresh_one(build, n_affine, batch):
+def test_a_warmed_problem_equals_one_without_the_cache(build, n_affine, batch, uncached):
     warm = build()
     g = torch.Generator().manual_seed(batch)
     warm.residual_and_jacobian(torch.rand(batch, warm.n, dtype=F64, generator=g))  # probes, caches
     assert len(warm._affine) == n_affine
+    ref = uncached(build)
     for _ in range(2):
         u = torch.rand(batch, warm.n, dtype=F64, generator=g) - 0.5
         R, J = warm.residual_and_jacobian(u)
-        R0, J0 = build().residual_and_jacobian(u)  # every term from its integrand
+        R0, J0 = ref.residual_and_jacobian(u)  # every term from its integrand
         torch.testing.assert_close(R, R0, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(J.values, J0.values, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(warm.residual(u), build().residual(u), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(warm.residual(u), ref.residual(u), rtol=1e-12, atol=1e-12)
 
 
 def _vals(x):
@@ -110,7 +152,7 @@ def _vals(x):
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_a_warmed_trajectory_and_patch_union_equal_fresh_ones(make_diffusion_sorption, batch):
+def test_a_warmed_trajectory_and_patch_union_equal_ones_without_the_cache(make_diffusion_sorption, batch, uncached):
     params = dict(n_cells=16, n_saved=4, substeps=8, theta=1.0)
     warm = make_diffusion_sorption(**params)
     g = torch.Generator().manual_seed(batch)
@@ -118,11 +160,11 @@ def test_a_warmed_trajectory_and_patch_union_equal_fresh_ones(make_diffusion_sor
     warm.trajectory_residual_and_jacobians(U, 5.0)
     assert len(warm._affine) == 2  # the diffusion and the outflow; the sorption storage is nonlinear
     U = torch.rand(batch, 4, warm.n, dtype=F64, generator=g)
-    fresh = make_diffusion_sorption(**params)
+    fresh = uncached(lambda: make_diffusion_sorption(**params))
     for a, b in zip(warm.trajectory_residual_and_jacobians(U, 5.0), fresh.trajectory_residual_and_jacobians(U, 5.0)):
         torch.testing.assert_close(_vals(a), _vals(b), rtol=1e-12, atol=1e-12)
     cells = [np.arange(0, 9), np.arange(7, 16)]  # overlapping patches
-    uw, uf = warm.restrict(cells), fresh.restrict(cells)
+    uw, uf = warm.restrict(cells), uncached(lambda: fresh.restrict(cells))
     V = torch.rand(batch, 4, uw.n, dtype=F64, generator=g)
     uw.trajectory_residual_and_jacobians(V, 5.0)
     assert len(uw._affine) == 2

@@ -94,28 +94,77 @@ def _smooth_graph(fn, leaf: torch.Tensor) -> bool:
 GEOMETRY = frozenset({"x", "h", "n"})
 
 
-def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> bool:
+class _ProbeParams(FormParams):
+    """A copy of ``w`` that also records a form looking at all of it (``in``, iteration,
+    ``items()``): such a form may read any parameter."""
+
+    def _everything(self):
+        self.read.add("*")
+
+    def __contains__(self, name):
+        self._everything()
+        return super().__contains__(name)
+
+    def __iter__(self):
+        self._everything()
+        return super().__iter__()
+
+    def keys(self):
+        self._everything()
+        return super().keys()
+
+    def values(self):
+        self._everything()
+        return super().values()
+
+    def items(self):
+        self._everything()
+        return super().items()
+
+
+def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
+              parameters: frozenset | set = frozenset()) -> bool:
     """Whether the integrand is affine in ``u`` with a derivative fixed by the mesh, so that its
-    local Jacobians and its residual at ``u = 0`` can be assembled once: it reads only the
-    geometry from ``w`` (no parameter, no time), its autograd graph holds only smooth maps, and
-    the derivative of its coefficients with respect to the jets ``ujets`` has no graph back to
-    them (nor to any tensor that requires a gradient). ``ujets``: ``(J, S, nel, nqp)``, the states
-    ``w`` was made for. A tensor captured by the integrand's closure counts as fixed: integrands are pure
-    functions of ``(u, v, w)``."""
-    probe = FormParams(w)  # its own record of what the integrand reads
+    local Jacobians and its residual at ``u = 0`` can be assembled once.
+
+    It must read only the geometry from ``w`` (``x``, ``h``, ``n``, none of them shadowed by one
+    of the call's ``parameters``; no time, and no look at all of ``w``). Its autograd graph must
+    hold only smooth maps, and the derivative of its coefficients with respect to the jets must
+    have no graph back to them, nor to any tensor that requires a gradient. Then, numerically, its
+    coefficients at two further random states of both signs must be ``c(0) + D jets``; this
+    catches what autograd cannot see, such as a mask ``(u > 0) * u`` or a detached factor.
+    ``ujets``: ``(J, S, nel, nqp)``, the states ``w`` was made for. A tensor captured by the
+    integrand's closure counts as fixed: integrands are pure functions of ``(u, v, w)``."""
+    probe = _ProbeParams(w)  # its own record of what the integrand reads
     var = ujets.detach().requires_grad_(True)
     with torch.enable_grad():
         c = _call(integrand, tb, var, probe)
-        if not probe.read <= GEOMETRY:
+        if not probe.read <= GEOMETRY - set(parameters):
             return False
-        if not c.requires_grad:
-            return True  # does not depend on u (or on anything that needs a gradient)
-        if not _smooth_graph(c.grad_fn, var):
-            return False
-        for a in range(c.shape[0]):
-            (g,) = torch.autograd.grad(c[a].sum(), var, retain_graph=True, create_graph=True, allow_unused=True)
-            if g is not None and g.requires_grad:
+        if c.requires_grad:
+            if not _smooth_graph(c.grad_fn, var):
                 return False
+            rows = []
+            for a in range(c.shape[0]):
+                (g,) = torch.autograd.grad(c[a].sum(), var, retain_graph=True, create_graph=True, allow_unused=True)
+                if g is not None and g.requires_grad:
+                    return False
+                rows.append(torch.zeros_like(var) if g is None else g.detach())
+            D = torch.stack(rows)  # (J_test, J_trial, S, nel, nqp), the same at every state
+        else:
+            D = None  # no dependence on u
+    with torch.no_grad():
+        c0 = _call(integrand, tb, torch.zeros_like(ujets), w)
+        gen = torch.Generator(device=ujets.device).manual_seed(0)
+        scale = ujets.detach().abs().amax().clamp_min(1.0)
+        for trial in (torch.randn(ujets.shape, generator=gen, dtype=ujets.dtype, device=ujets.device) * scale,
+                      ujets.detach()):
+            for jets in (trial, -2.0 * trial + 0.5 * scale):
+                c = _call(integrand, tb, jets, w)
+                lin = c0 if D is None else c0 + (D * jets.unsqueeze(0)).sum(1)
+                tol = 1e-9 * float(c.abs().amax() + lin.abs().amax() + c0.abs().amax()) + 1e-300
+                if not bool(((c - lin).abs() <= tol).all()):
+                    return False
     return True
 
 

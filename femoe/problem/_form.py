@@ -285,7 +285,8 @@ class WeakForm(abc.ABC):
         w = self._form_params(tb, params, B, u.device, u.dtype, t)
         jets = tb.jets(u.detach())
         self._check(integrand, tb, jets, w)
-        affine = is_affine(integrand, tb, jets, w)  # all states: w may hold per-state entries
+        # all states: w may hold per-state entries; a parameter may shadow a geometry name
+        affine = is_affine(integrand, tb, jets, w, parameters=frozenset(params))
         self._note_reads(w)
         if not affine:
             return
