@@ -367,3 +367,23 @@ def test_the_finiteness_check_is_exact_where_the_sum_is_not():
     x[0], x[3] = float("inf"), -float("inf")  # +inf and -inf: the sum is NaN, still caught
     with pytest.raises(NonFiniteError, match=r"index \(0,\)"):
         check_finite("x", x)
+
+
+def test_a_layer_called_again_with_other_parameters_solves_again(square, heat):
+    """What a model reuses from its last linearisation lasts one solve: a second call with other
+    parameter values (floats, which a comparison of tensors does not see) gives a fresh layer's
+    answer, not the first call's (the LM's first field, w = 0, is the same in both calls)."""
+    pb = square("poisson", 2)
+    B = _basis(2, (pb.n, 4))
+    layer = HardConstraint(pb)
+    layer(B, {"f": 0.0})
+    u, info = layer(B, {"f": 5.0})
+    u_fresh, _ = HardConstraint(pb)(B, {"f": 5.0})
+    assert float(u.abs().max()) > 1e-3 and int(info.iterations.max()) > 0
+    torch.testing.assert_close(u, u_fresh, rtol=1e-10, atol=1e-12)
+    hl = HardConstraint(heat, dt=0.1)
+    Bt = _basis(2, (3, heat.n, 3))
+    u0 = torch.full((2, heat.n), 0.3, dtype=F64)
+    hl(Bt, {"D": 0.2}, u0)
+    ut, _ = hl(Bt, {"D": 2.0}, u0)
+    torch.testing.assert_close(ut, HardConstraint(heat, dt=0.1)(Bt, {"D": 2.0}, u0)[0], rtol=1e-10, atol=1e-12)

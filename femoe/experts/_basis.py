@@ -439,6 +439,10 @@ class _FoldedModel(ResidualModel):
         ric, _ = self._ic(u0f.abs(), None, p, magnitude=True)
         return torch.cat([mag, ric], dim=1)
 
+    def forget(self) -> None:
+        self.__dict__.pop("_last_basis", None)
+        self.g.model.forget()
+
     def _unfolded_basis(self, B: torch.Tensor, p: Mapping[str, Any]):
         """``(unfolded patch basis, initial rows' Jacobian c B_0 or None)`` of a folded basis.
         Both depend on ``B`` (and ``u0``) only, which a solve keeps fixed over its iterations:
@@ -452,7 +456,7 @@ class _FoldedModel(ResidualModel):
         axis = 2 if self.time_dependent else 1
         # the initial rows' Jacobian c B_0 (the rows _ic returns with it, at B_0's first column, are not used)
         out = (self.g.unfold(Bp, axis), None if B0 is None else self._ic(B0[:, :, 0], B0, p)[1])
-        if not (torch.is_grad_enabled() and B.requires_grad):
+        if not (torch.is_grad_enabled() and (B.requires_grad or (u0 is not None and u0.requires_grad))):
             self._last_basis = (B, B._version, u0, None if u0 is None else u0._version, out)
         return out
 
@@ -601,6 +605,9 @@ class _CorrectionModel(ResidualModel):
     def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
         q, c = self._split(p)
         return self.inner.row_magnitude(u + c, q)
+
+    def forget(self) -> None:
+        self.inner.forget()
 
     def prepare_curvature(self) -> None:
         self.inner.prepare_curvature()

@@ -234,6 +234,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     batch, N = B.shape[0], B.shape[-1]
     eye = torch.eye(N, dtype=B.dtype, device=B.device)
     w = B.new_zeros(batch, N)
+    model.forget()  # reuse within this solve only: the parameters may have changed since the last
 
     def evaluate(w, B=B, p=p):
         # J_w is needed only here: the loop keeps the N x N normal matrix, not the (rows x N)

@@ -480,6 +480,12 @@ class ResidualModel(ABC):
         at ``w = 0`` set them."""
         return None
 
+    def forget(self) -> None:
+        """Drop what the model keeps from its last solve to reuse within it (linearisations,
+        bases); the LM calls it as a solve starts. Between solves the parameters may change in
+        ways a comparison cannot see (a float, a tensor a form's closure holds)."""
+        return None
+
     def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
         """``(batch, m)``: for each row, the sum of the magnitudes of the field's terms in it,
         ``sum_j |dr_i/du_j| |u_j|`` (row weights and the initial rows' weights included), the
@@ -609,11 +615,15 @@ class SteadyResidual(ResidualModel):
         """The enforced rows for a field on all ``n`` DOFs."""
         return self._select(self.problem.residual(x, p, t=self.t).reshape(-1, self.n), p)
 
+    def forget(self) -> None:
+        self.__dict__.pop("_last_linearization", None)
+        self.__dict__.pop("_last_stacked", None)
+
     def _reuse(self, x: torch.Tensor, p: Mapping[str, Any], compute):
         """``compute()``, the linearisation at the full field ``x``, or the last one made without
         gradients when ``x`` and every parameter tensor equal its own (compared by value): the
         implicit backward at ``w*`` and the rows' magnitudes then find the LM's last evaluation
-        instead of assembling it again."""
+        instead of assembling it again. Kept within one solve only (:meth:`forget`)."""
         tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
         grad = torch.is_grad_enabled() and (x.requires_grad or any(v.requires_grad for v in tensors.values()))
         last = self.__dict__.get("_last_linearization")
