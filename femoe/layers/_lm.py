@@ -84,10 +84,11 @@ class LeastSquaresInfo:
         ``(B,)`` the threshold the element met or missed: ``max(atol, tol ||grad_w f(0)||)``, or
         the round-off floor ``eps ||J_w||_F (||J_w||_F ||w|| + ||r(0)|| + ||r||)`` of the
         computed gradient at this element's own scale (``eps`` of the dtype) where the element
-        converged on it: below the floor and no longer improving for 2 iterations. For rows
-        about a fixed field (:meth:`ResidualModel.zero_field_rows`) ``||r(0)||`` also counts the
-        rows at the zero field and the size of the field's own terms
-        (:meth:`ResidualModel.row_magnitude`), which round off at their size.
+        converged on it: below the floor and no longer improving for 2 iterations. ``||r(0)||``
+        also counts the size of the field's own terms in the rows
+        (:meth:`ResidualModel.row_magnitude`, where a model gives it), which round off at their
+        size where the rows nearly cancel, and, for rows about a fixed field
+        (:meth:`ResidualModel.zero_field_rows`), the rows at the zero field.
     stalled : torch.Tensor
         ``(B,)`` bool: stopped without converging because neither ``f`` (relative decrease
         ``1e-8``) nor ``||grad_w f||`` (by 10 %) improved in ``patience`` iterations, or the
