@@ -7,7 +7,7 @@ Three measurements, each a comparison made in this one run:
 * **one trajectory linearisation** (``Problem.trajectory_residual_and_jacobians``) of the
   config's problem at batch x levels states: with the affine terms (diffusion, outflow) assembled
   once and evaluated as ``K u + r(0)`` (what the library does), and with every term evaluated from
-  its integrand (the affine cache switched off on a second problem, as before 2026-12-08); the
+  its integrand (a second problem probed with ``affine_parts`` saying no, as before 2026-12-08); the
   two must agree to round-off;
 * **the normal equations** of one Levenberg-Marquardt evaluation at that size: ``J^T J`` and
   ``J^T r`` for ``J`` of the LM's shape (batch, rows, N), against the layer model's ``linearize``
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,7 +69,8 @@ def main() -> None:
     plain = get_problem(cfg.problem.name).build(**spec_params)
     U = torch.rand(batch, L, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     cached.trajectory_residual_and_jacobians(U, dt)
-    plain._affine_probed = _all_terms(plain, U.dtype)  # benchmark only: probed, nothing cached
+    with mock.patch("femoe.problem._form.affine_parts", return_value=None):  # probed now: nothing affine
+        plain.trajectory_residual_and_jacobians(U, dt)
     a = cached.trajectory_residual_and_jacobians(U, dt)
     b = plain.trajectory_residual_and_jacobians(U, dt)
     assert not plain._affine, "the cache was meant to be off on the second problem"
@@ -121,14 +123,6 @@ def main() -> None:
     out["load_at_end"] = load()
     print("wrote", write("step_parts", out))
     tmp.cleanup()
-
-
-def _all_terms(problem, dtype) -> set:
-    """The probe keys (``WeakForm._term``) of every integrand of ``problem`` on the CPU: marked
-    probed with nothing cached, each is evaluated from its integrand, as before 2026-12-08."""
-    terms = [(problem.residual_integrand, problem._tb), (problem.storage_integrand, problem._tb)]
-    terms += [(ft.integrand, ft.tb) for ft in problem._facets]
-    return {(id(f), id(tb), "cpu", dtype) for f, tb in terms if f is not None}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Integrands affine in u with a derivative the mesh fixes (a diffusion, a mass, an outflow, a
 constant load) are assembled once, at their first Jacobian, and then evaluated as ``K u + r(0)``
-(femoe.assembly.form.is_affine, WeakForm._term). What is checked:
+(femoe.assembly.form.affine_parts, WeakForm._term). What is checked:
 
 * which integrands are taken for affine, and that nothing that depends on a parameter, the time,
   a learnable tensor or a kink of u (clamp) is;
@@ -118,9 +118,9 @@ def uncached(monkeypatch):
 
     def make(build):
         with monkeypatch.context() as m:
-            m.setattr(form_module, "is_affine", lambda *a, **k: False)
+            m.setattr(form_module, "affine_parts", lambda *a, **k: None)
             pb = build()
-            pb.residual(torch.zeros(1, pb.n, dtype=F64))  # probed now, while is_affine says no
+            pb.residual(torch.zeros(1, pb.n, dtype=F64))  # probed now, while affine_parts says no
             if pb.storage_integrand is not None:
                 pb.trajectory_residual(torch.zeros(1, 1, pb.n, dtype=F64), torch.zeros(1, pb.n, dtype=F64), 0.1)
         assert not pb._affine
@@ -172,14 +172,14 @@ def test_a_warmed_trajectory_and_patch_union_equal_ones_without_the_cache(make_d
         torch.testing.assert_close(_vals(a), _vals(b), rtol=1e-12, atol=1e-12)
 
 
-def test_the_cached_path_is_differentiable():
+def test_the_cached_path_is_differentiable(uncached):
     pb = _scalar_affine_parts()
     pb.residual_and_jacobian(torch.zeros(1, pb.n, dtype=F64))
     assert len(pb._affine) == 2
     u = (torch.rand(2, pb.n, dtype=F64, generator=torch.Generator().manual_seed(3)) - 0.5).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: pb.residual(x), (u,))
-    # the autograd Jacobian of the cached residual is the Jacobian it returns
-    R, J = pb.residual_and_jacobian(u.detach()[:1])
+    # the autograd Jacobian of the cached residual is the Jacobian of every term from its integrand
+    _, J = uncached(_scalar_affine_parts).residual_and_jacobian(u.detach()[:1])
     dense = torch.autograd.functional.jacobian(lambda x: pb.residual(x[None])[0], u.detach()[0])
     rows = torch.as_tensor(pb.pattern.rows)
     cols = torch.as_tensor(pb.pattern.indices)

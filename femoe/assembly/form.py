@@ -122,10 +122,12 @@ class _ProbeParams(FormParams):
         return super().items()
 
 
-def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
-              parameters: frozenset | set = frozenset()) -> bool:
-    """Whether the integrand is affine in ``u`` with a derivative fixed by the mesh, so that its
-    local Jacobians and its residual at ``u = 0`` can be assembled once.
+def affine_parts(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
+                 parameters: frozenset | set = frozenset()) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(c(0), D)`` if the integrand is affine in ``u`` with a derivative fixed by the mesh, else
+    ``None``: its coefficients at ``u = 0`` and their derivatives (:func:`jet_derivatives`), the
+    same at every state, from which its local residual at ``u = 0`` and its local Jacobians are
+    assembled once (:func:`local_from_coefficients`).
 
     It must read only the geometry from ``w`` (``x``, ``h``, ``n``, none of them shadowed by one
     of the call's ``parameters``; no time, and no look at all of ``w``). Its autograd graph must
@@ -140,19 +142,12 @@ def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
     with torch.enable_grad():
         c = _call(integrand, tb, var, probe)
         if not probe.read <= GEOMETRY - set(parameters):
-            return False
-        if c.requires_grad:
-            if not _smooth_graph(c.grad_fn, var):
-                return False
-            rows = []
-            for a in range(c.shape[0]):
-                (g,) = torch.autograd.grad(c[a].sum(), var, retain_graph=True, create_graph=True, allow_unused=True)
-                if g is not None and g.requires_grad:
-                    return False
-                rows.append(torch.zeros_like(var) if g is None else g.detach())
-            D = torch.stack(rows)  # (J_test, J_trial, S, nel, nqp), the same at every state
-        else:
-            D = None  # no dependence on u
+            return None
+        if c.requires_grad and not _smooth_graph(c.grad_fn, var):
+            return None
+        D = jet_derivatives(c, var, create_graph=True)
+        if D.requires_grad:  # the derivative depends on u (or on a tensor that needs a gradient)
+            return None
     with torch.no_grad():
         c0 = _call(integrand, tb, torch.zeros_like(ujets), w)
         gen = torch.Generator(device=ujets.device).manual_seed(0)
@@ -161,11 +156,17 @@ def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
                       ujets.detach()):
             for jets in (trial, -2.0 * trial + 0.5 * scale):
                 c = _call(integrand, tb, jets, w)
-                lin = c0 if D is None else c0 + (D * jets.unsqueeze(0)).sum(1)
+                lin = c0 + (D * jets.unsqueeze(0)).sum(1)
                 tol = 1e-9 * float(c.abs().amax() + lin.abs().amax() + c0.abs().amax()) + 1e-300
                 if not bool(((c - lin).abs() <= tol).all()):
-                    return False
-    return True
+                    return None
+    return c0, D
+
+
+def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
+              parameters: frozenset | set = frozenset()) -> bool:
+    """Whether :func:`affine_parts` finds the integrand affine with a mesh-fixed derivative."""
+    return affine_parts(integrand, tb, ujets, w, parameters) is not None
 
 
 def local_residual(integrand, tb: TorchBasis, ujets, w) -> torch.Tensor:
@@ -174,29 +175,38 @@ def local_residual(integrand, tb: TorchBasis, ujets, w) -> torch.Tensor:
     return torch.einsum("jbeq,jieq->bie", c, tb.tensors(ujets.device, ujets.dtype)["phi_dx"])
 
 
+def jet_derivatives(c: torch.Tensor, var: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """``D[a, b] = d c_a / d ujet_b`` pointwise, ``(J_test, J_trial, B, nel, nqp)``, from the
+    coefficients ``c`` evaluated at the jets ``var`` (which require a gradient): one
+    vector-Jacobian product per test jet (zero where ``c_a`` does not depend on the jets)."""
+    rows = []
+    for a in range(c.shape[0]):
+        g = None
+        if c.requires_grad:
+            (g,) = torch.autograd.grad(c[a].sum(), var, retain_graph=True, create_graph=create_graph, allow_unused=True)
+        rows.append(torch.zeros_like(var) if g is None else g)
+    return torch.stack(rows)
+
+
+def local_from_coefficients(t: dict[str, torch.Tensor], c: torch.Tensor, D: torch.Tensor):
+    """Local residuals ``(B, n_local, nel)`` and Jacobians ``(B, nel, n_local, n_local)`` from the
+    coefficients ``c`` and their derivatives ``D`` (:func:`jet_derivatives`) on a basis' tensors."""
+    r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
+    return r, (jacobian_pair(t, D) if "phi_pair" in t else jacobian_batched(t, D))
+
+
 def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_graph: bool):
     """Local residuals ``(B, n_local, nel)`` and local Jacobians ``(B, nel, n_local, n_local)``."""
     t = tb.tensors(ujets.device, ujets.dtype)
     var = ujets if ujets.requires_grad else ujets.detach().requires_grad_(True)
     with torch.enable_grad():
         c = _call(integrand, tb, var, w)
-        J = c.shape[0]
-        rows = []
-        for a in range(J):
-            if not c.requires_grad:
-                rows.append(torch.zeros_like(var))
-                continue
-            (g,) = torch.autograd.grad(
-                c[a].sum(), var, retain_graph=True, create_graph=create_graph, allow_unused=True
-            )
-            rows.append(torch.zeros_like(var) if g is None else g)
-        D = torch.stack(rows)  # (J_test, J_trial, B, nel, nqp)
+        D = jet_derivatives(c, var, create_graph)
     if not create_graph:
         D = D.detach()
         if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
             c = c.detach()
-    r = torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
-    return r, (jacobian_pair(t, D) if "phi_pair" in t else jacobian_batched(t, D))
+    return local_from_coefficients(t, c, D)
 
 
 # The local Jacobians K[s, e, i, j] = sum_q sum_ab phi_dx[a, i, e, q] D[a, b, s, e, q] phi[b, j, e, q]

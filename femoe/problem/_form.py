@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from femoe.assembly.fields import FormParams
-from femoe.assembly.form import check_linear_in_test, is_affine, local_residual, local_residual_and_jacobian
+from femoe.assembly.form import (affine_parts, check_linear_in_test, local_from_coefficients, local_residual,
+                                 local_residual_and_jacobian)
 from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
 from femoe.errors import ProblemError, ShapeError, UnusedParameterWarning
 from femoe.problem._dirichlet import DirichletRows
@@ -252,7 +253,7 @@ class WeakForm(abc.ABC):
         """One integrand's global residual ``(B, n)`` and CSR values ``(B, nnz)`` (or None).
 
         An integrand that is affine in ``u`` with a derivative the mesh fixes (it reads only the
-        geometry: :func:`~femoe.assembly.form.is_affine`, probed at its first evaluation) is
+        geometry: :func:`~femoe.assembly.form.affine_parts`, probed at its first evaluation) is
         assembled once, as a matrix on the pattern and its residual at ``u = 0``, and evaluated as
         ``K u + r(0)`` from then on, that first call included (so every evaluation of it rounds
         alike): a diffusion or mass term is not linearised again at every call."""
@@ -286,15 +287,14 @@ class WeakForm(abc.ABC):
         jets = tb.jets(u.detach())
         self._check(integrand, tb, jets, w)
         # all states: w may hold per-state entries; a parameter may shadow a geometry name
-        affine = is_affine(integrand, tb, jets, w, parameters=frozenset(params))
+        parts = affine_parts(integrand, tb, jets, w, parameters=frozenset(params))
         self._note_reads(w)
-        if not affine:
+        if parts is None:
             return
-        with torch.no_grad():
-            zero = torch.zeros_like(jets)
-            r0, K = local_residual_and_jacobian(integrand, tb, zero, w, False)
-            kv = u.new_zeros(B, self.pattern.nnz).index_add(1, index, K.reshape(B, -1).to(u.dtype))
-            self._affine[key] = (kv[0].clone(), tb.scatter(r0, self.n)[0].clone())
+        c0, D = parts  # the same at every state: state 0's are assembled
+        r0, K = local_from_coefficients(tb.tensors(u.device, u.dtype), c0[:, :1], D[:, :, :1])
+        kv = u.new_zeros(self.pattern.nnz).index_add(0, index, K.reshape(-1))
+        self._affine[key] = (kv, tb.scatter(r0, self.n)[0])
 
     def _spatial(self, u: torch.Tensor, params: dict, t, jacobian: bool, create_graph: bool):
         """``A(u)`` (no Dirichlet treatment): global residual and CSR values (or None)."""
