@@ -401,20 +401,21 @@ class _FoldedModel(ResidualModel):
             p[INITIAL] = self.g.union.gather(p[INITIAL])
         return p
 
-    def _ic(self, u0f: torch.Tensor, Bf: torch.Tensor | None, p: Mapping[str, Any], magnitude: bool = False):
-        """Global initial rows ``c (U_0 - u0)`` per (sample, expert) and their Jacobian ``c B_0``
-        (with ``magnitude``: the field's terms' magnitudes ``|c| |U_0|`` instead)."""
+    def _ic_weights(self, p: Mapping[str, Any], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global initial rows' weights ``c`` (a number or ``(batch K, n)``) and ``u0``
+        ``(batch K, n)``, per (sample, expert), with the weights of the parent problem's
+        :class:`TrajectoryResidual`."""
         g = self.g
         u0 = p[INITIAL]
         c = g.ic_model._weights(u0)
-        batch = u0f.shape[0] // g.K
-        u0 = u0.expand(batch, -1).repeat_interleave(g.K, 0)
         if c.dim():
             c = c.expand(batch, -1).repeat_interleave(g.K, 0)
-        r = abs(c) * u0f.abs() if magnitude else c * (u0f - u0)
-        if Bf is None:
-            return r, None
-        return r, (c.unsqueeze(-1) if c.dim() else c) * Bf
+        return c, u0.expand(batch, -1).repeat_interleave(g.K, 0)
+
+    def _ic(self, u0f: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+        """Global initial rows ``c (U_0 - u0)`` per (sample, expert)."""
+        c, u0 = self._ic_weights(p, u0f.shape[0] // self.g.K)
+        return c * (u0f - u0)
 
     def residual(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         patch, u0f = self.g.split(u)
@@ -422,7 +423,7 @@ class _FoldedModel(ResidualModel):
         r = self.g.fold_rows(self.g.model.residual(self.g.unfold(patch, axis), self._p(p)), self._T(patch))
         if u0f is None:
             return r
-        return torch.cat([r, self._ic(u0f, None, p)[0]], dim=1)
+        return torch.cat([r, self._ic(u0f, p)], dim=1)
 
     def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
         """Per expert, its union rows' terms' magnitudes (the union model's, folded), then the
@@ -436,8 +437,8 @@ class _FoldedModel(ResidualModel):
         mag = g.fold_rows(mag, self._T(patch))
         if u0f is None:
             return mag
-        ric, _ = self._ic(u0f.abs(), None, p, magnitude=True)
-        return torch.cat([mag, ric], dim=1)
+        c, _ = self._ic_weights(p, u0f.shape[0] // g.K)
+        return torch.cat([mag, abs(c) * u0f.abs()], dim=1)
 
     def forget(self) -> None:
         self.__dict__.pop("_last_basis", None)
@@ -454,8 +455,11 @@ class _FoldedModel(ResidualModel):
             return last[4]
         Bp, B0 = self.g.split(B)
         axis = 2 if self.time_dependent else 1
-        # the initial rows' Jacobian c B_0 (the rows _ic returns with it, at B_0's first column, are not used)
-        out = (self.g.unfold(Bp, axis), None if B0 is None else self._ic(B0[:, :, 0], B0, p)[1])
+        Jic = None
+        if B0 is not None:  # the initial rows' Jacobian c B_0
+            c, _ = self._ic_weights(p, B0.shape[0] // self.g.K)
+            Jic = (c.unsqueeze(-1) if c.dim() else c) * B0
+        out = (self.g.unfold(Bp, axis), Jic)
         if not (torch.is_grad_enabled() and (B.requires_grad or (u0 is not None and u0.requires_grad))):
             self._last_basis = (B, B._version, u0, None if u0 is None else u0._version, out)
         return out
@@ -469,8 +473,7 @@ class _FoldedModel(ResidualModel):
         r, J = self.g.fold_rows(r, T), self.g.fold_rows(J, T)
         if u0f is None:
             return r, J
-        ric, _ = self._ic(u0f, None, p)
-        return torch.cat([r, ric], dim=1), torch.cat([J, Jic], dim=1)
+        return torch.cat([r, self._ic(u0f, p)], dim=1), torch.cat([J, Jic], dim=1)
 
     def prepare_curvature(self) -> None:
         self.g.model.prepare_curvature()
@@ -500,9 +503,7 @@ class _FoldedModel(ResidualModel):
             Mu, MTu, _, ncu = model._stacked_operator(P.values, Q.values, model._weights(u0u), batch, T)
             nrows = g.n_union_rows(T)
             m = g.row_index(T, B.device)[0].shape[1]
-            c = g.ic_model._weights(p[INITIAL])
-            if c.dim():
-                c = c.expand(batch, -1).repeat_interleave(K, 0)
+            c, _ = self._ic_weights(p, batch)
 
             def M(x):  # (bK, S) -> (bK, m + n): the union rows through the union, then c on level 0
                 xu = g.unfold(x[:, :L * nl].reshape(bK, L, nl), 2).reshape(batch, ncu)
