@@ -109,8 +109,7 @@ class DirichletData:
     @property
     def depends_on_time(self) -> bool:
         """Whether some entry's values depend on the time: a callable ``g(x, t)``."""
-        return any(callable(e.value) and not isinstance(e.value, str) and n_args(e.value) >= 2
-                   for e in self.entries)
+        return any(_in_time(e.value) for e in self.entries)
 
     @property
     def sizes(self) -> dict[str, list[int]]:
@@ -133,7 +132,7 @@ class DirichletData:
         key = (str(torch.device(device)), dtype)
         tc = self._cache.setdefault(key, {})
         for i, e in enumerate(self.entries):
-            fixed = not isinstance(e.value, str) and not (callable(e.value) and n_args(e.value) >= 2)
+            fixed = not isinstance(e.value, str) and not _in_time(e.value)
             if fixed and f"value_{i}" in tc:
                 val = tc[f"value_{i}"]
             else:
@@ -229,6 +228,11 @@ def _example_component(fields: Sequence[FieldInfo]) -> str:
         if f.components:
             return f.components[-1]
     return fields[-1].name
+
+
+def _in_time(value) -> bool:
+    """Whether a Dirichlet value depends on the time: a callable ``g(x, t)``."""
+    return callable(value) and n_args(value) >= 2
 
 
 def n_args(f) -> int:
