@@ -451,9 +451,9 @@ class NetworkOnMesh:
     the grid-scale modes the finer mesh adds (its Jacobian's largest eigenvalues grow as the mesh
     is refined), and the constraint then picks a poorer member (``benchmarks/ns_super_resolution.py``).
     ``state_tendency_mesh = "test"`` (``data.test_state_tendency_mesh``) takes the tendencies at
-    solved states (tendency passes after the first) on ``target``'s mesh instead, at the state itself: a state solved on the finer mesh
-    holds detail the source mesh cannot, and its first few tendencies are the physics of that
-    detail. In the passes after the first every level's are taken there, level 1's (at the
+    solved states (tendency passes after the first) on ``target``'s mesh instead, at the state
+    itself: a state solved on the finer mesh holds detail the source mesh cannot, and its first
+    few tendencies are the physics of that detail. In the passes after the first every level's are taken there, level 1's (at the
     solved state's level 0, ``u0`` itself) included; the first pass's, all at ``u0``, stay the
     source's."""
 
@@ -465,7 +465,9 @@ class NetworkOnMesh:
         self.source, self.target, self.state_tendency_mesh = source, target, state_tendency_mesh
         self._restrict = _torch_sparse(interpolation_matrix(target, source.input_points()))
         self._prolong = _torch_sparse(interpolation_operator(source.problem, target.problem))
-        self._restrict_state = _torch_sparse(interpolation_operator(target.problem, source.problem))
+        # the solved states go to the source mesh only where their tendencies are taken there
+        self._restrict_state = (_torch_sparse(interpolation_operator(target.problem, source.problem))
+                                if state_tendency_mesh == "train" else None)
 
     def _inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(batch, source inputs)``: the inputs at the source's input points."""
