@@ -281,8 +281,8 @@ class _ExpertGroup:
     def gather_basis(self, B: torch.Tensor) -> torch.Tensor:
         """Global basis ``(batch, [T+1,] n, N)`` -> folded (see the class docstring)."""
         idx = self.local_pad.to(B.device)
-        Bk = B.index_select(-2, idx.reshape(-1))  # (batch, [T+1,] K nl_max, N)
-        Bk = Bk * self.local_mask.to(B.device).reshape(-1, 1).to(B.dtype)
+        # (batch, [T+1,] K nl_max, N), zero in the padding
+        Bk = _zero_padding(B.index_select(-2, idx.reshape(-1)), B.dim() - 2, self.local_mask)
         lead = Bk.shape[:-2]
         Bk = Bk.reshape(*lead, self.K, self.nl_max, Bk.shape[-1])
         Bk = Bk.movedim(-3, 1)  # (batch, K, [T+1,] nl_max, N)
@@ -359,11 +359,7 @@ class _ExpertGroup:
     def fold_rows(self, r: torch.Tensor, T: int | None) -> torch.Tensor:
         """Union residual rows ``(batch, M[, N])`` -> per expert ``(batch K, m_max[, N])``."""
         idx, mask = self.row_index(T, r.device)
-        out = r.index_select(1, idx.reshape(-1))
-        out = out.reshape(r.shape[0], self.K, idx.shape[1], *r.shape[2:])
-        if not bool(mask.all()):  # zero the few padding rows (not a product of the whole with the mask)
-            k, i = (~mask).nonzero(as_tuple=True)
-            out[:, k, i] = 0  # out is index_select's own result: writing it in place is safe
+        out = _zero_padding(r.index_select(1, idx.reshape(-1)), 1, mask)
         return out.reshape(r.shape[0] * self.K, idx.shape[1], *r.shape[2:])
 
     def owned_values(self, u_fold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,6 +368,14 @@ class _ExpertGroup:
         u = u_fold.reshape(-1, self.K, *u_fold.shape[1:])
         flat = u.movedim(1, -2).reshape(*u.shape[:1], *u.shape[2:-1], self.K * self.nl_max)
         return self.own_glob.to(u.device), flat.index_select(-1, self.own_flat.to(u.device))
+
+
+def _zero_padding(x: torch.Tensor, axis: int, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (a gather's own result, so written in place) with the entries of ``axis`` where the
+    flattened ``mask`` is False set to zero: the few padding rows of the folded layout, instead of
+    a product of the whole tensor with the mask."""
+    pad = (~mask.reshape(-1)).nonzero().squeeze(1)
+    return x.index_fill_(axis, pad.to(x.device), 0) if pad.numel() else x
 
 
 class _FoldedModel(ResidualModel):
@@ -801,7 +805,6 @@ class HardConstraintMoE(nn.Module):
         if B.dim() != want or B.shape[-2] != n:
             shape = f"(batch, T + 1, {n}, N)" if td else f"(batch, {n}, N)"
             raise ShapeError(f"B must have shape {shape}; received {tuple(B.shape)}")
-        B = B.contiguous()  # read many times by the experts' gathers and solves: copied once if strided
         check_finite("B", B)
         params = dict(params or {})
         check_params_finite(params)
