@@ -96,30 +96,21 @@ GEOMETRY = frozenset({"x", "h", "n"})
 
 class _ProbeParams(FormParams):
     """A copy of ``w`` that also records a form looking at all of it (``in``, iteration,
-    ``items()``): such a form may read any parameter."""
+    ``keys()``, ``values()``, ``items()``): such a form may read any parameter."""
 
-    def _everything(self):
+
+def _reads_everything(name: str):
+    base = getattr(FormParams, name)
+
+    def method(self, *args):
         self.read.add("*")
+        return base(self, *args)
 
-    def __contains__(self, name):
-        self._everything()
-        return super().__contains__(name)
+    return method
 
-    def __iter__(self):
-        self._everything()
-        return super().__iter__()
 
-    def keys(self):
-        self._everything()
-        return super().keys()
-
-    def values(self):
-        self._everything()
-        return super().values()
-
-    def items(self):
-        self._everything()
-        return super().items()
+for _name in ("__contains__", "__iter__", "keys", "values", "items"):
+    setattr(_ProbeParams, _name, _reads_everything(_name))
 
 
 def affine_parts(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,

@@ -868,12 +868,12 @@ class TrajectoryResidual(SteadyResidual):
                 and (last[2] is c or (isinstance(c, torch.Tensor) and isinstance(last[2], torch.Tensor)
                                       and last[2].shape == c.shape and torch.equal(last[2], c.detach())))):
             return last[4]
-        vals = self._stacked_values_new(Pv, Qv, c, batch, T)
+        vals = self._gather_stacked_values(Pv, Qv, c, batch, T)
         if not torch.is_grad_enabled() or not (Pv.requires_grad or Qv.requires_grad):
             self._last_stacked = (Pv, Qv, c.detach() if isinstance(c, torch.Tensor) else c, (batch, T), vals)
         return vals
 
-    def _stacked_values_new(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int) -> torch.Tensor:
+    def _gather_stacked_values(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int) -> torch.Tensor:
         st = self._stacked_structure(T)
         nnz = self.problem.pattern.nnz
         Pv, Qv = Pv.detach().reshape(batch, T + 1, nnz), Qv.detach().reshape(batch, T + 1, nnz)
