@@ -946,8 +946,6 @@ class TrajectoryResidual(SteadyResidual):
         Jacobian at ``u`` (the LM's linearisation there, reused), applied to ``|u|``; for
         time-integrated rows the cumulative sums of the levels' magnitudes (a bound: the terms of
         one DOF at successive levels are counted apart)."""
-        if isinstance(self.scale, RowTransform):
-            return None
         p0, u0 = self._split(p)
         with torch.no_grad():
             U = self._embed(u.detach(), 2)
