@@ -489,9 +489,9 @@ class ResidualModel(ABC):
     def row_magnitude(self, u: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor | None:
         """``(batch, m)``: for each row, the sum of the magnitudes of the field's terms in it,
         ``sum_j |dr_i/du_j| |u_j|`` (row weights and the initial rows' weights included), the
-        scale of the round-off of the computed row; ``None`` (default): not available. The LM
-        reads it for rows about a fixed field, whose terms can be large while the rows, the
-        weights and ``J_w`` are all small (the field nearly solves them)."""
+        scale of the round-off of the computed row; ``None`` (default): not available. The LM's
+        round-off floor counts it: where the rows nearly cancel (a field that nearly solves them,
+        as about a fixed field) the terms are far larger than the rows, the weights or ``J_w``."""
         return None
 
 
