@@ -237,14 +237,20 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     w = B.new_zeros(batch, N)
     model.forget()  # reuse within this solve only: the parameters may have changed since the last
 
-    def evaluate(w, B=B, p=p):
+    def evaluate(w, B=B, p=p, old=None):
         # J_w is needed only here: the loop keeps the N x N normal matrix, not the (rows x N)
         # Jacobian (whose Frobenius norm the round-off floor reads off A's trace)
         u = basis_field(B, w)
         r, J = model.linearize(u, B, p)
         f = 0.5 * (r * r).sum(1) + 0.5 * o.rho * (w * w).sum(1)
-        g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
-        A = J.transpose(1, 2) @ J
+        if old is None:
+            g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) + o.rho * w
+            A = J.transpose(1, 2) @ J
+        else:  # the normal equations of the active elements only (`old`: theirs, the others' kept)
+            act, g, A = old
+            Ja, ra = J.index_select(0, act), r.index_select(0, act)
+            g = g.index_copy(0, act, (Ja.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1) + o.rho * w.index_select(0, act))
+            A = A.index_copy(0, act, Ja.transpose(1, 2) @ Ja)
         # the size of the field's terms in the rows, the scale of their round-off (0: not known)
         mag = model.row_magnitude(u, p)
         m = r.new_zeros(r.shape[0]) if mag is None else torch.linalg.vector_norm(mag.detach(), dim=1)
@@ -254,6 +260,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     # (the implicit backward), a trial evaluates only the samples with an active element (a
     # sample's elements: one sample, or its K folded experts, come from one evaluation), and
     # the others keep their values: the tail of one slow element costs one sample's evaluation.
+    # Within the evaluated samples only the active elements form their normal equations.
     per = int(model.elements_per_sample)
     n_samples = batch // per if batch % per == 0 else 0
     sliced = model.sample_params(p, n_samples) if n_samples > 1 and not torch.is_grad_enabled() else None
@@ -264,12 +271,24 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
             return evaluate(w)
         samples = active.reshape(n_samples, per).any(1).nonzero().squeeze(1)
         if samples.numel() == n_samples:
-            return evaluate(w)
+            return evaluate(w, old=_only_active(active, None, g, A))
         e = (samples[:, None] * per + offsets).reshape(-1)
         ps = {k: (v.index_select(0, samples) if k in sliced else v) for k, v in p.items()}
-        rs, fs, gs, As, ms = evaluate(w.index_select(0, e), B.index_select(0, e), ps)
+        rs, fs, gs, As, ms = evaluate(w.index_select(0, e), B.index_select(0, e), ps,
+                                      old=_only_active(active, e, g, A))
         return (r.index_copy(0, e, rs), f.index_copy(0, e, fs), g.index_copy(0, e, gs), A.index_copy(0, e, As),
                 m.index_copy(0, e, ms))
+
+    def _only_active(active, e, g, A):
+        """``(active positions, g, A)`` within the evaluated elements ``e`` (all when None) for
+        :func:`evaluate` to form only the active elements' normal equations (a sample's inactive
+        elements are evaluated with it, and their trial values are discarded); None when every
+        evaluated element is active."""
+        if e is not None:
+            active, g, A = active.index_select(0, e), g.index_select(0, e), A.index_select(0, e)
+        if bool(active.all()):
+            return None
+        return active.nonzero().squeeze(1), g, A
 
     r, f, g, A, m = evaluate(w)
     gnorm = torch.linalg.vector_norm(g, dim=1)
