@@ -122,3 +122,42 @@ def test_bad_inputs(make_square, heat_problem):
         layer(B)
     with pytest.raises(ProblemError, match="time-dependent"):
         HardConstraintMoE(heat_problem, 2)
+
+
+@pytest.mark.parametrize("levels", [None, 3])
+def test_unfold_and_fold_move_each_union_dof_to_its_expert(levels, make_diffusion_sorption):
+    """The folded experts' layout (batch K, [L,] nl_max, ...) and the union's (batch, [L,] n_union,
+    ...): unfold takes union DOF d from expert k(d)'s position j(d), fold puts it back with zeros in
+    the padding; checked entry by entry against a loop, on a strided folded tensor (the patch part
+    ahead of the global initial rows), with and without a trailing basis axis, and their gradients."""
+    pb = make_diffusion_sorption(n_cells=12)
+    layer = HardConstraintMoE(pb, 3, partition="slab", dt=10.0)
+    g = layer.groups[0]
+    K, nl, u = g.K, g.nl_max, g.union
+    batch, N = 2, 3
+    lead = () if levels is None else (levels,)
+    axis = 1 + len(lead)
+    gen = torch.Generator().manual_seed(0)
+    for trail in [(), (N,)]:
+        whole = torch.randn(batch * K, int(np.prod(lead, dtype=int)) * nl + 5, *trail, dtype=torch.float64, generator=gen)
+        x = whole[:, :int(np.prod(lead, dtype=int)) * nl].reshape(batch * K, *lead, nl, *trail)  # strided
+        assert not x.is_contiguous()
+        out = g.unfold(x, axis)
+        assert out.shape == (batch, *lead, u.n, *trail)
+        for b in range(batch):
+            for d in range(u.n):
+                k = int(u.patch_of_dof[d])
+                j = d - int(u.offsets[k])
+                ref = x[b * K + k, ..., j, :] if trail else x[b * K + k, ..., j]
+                got = out[b, ..., d, :] if trail else out[b, ..., d]
+                assert torch.equal(got, ref)
+        back = g.fold(out, axis)
+        keep = torch.zeros(K, nl, dtype=torch.bool)
+        for k in range(K):
+            keep[k, : int(u.offsets[k + 1] - u.offsets[k])] = True
+        mask = keep.repeat(batch, 1).reshape(batch * K, *([1] * len(lead)), nl, *([1] * len(trail)))
+        assert torch.equal(back, torch.where(mask, x, torch.zeros_like(x)))
+        xs = x.detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: g.unfold(t, axis), (xs,))
+        ys = out.detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: g.fold(t, axis), (ys,))

@@ -217,9 +217,9 @@ class _ExpertGroup:
         self.K = len(self.experts)
         self.n_local = np.diff(u.offsets)
         self.nl_max = int(self.n_local.max())
-        # union DOF -> folded position (k * nl_max + j)
-        j = np.arange(u.n) - u.offsets[u.patch_of_dof]
-        self.flat = torch.as_tensor(u.patch_of_dof * self.nl_max + j)
+        # union DOF -> folded position: expert k (its patch) and position j in its padded patch
+        self.union_expert = torch.as_tensor(u.patch_of_dof, dtype=torch.int64)
+        self.union_position = torch.as_tensor(np.arange(u.n) - u.offsets[u.patch_of_dof], dtype=torch.int64)
         # padded local DOFs (global numbers) for gathering B: (K, nl_max)
         pad = np.zeros((self.K, self.nl_max), dtype=np.int64)
         mask = np.zeros((self.K, self.nl_max), dtype=bool)
@@ -304,11 +304,21 @@ class _ExpertGroup:
         patch = x[:, :S].reshape(x.shape[0], S // self.nl_max, self.nl_max, *x.shape[2:])
         return patch, x[:, S:]
 
+    def _union_index(self, levels: int | None, device) -> tuple:
+        """Advanced indices of the union's DOFs (of each of ``levels`` levels, for trajectories)
+        in a folded tensor viewed as ``(batch, K, [levels,] nl_max, ...)``: :meth:`unfold` and
+        :meth:`fold` are one gather or scatter each (the folded patch part is strided when the
+        global initial rows follow it, so a gather through a flattened view would copy it first)."""
+        k, j = self.union_expert.to(device), self.union_position.to(device)
+        if levels is None:
+            return k, j
+        return k[None], torch.arange(levels, device=device)[:, None], j[None]
+
     def unfold(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """Folded ``(batch K, ..., nl_max, ...)`` -> union ``(batch, ..., n_union, ...)``."""
-        x = x.reshape(-1, self.K, *x.shape[1:]).movedim(1, axis)  # K next to the DOF axis
-        x = x.reshape(*x.shape[:axis], self.K * self.nl_max, *x.shape[axis + 2:])
-        return x.index_select(axis, self.flat.to(x.device))
+        """Folded ``(batch K, [L,] nl_max, ...)`` -> union ``(batch, [L,] n_union, ...)``
+        (``axis``: 1, or 2 for trajectories)."""
+        y = x.reshape(-1, self.K, *x.shape[1:])
+        return y[(slice(None), *self._union_index(x.shape[1] if axis == 2 else None, x.device))]
 
     def n_union_rows(self, T: int | None) -> int:
         """Length of the union model's residual vector."""
@@ -340,12 +350,11 @@ class _ExpertGroup:
         return idx.to(device), mask.to(device)
 
     def fold(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """Inverse of :meth:`unfold`: union ``(batch, ..., n_union, ...)`` -> folded
-        ``(batch K, ..., nl_max, ...)`` (zeros in the padding)."""
-        shape = list(x.shape)
-        shape[axis] = self.K * self.nl_max
-        out = x.new_zeros(shape).index_copy(axis, self.flat.to(x.device), x)
-        out = out.reshape(*shape[:axis], self.K, self.nl_max, *shape[axis + 1:]).movedim(axis, 1)
+        """Inverse of :meth:`unfold`: union ``(batch, [L,] n_union, ...)`` -> folded
+        ``(batch K, [L,] nl_max, ...)`` (zeros in the padding)."""
+        lead = x.shape[1:axis]  # () or (L,)
+        out = x.new_zeros(x.shape[0], self.K, *lead, self.nl_max, *x.shape[axis + 1:])
+        out[(slice(None), *self._union_index(lead[0] if lead else None, x.device))] = x
         return out.reshape(-1, *out.shape[2:])
 
     def unfold_rows(self, r: torch.Tensor, T: int | None, n_rows: int) -> torch.Tensor:
