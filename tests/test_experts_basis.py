@@ -8,6 +8,7 @@ from femoe.errors import NonFiniteError, ProblemError, ShapeError
 from femoe.experts import HardConstraintMoE
 from femoe.helpers import dot, grad
 from femoe.layers import HardConstraint
+from femoe.layers._residuals import basis_field
 
 F64 = torch.float64
 
@@ -161,3 +162,53 @@ def test_unfold_and_fold_move_each_union_dof_to_its_expert(levels, make_diffusio
         assert torch.autograd.gradcheck(lambda t: g.unfold(t, axis), (xs,))
         ys = out.detach().clone().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda t: g.fold(t, axis), (ys,))
+
+
+@pytest.mark.parametrize("global_rows", ["boundary+initial", "boundary"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_folded_jacobian_equals_the_folded_union_jacobian(global_rows, batch, make_diffusion_sorption):
+    """The folded experts' J_w comes from one sparse product laid out per expert; it equals the
+    union's J_w folded to each expert's rows, then (global initial rows) c B_0, entry for entry,
+    with per-sample initial weights ("paper": c = 1 / |u0|) and padding rows zero."""
+    from femoe.experts._basis import _FoldedModel
+    from femoe.layers._state import INITIAL
+
+    pb = make_diffusion_sorption(n_cells=12)
+    layer = HardConstraintMoE(pb, 3, partition="slab", dt=10.0, global_rows=global_rows)
+    g = layer.groups[0]
+    model = _FoldedModel(g)
+    L, N = 4, 5
+    gen = torch.Generator().manual_seed(3)
+    B = torch.randn(batch, L, pb.n, N, dtype=torch.float64, generator=gen)
+    u0 = torch.rand(batch, pb.n, dtype=torch.float64, generator=gen) + 0.1
+    p = {INITIAL: u0}
+    Bf = g.gather_basis(B)
+    w = torch.randn(batch * g.K, N, dtype=torch.float64, generator=gen)
+    u = basis_field(Bf, w)
+    calls = []
+    original = _FoldedModel._folded_jacobian
+
+    def spy(self, *a):
+        calls.append(1)
+        return original(self, *a)
+
+    with torch.no_grad():
+        _FoldedModel._folded_jacobian = spy
+        try:
+            r, J = model.linearize(u, Bf, p)
+        finally:
+            _FoldedModel._folded_jacobian = original
+        assert calls  # the sparse product laid out per expert made J_w
+        # the reference: the union's J_w, folded to the experts' rows, then c B_0
+        patch, u0f = g.split(u)
+        ru, Ju = g.model.linearize(g.unfold(patch, 2), g.unfold(g.split(Bf)[0], 2), model._p(p))
+        T = L - 1
+        ref = g.fold_rows(Ju, T)
+        if u0f is not None:
+            c, _ = model._ic_weights(p, batch)
+            ref = torch.cat([ref, c.unsqueeze(-1) * g.split(Bf)[1]], dim=1)
+        assert J.shape == ref.shape
+        torch.testing.assert_close(J, ref, rtol=1e-14, atol=0)
+        idx, mask = g.row_index(T, "cpu")
+        assert bool((~mask).any())  # the experts' row counts differ: some rows are padding
+        assert bool((J[:, : idx.shape[1]].reshape(batch, g.K, idx.shape[1], N)[:, ~mask] == 0).all())

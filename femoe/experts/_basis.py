@@ -63,7 +63,7 @@ from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TimeIntegratedRows,
                                      TrajectoryResidual, basis_adjoint_parts, basis_field, batched_param_names,
-                                     jac_times)
+                                     block_csr_product, jac_times)
 from femoe.layers._state import COARSE_FIELD
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
@@ -349,6 +349,42 @@ class _ExpertGroup:
         idx, mask = self._rows_cache[key]
         return idx.to(device), mask.to(device)
 
+    def folded_structure(self, T: int) -> dict:
+        """The folded experts' stacked Jacobian as one sparse matrix per sample (cached per ``T``):
+        rows ``(k, s)``, expert ``k``'s row slots (:meth:`row_index`: its rows of the union model's
+        stacked Jacobian, empty in the padding) and, with global initial rows, its ``n`` initial
+        rows (one entry, ``c_i``, at a union copy of DOF ``i`` on level 0: ``c_i B_0[i]``); columns
+        those of the union's stacked matrix. ``src`` indexes each entry's value in the union's
+        stacked values followed by the ``n`` initial weights. Its product with the unfolded basis
+        is ``J_w`` in the LM's layout, without a fold of the union's ``J_w`` and a concatenation."""
+        key = ("folded", T)
+        if key in self._rows_cache:
+            return self._rows_cache[key]
+        st = self.model._stacked_structure(T)
+        indptr, cols = st["indptr"], st["cols"]
+        idx, mask = (t.numpy() for t in self.row_index(T, "cpu"))
+        n, u = self.problem.n, self.union
+        first = np.empty(n, dtype=np.int64)  # a union copy of each global DOF (level-0 column)
+        first[u.union_to_global[::-1]] = np.arange(u.n)[::-1]
+        src, col, count = [], [], []
+        for k in range(self.K):
+            rk = idx[k, mask[k]]  # the expert's rows come first, the padding after them
+            ck = indptr[rk + 1] - indptr[rk]
+            ent = np.repeat(indptr[rk] - np.cumsum(ck) + ck, ck) + np.arange(ck.sum())
+            cnt = np.zeros(idx.shape[1], dtype=np.int64)
+            cnt[: rk.size] = ck
+            src += [ent]
+            col += [cols[ent]]
+            count += [cnt]
+            if self.ic_global:
+                src += [cols.size + np.arange(n)]
+                col += [first]
+                count += [np.ones(n, dtype=np.int64)]
+        out = {"indptr": np.concatenate([[0], np.cumsum(np.concatenate(count))]), "cols": np.concatenate(col),
+               "src": np.concatenate(src), "n_cols": int(st["n_cols"])}
+        self._rows_cache[key] = out
+        return out
+
     def fold(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Inverse of :meth:`unfold`: union ``(batch, [L,] n_union, ...)`` -> folded
         ``(batch K, [L,] nl_max, ...)`` (zeros in the padding)."""
@@ -457,36 +493,55 @@ class _FoldedModel(ResidualModel):
         self.__dict__.pop("_last_basis", None)
         self.g.model.forget()
 
-    def _unfolded_basis(self, B: torch.Tensor, p: Mapping[str, Any]):
-        """``(unfolded patch basis, initial rows' Jacobian c B_0 or None)`` of a folded basis.
-        Both depend on ``B`` (and ``u0``) only, which a solve keeps fixed over its iterations:
-        without gradients they are kept for the last ``B`` seen (the very tensor, unmodified)."""
-        u0 = p.get(INITIAL)
+    def _unfolded_basis(self, B: torch.Tensor):
+        """The unfolded patch basis of a folded basis. It depends on ``B`` only, which a solve
+        keeps fixed over its iterations: without gradients it is kept for the last ``B`` seen (the
+        very tensor, unmodified)."""
         last = self.__dict__.get("_last_basis")
-        if (last is not None and last[0] is B and last[1] == B._version and last[2] is u0
-                and (u0 is None or last[3] == u0._version)):
-            return last[4]
-        Bp, B0 = self.g.split(B)
-        axis = 2 if self.time_dependent else 1
-        Jic = None
-        if B0 is not None:  # the initial rows' Jacobian c B_0
-            c, _ = self._ic_weights(p, B0.shape[0] // self.g.K)
-            Jic = (c.unsqueeze(-1) if c.dim() else c) * B0
-        out = (self.g.unfold(Bp, axis), Jic)
-        if not (torch.is_grad_enabled() and (B.requires_grad or (u0 is not None and u0.requires_grad))):
-            self._last_basis = (B, B._version, u0, None if u0 is None else u0._version, out)
+        if last is not None and last[0] is B and last[1] == B._version:
+            return last[2]
+        out = self.g.unfold(self.g.split(B)[0], 2 if self.time_dependent else 1)
+        if not (torch.is_grad_enabled() and B.requires_grad):
+            self._last_basis = (B, B._version, out)
         return out
 
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]):
-        patch, u0f = self.g.split(u)
+        g = self.g
+        patch, u0f = g.split(u)
         axis = 2 if self.time_dependent else 1
-        Bu, Jic = self._unfolded_basis(B, p)
-        r, J = self.g.model.linearize(self.g.unfold(patch, axis), Bu, self._p(p))
+        Bu = self._unfolded_basis(B)
         T = self._T(patch)
-        r, J = self.g.fold_rows(r, T), self.g.fold_rows(J, T)
+        model = g.model
+        if isinstance(model, TrajectoryResidual) and not model.integrate:
+            r, P, Q, c = model.rows_and_linearization(g.unfold(patch, axis), self._p(p))
+            cg = g.ic_model._weights(p[INITIAL]) if g.ic_global else None  # the global initial rows' weights
+            if model.stacked_product_applies(P, Bu, c) and not (torch.is_grad_enabled() and cg is not None
+                                                                 and cg.requires_grad):
+                J = self._folded_jacobian(model._stacked_values(P.values, Q.values, c, r.shape[0], T), cg, Bu, T)
+                r = g.fold_rows(r, T)
+                return (r, J) if u0f is None else (torch.cat([r, self._ic(u0f, p)], dim=1), J)
+        r, J = model.linearize(g.unfold(patch, axis), Bu, self._p(p))
+        r, J = g.fold_rows(r, T), g.fold_rows(J, T)
         if u0f is None:
             return r, J
+        c, _ = self._ic_weights(p, u0f.shape[0] // g.K)  # the initial rows' Jacobian c B_0
+        Jic = (c.unsqueeze(-1) if c.dim() else c) * g.split(B)[1]
         return torch.cat([r, self._ic(u0f, p)], dim=1), torch.cat([J, Jic], dim=1)
+
+    def _folded_jacobian(self, vals: torch.Tensor, cg: torch.Tensor | None, Bu: torch.Tensor, T: int) -> torch.Tensor:
+        """``J_w`` ``(batch K, m_max [+ n], N)`` of every expert from the union's stacked values
+        ``vals`` ``(batch, e)``, the global initial rows' weights ``cg`` and the unfolded basis, as
+        one sparse product (:meth:`_ExpertGroup.folded_structure`)."""
+        g = self.g
+        st = g.folded_structure(T)
+        batch, dev = vals.shape[0], vals.device
+        key = ("src", str(dev))
+        if key not in st:
+            st[key] = torch.as_tensor(st["src"], device=dev)
+        if cg is not None:
+            vals = torch.cat([vals, cg.detach().to(vals.dtype).expand(batch, g.problem.n)], dim=1)
+        J = block_csr_product(vals[:, st[key]], st["indptr"], st["cols"], st["n_cols"], Bu, st)
+        return J.reshape(batch * g.K, -1, J.shape[-1])
 
     def prepare_curvature(self) -> None:
         self.g.model.prepare_curvature()

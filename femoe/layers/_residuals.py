@@ -49,6 +49,31 @@ def jac_times(J: BatchedCSR, X: torch.Tensor) -> torch.Tensor:
     return csr_operator(J.pattern, J.values.detach())(X.detach())
 
 
+def block_csr_product(vals: torch.Tensor, indptr: np.ndarray, cols: np.ndarray, n_cols: int, X: torch.Tensor,
+                      cache: dict) -> torch.Tensor:
+    """``M_b X_b`` per sample (no gradient), for sparse ``M_b`` ``(m, n_cols)`` of one structure
+    (CSR ``indptr``, ``cols``) with the sample's entries ``vals[b]`` ``(batch, e)``, and ``X``
+    ``(batch, ..., N)`` with ``n_cols`` rows per sample: one block-diagonal SpMM, ``(batch, m, N)``.
+    ``cache`` keeps the block structure per batch size and device."""
+    batch, N = vals.shape[0], X.shape[-1]
+    dev = vals.device
+    m, e = indptr.size - 1, vals.shape[1]
+    bkey = ("block", batch, str(dev))
+    if bkey not in cache:
+        off = np.arange(batch, dtype=np.int64)
+        crow = np.concatenate([(indptr[:-1][None, :] + e * off[:, None]).ravel(), [batch * e]])
+        col = (cols[None, :] + n_cols * off[:, None]).ravel()
+        cache[bkey] = (crow, col) if dev.type == "cpu" else (torch.as_tensor(crow, device=dev),
+                                                              torch.as_tensor(col, device=dev))
+    crow, col = cache[bkey]
+    X = X.detach().reshape(batch * n_cols, N)
+    if dev.type == "cpu":
+        M = sp.csr_matrix((vals.reshape(-1).numpy(), col, crow), shape=(batch * m, batch * n_cols))
+        return torch.from_numpy(np.ascontiguousarray(M @ X.contiguous().numpy())).reshape(batch, m, N)
+    M = torch.sparse_csr_tensor(crow, col, vals.reshape(-1), (batch * m, batch * n_cols), check_invariants=False)
+    return (M @ X).reshape(batch, m, N)
+
+
 def basis_field(B: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``u = B w`` for ``B`` of shape ``(batch, ..., n, N)`` and ``w`` of shape ``(batch, N)``."""
     shape = (w.shape[0],) + (1,) * (B.dim() - 3) + (w.shape[1], 1)
@@ -782,7 +807,11 @@ class TrajectoryResidual(SteadyResidual):
         LM's last accepted evaluation instead of assembling it again."""
         return self._reuse(U, p, lambda: self.problem.trajectory_residual_and_jacobians(U, self.dt, p, t0=self.t0))
 
-    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows_and_linearization(self, u: torch.Tensor, p: Mapping[str, Any]):
+        """``(r, P, Q, c)``: the rows at ``u`` and the linearisation they come from (the levels'
+        Jacobians, reused as :meth:`_linearization` says, and the initial rows' weights): what
+        :meth:`linearize` makes ``J_w`` from, for a caller laying the stacked Jacobian's rows out
+        itself (the folded experts)."""
         p, u0 = self._split(p)
         U = self._embed(u, 2)
         batch, T = U.shape[0], U.shape[1] - 1
@@ -792,11 +821,20 @@ class TrajectoryResidual(SteadyResidual):
         c = self._weights(u0)
         ic = self._ic_rows((c * (U[:, 0] - u0)).expand(batch, -1))
         r = torch.cat([self._integrated(self._select(R.reshape(batch, T * self.n)), T), ic], dim=1)
-        if not (torch.is_grad_enabled() and (P.values.requires_grad or B.requires_grad or
-                                             (isinstance(c, torch.Tensor) and c.requires_grad))):
+        return r, P, Q, c
+
+    def stacked_product_applies(self, P: BatchedCSR, B: torch.Tensor, c) -> bool:
+        """Whether ``J_w`` is the sparse product :meth:`_stacked_jacobian` (nothing needs a graph)."""
+        return not (torch.is_grad_enabled() and (P.values.requires_grad or B.requires_grad or
+                                                 (isinstance(c, torch.Tensor) and c.requires_grad)))
+
+    def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        r, P, Q, c = self.rows_and_linearization(u, p)
+        batch, T = r.shape[0], u.shape[1] - 1
+        if self.stacked_product_applies(P, B, c):
             J = self._stacked_jacobian(P.values, Q.values, c, B, T)
             if self.integrate:
-                m = r.shape[1] - ic.shape[1]
+                m = r.shape[1] - (self.n if self.ic_rows is None else self.ic_rows.numel())  # the PDE rows
                 J = torch.cat([self._integrated(J[:, :m], T), J[:, m:]], dim=1)
             return r, J
         Bf = self._embed(B, 2)
@@ -899,24 +937,8 @@ class TrajectoryResidual(SteadyResidual):
         equal to ``[P_l B_l + (Q_{l-1} - P_{l-1}) B_{l-1}]`` (scaled, enforced rows) stacked over
         the steps, then ``c B_0`` on the initial rows."""
         st = self._stacked_structure(T)
-        batch, N = B.shape[0], B.shape[-1]
-        vals = self._stacked_values(Pv, Qv, c, batch, T)
-        dev = vals.device
-        m, nc, e = int(st["n_rows"]), int(st["n_cols"]), vals.shape[1]
-        bkey = ("block", batch, str(dev))
-        if bkey not in st:
-            off = np.arange(batch, dtype=np.int64)
-            crow = np.concatenate([(st["indptr"][:-1][None, :] + e * off[:, None]).ravel(), [batch * e]])
-            col = (st["cols"][None, :] + nc * off[:, None]).ravel()
-            st[bkey] = (crow, col) if dev.type == "cpu" else (torch.as_tensor(crow, device=dev),
-                                                               torch.as_tensor(col, device=dev))
-        crow, col = st[bkey]
-        X = B.detach().reshape(batch * nc, N)
-        if dev.type == "cpu":
-            M = sp.csr_matrix((vals.reshape(-1).numpy(), col, crow), shape=(batch * m, batch * nc))
-            return torch.from_numpy(np.ascontiguousarray(M @ X.contiguous().numpy())).reshape(batch, m, N)
-        M = torch.sparse_csr_tensor(crow, col, vals.reshape(-1), (batch * m, batch * nc), check_invariants=False)
-        return (M @ X).reshape(batch, m, N)
+        vals = self._stacked_values(Pv, Qv, c, B.shape[0], T)
+        return block_csr_product(vals, st["indptr"], st["cols"], int(st["n_cols"]), B, st)
 
     def _stacked_operator(self, Pv: torch.Tensor, Qv: torch.Tensor, c, batch: int, T: int, absolute: bool = False):
         """``(M, M^T, m, nc)``: products of the stacked Jacobian (:meth:`_stacked_structure`) with
