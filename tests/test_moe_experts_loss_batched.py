@@ -115,3 +115,44 @@ def test_lm_on_the_active_samples_only_equals_the_whole_batch(batch, monkeypatch
     # a sample's experts stop at different iterations, so trials evaluated inactive experts with
     # active ones (the normal equations of the active ones only)
     assert bool((its.amax(1) > its.amin(1)).any())
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_single_hard_constraint_lm_on_the_active_samples_only_equals_the_whole_batch(batch, monkeypatch,
+                                                                                   make_diffusion_sorption):
+    """PI-HC's LM also evaluates a trial only on the samples still active (a sample at the
+    sorption kink may take 10x the iterations of the others): the weights, field, iteration counts
+    and gradient equal those of evaluating the whole batch every time."""
+    from femoe.layers import HardConstraint
+    from femoe.layers._residuals import SteadyResidual, TrajectoryResidual
+
+    pb = make_diffusion_sorption(n_cells=16)
+    g = torch.Generator().manual_seed(12)  # random bases whose samples stop at different iterations
+    B = torch.randn(batch, 4, pb.n, 5, dtype=torch.float64, generator=g)
+    u0 = torch.rand(batch, pb.n, dtype=torch.float64, generator=g)
+    layer = HardConstraint(pb, dt=10.0, tol=1e-10)
+
+    def run():
+        Bl = B.clone().requires_grad_(True)
+        u, info = layer(Bl, None, u0)
+        (gB,) = torch.autograd.grad((u * torch.linspace(0, 1, u.numel(), dtype=u.dtype).reshape(u.shape)).sum(), Bl)
+        return u.detach(), info, gB
+
+    calls = []
+    original = TrajectoryResidual.linearize
+
+    def counted(self, u, Bf, p):
+        calls.append(u.shape[0])
+        return original(self, u, Bf, p)
+
+    monkeypatch.setattr(TrajectoryResidual, "linearize", counted)
+    u, info, gB = run()
+    assert any(c < batch for c in calls)  # trials took sample subsets
+    assert len(set(info.iterations.tolist())) > 1
+    monkeypatch.setattr(SteadyResidual, "sample_params", lambda self, p, n: None)
+    calls.clear()
+    u_ref, info_ref, gB_ref = run()
+    assert all(c == batch for c in calls)
+    assert torch.equal(info.iterations, info_ref.iterations)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gB, gB_ref, rtol=1e-9, atol=1e-9 * float(gB_ref.abs().max()))
