@@ -15,6 +15,7 @@ from femoe.sparse import BatchedCSR, CSRPattern
 
 SYMMETRIC_ONLY = {"dense_cholesky", "cg", "minres"}
 KRYLOV = ("cg", "minres", "gmres")
+BLOCK = ("block_bidiagonal",)
 
 
 def grid_pattern(m: int = 4) -> CSRPattern:
@@ -47,6 +48,8 @@ def solver_configs():
     """(name, options) for every registered solver and every preconditioner of the Krylov ones."""
     configs = []
     for name in SOLVERS:
+        if name in BLOCK:
+            continue  # block lower-bidiagonal matrices only: tests/test_linalg_block.py
         if name in KRYLOV:
             configs += [(name, {"preconditioner": p, "rtol": 1e-13}) for p in PRECONDITIONERS]
         else:

@@ -35,6 +35,12 @@ from femoe.partition import ExpertPartition
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
 
+#: Space-time patch systems from this many unknowns (per sample) are solved by blocks (the linear
+#: solver ``"block_bidiagonal"``), smaller ones by one SuperLU factorisation. Patch-mode forward +
+#: backward on diffusion-sorption, SuperLU / blocks: 0.74 at 1,464 unknowns (64 cells x 25
+#: levels), 1.08 at 6,250 (128 x 51), 1.74 at 12,650 (256 x 51), 3.27 at 102,100 (1,024 x 101)
+#: (``benchmarks/bench_block_bidiagonal.py``, ``benchmarks/results/block_bidiagonal.json``).
+BLOCK_SOLVE_MIN = 10_000
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,9 @@ class PatchConstraint(nn.Module):
         unconverged samples: no gradient from them) or ``"raise"`` (``strict=True``).
     time_solve : ``"auto"``, ``"space_time"`` or ``"levels"``
         Trajectories: ``"space_time"`` solves the interior rows of all steps as one system (the
-        level-bidiagonal Jacobian factorised once per Newton step by SuperLU, one adjoint solve
-        backward); ``"levels"`` marches level by level, each step its own Newton solve given the
+        level-bidiagonal Jacobian factorised once per Newton step, by SuperLU or, from
+        :data:`BLOCK_SOLVE_MIN` unknowns, level block by level block with ``linear_solver="auto"``;
+        one adjoint solve backward); ``"levels"`` marches level by level, each step its own Newton solve given the
         constrained previous level (small per-level systems, dense Cholesky on a GPU). Both solve
         the same equations; the tolerances apply to the whole trajectory's interior residual or
         to each step's. ``"auto"``: space-time on the CPU (with it and the session's
@@ -248,8 +255,16 @@ class PatchConstraint(nn.Module):
         opts = self._opts
         if opts.linear_solver == "auto" and U_hat.device.type == "cpu":
             # the space-time Jacobian is block-bidiagonal and very sparse: "auto" would factorise it
-            # densely up to 2000 unknowns (the default problem's 64 cells x 25 levels: 1,500)
-            opts = replace(opts, linear_solver="superlu")
+            # densely up to 2000 unknowns (the default problem's 64 cells x 25 levels: 1,500). One
+            # SuperLU of it fills its factors' off-diagonal blocks, so past BLOCK_SOLVE_MIN unknowns
+            # the levels' blocks are factorised one by one (benchmarks/bench_block_bidiagonal.py)
+            if T * nI >= BLOCK_SOLVE_MIN and T > 1:
+                strict = {k: v for k, v in opts.linear_opts.items() if k == "strict"}
+                opts = replace(opts, linear_solver="block_bidiagonal", linear_opts={**strict, "block_size": nI})
+            else:
+                opts = replace(opts, linear_solver="superlu")
+        elif opts.linear_solver == "block_bidiagonal" and "block_size" not in opts.linear_opts:
+            opts = replace(opts, linear_opts={**opts.linear_opts, "block_size": nI})  # one level's unknowns
         if not self._checked_singular:  # each step's block is J_II of that level: probe one level
             opts = replace(opts, what=f"PatchConstraint on {pb.name!r}")
             self._check_first_level(U_hat, params, u0)

@@ -1,7 +1,8 @@
 """Linear solvers on :class:`femoe.sparse.BatchedCSR` matrices and a differentiable sparse solve.
 
 Solvers come from a name -> class registry (one module each): ``"dense_cholesky"``,
-``"dense_lu"``, ``"superlu"``, ``"cg"``, ``"minres"``, ``"gmres"``, plus ``"auto"``, which picks
+``"dense_lu"``, ``"superlu"``, ``"block_bidiagonal"`` (a trajectory's Jacobian in its levels, by
+block substitution), ``"cg"``, ``"minres"``, ``"gmres"``, plus ``"auto"``, which picks
 by size, symmetry and device (:func:`choose_solver`, the one choice every solve in femoe makes,
 the reference solve's included), and the aliases ``"amg-cg"`` and ``"amg-gmres"``. Every solver is set up once and then solves many times, with
 ``A`` or ``A^T``::

@@ -7,6 +7,7 @@ from typing import Any
 
 from femoe.errors import ConfigError, SingularMatrixError
 from femoe.linalg._base import LinearSolver, check_matrix, symmetric_mask
+from femoe.linalg._block import BlockBidiagonalSolver
 from femoe.linalg._cg import CGSolver
 from femoe.linalg._dense_cholesky import DenseCholeskySolver
 from femoe.linalg._dense_lu import DenseLUSolver
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 SOLVERS: dict[str, type[LinearSolver]] = {
     cls.name: cls
-    for cls in (DenseCholeskySolver, DenseLUSolver, SuperLUSolver, CGSolver, MINRESSolver, GMRESSolver)
+    for cls in (DenseCholeskySolver, DenseLUSolver, SuperLUSolver, BlockBidiagonalSolver, CGSolver, MINRESSolver,
+                GMRESSolver)
 }
 
 #: Largest system solved densely by ``"auto"``.
