@@ -72,6 +72,40 @@ def test_batched_experts_loss_equals_the_per_expert_loop(tmp_path, batch, case):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14 * float(b.abs().max()))
 
 
+def _sliced_equals_whole_batch(layer, B, u0, model_cls, per, monkeypatch):
+    """Run ``layer`` as it is (its LM's trials on the samples still active) and with the subsets
+    switched off (``model_cls.sample_params`` -> None: every trial on the whole batch); assert equal
+    iteration counts, fields and basis gradients, that the first run took sample subsets (batch
+    element counts of ``model_cls.linearize`` below the batch's) and the second did not. Returns
+    the first run's info."""
+    batch = B.shape[0]
+
+    def run():
+        Bl = B.clone().requires_grad_(True)
+        u, info = layer(Bl, None, u0)
+        (gB,) = torch.autograd.grad((u * torch.linspace(0, 1, u.numel(), dtype=u.dtype).reshape(u.shape)).sum(), Bl)
+        return u.detach(), info, gB
+
+    calls = []
+    original = model_cls.linearize
+
+    def counted(self, u, Bf, p):
+        calls.append(u.shape[0])
+        return original(self, u, Bf, p)
+
+    monkeypatch.setattr(model_cls, "linearize", counted)
+    u, info, gB = run()
+    assert any(c < batch * per for c in calls)  # trials took sample subsets
+    monkeypatch.setattr(model_cls, "sample_params", lambda self, p, n: None)
+    calls.clear()
+    u_ref, info_ref, gB_ref = run()
+    assert all(c == batch * per for c in calls)
+    assert torch.equal(info.iterations, info_ref.iterations)
+    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gB, gB_ref, rtol=1e-9, atol=1e-9 * float(gB_ref.abs().max()))
+    return info
+
+
 @pytest.mark.parametrize("batch", [2, 3])
 def test_lm_on_the_active_samples_only_equals_the_whole_batch(batch, monkeypatch, make_diffusion_sorption):
     """The MoE's LM evaluates a trial only on the samples with an active expert (the others are
@@ -86,32 +120,9 @@ def test_lm_on_the_active_samples_only_equals_the_whole_batch(batch, monkeypatch
     B[1:] *= 3.0  # samples of different difficulty: they stop at different iterations
     u0 = torch.rand(batch, pb.n, dtype=torch.float64, generator=g)
     layer = HardConstraintMoE(pb, 3, partition="slab", dt=10.0, tol=1e-10)
-
-    def run():
-        Bl = B.clone().requires_grad_(True)
-        u, info = layer(Bl, None, u0)
-        (gB,) = torch.autograd.grad((u * torch.linspace(0, 1, u.numel(), dtype=u.dtype).reshape(u.shape)).sum(), Bl)
-        return u.detach(), info, gB
-
-    calls = []
-    original = _FoldedModel.linearize
-
-    def counted(self, u, Bf, p):
-        calls.append(u.shape[0])
-        return original(self, u, Bf, p)
-
-    monkeypatch.setattr(_FoldedModel, "linearize", counted)
-    u, info, gB = run()
-    subset_used = any(c < batch * 3 for c in calls)
-    monkeypatch.setattr(_FoldedModel, "sample_params", lambda self, p, n: None)
-    u_ref, info_ref, gB_ref = run()
-    assert torch.equal(info.iterations, info_ref.iterations)
-    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gB, gB_ref, rtol=1e-9, atol=1e-9 * float(gB_ref.abs().max()))
-    # the samples stop at different iterations, so the trials took sample subsets
+    info = _sliced_equals_whole_batch(layer, B, u0, _FoldedModel, 3, monkeypatch)
     its = info.iterations.reshape(batch, -1)
-    assert len(set(its.amax(1).tolist())) > 1
-    assert subset_used
+    assert len(set(its.amax(1).tolist())) > 1  # the samples stop at different iterations
     # a sample's experts stop at different iterations, so trials evaluated inactive experts with
     # active ones (the normal equations of the active ones only)
     assert bool((its.amax(1) > its.amin(1)).any())
@@ -124,35 +135,12 @@ def test_single_hard_constraint_lm_on_the_active_samples_only_equals_the_whole_b
     sorption kink may take 10x the iterations of the others): the weights, field, iteration counts
     and gradient equal those of evaluating the whole batch every time."""
     from femoe.layers import HardConstraint
-    from femoe.layers._residuals import SteadyResidual, TrajectoryResidual
+    from femoe.layers._residuals import TrajectoryResidual
 
     pb = make_diffusion_sorption(n_cells=16)
     g = torch.Generator().manual_seed(12)  # random bases whose samples stop at different iterations
     B = torch.randn(batch, 4, pb.n, 5, dtype=torch.float64, generator=g)
     u0 = torch.rand(batch, pb.n, dtype=torch.float64, generator=g)
-    layer = HardConstraint(pb, dt=10.0, tol=1e-10)
-
-    def run():
-        Bl = B.clone().requires_grad_(True)
-        u, info = layer(Bl, None, u0)
-        (gB,) = torch.autograd.grad((u * torch.linspace(0, 1, u.numel(), dtype=u.dtype).reshape(u.shape)).sum(), Bl)
-        return u.detach(), info, gB
-
-    calls = []
-    original = TrajectoryResidual.linearize
-
-    def counted(self, u, Bf, p):
-        calls.append(u.shape[0])
-        return original(self, u, Bf, p)
-
-    monkeypatch.setattr(TrajectoryResidual, "linearize", counted)
-    u, info, gB = run()
-    assert any(c < batch for c in calls)  # trials took sample subsets
+    info = _sliced_equals_whole_batch(HardConstraint(pb, dt=10.0, tol=1e-10), B, u0, TrajectoryResidual, 1,
+                                      monkeypatch)
     assert len(set(info.iterations.tolist())) > 1
-    monkeypatch.setattr(SteadyResidual, "sample_params", lambda self, p, n: None)
-    calls.clear()
-    u_ref, info_ref, gB_ref = run()
-    assert all(c == batch for c in calls)
-    assert torch.equal(info.iterations, info_ref.iterations)
-    torch.testing.assert_close(u, u_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gB, gB_ref, rtol=1e-9, atol=1e-9 * float(gB_ref.abs().max()))
