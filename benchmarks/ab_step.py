@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/ab_step.py --base 92ff878 [--config problems/configs/ds_cpu.toml]
         [--trained results/ds_cpu_s0] [--methods soft pihc moe patch] [--rounds 3] [--steps 5]
+    python benchmarks/ab_step.py --summarise benchmarks/results/<file>.json   # summaries from its runs
 
 The shared machine's load drifts, so two versions timed one after the other are not comparable.
 Here the base commit is checked out in a temporary git worktree, and for every method the two
@@ -11,8 +12,11 @@ cost late in training, where the solves start close to their answer), takes one 
 and times ``--steps`` trainer steps (``_common.training_step``, as ``profile_step.py``) on the
 first training batch; its time is the median step.
 Per method and version the figure is the median over rounds; the ratios (base / head, and
-PI-HC / soft, MoE / PI-HC, patch / soft per version) are from these medians. The load average is
-recorded before every subprocess.
+PI-HC / soft, MoE / PI-HC, patch / soft per version) are from these medians. The same figures
+from each subprocess's *mean* step (``seconds_per_step_mean``, ``ratios_by_mean``) count the slow
+steps a median hides: one sample at the sorption term's kink can take 30 Levenberg-Marquardt
+iterations where the others take 3, and a training run's time is the sum of its steps. The load
+average is recorded before every subprocess.
 
 Writes ``benchmarks/results/ab_step.json``.
 """
@@ -72,6 +76,24 @@ def _run(src: Path, args, method: str) -> dict:
     return {**json.loads(lines[-1][7:]), "load_before": load_before}
 
 
+def summary(runs: dict) -> dict:
+    """Per method and version the median over rounds of each run's median step and of its mean
+    step, the speed-ups base / head and the ratios PI-HC / soft, MoE / PI-HC, patch / soft."""
+    med = {m: {v: statistics.median(x["median"] for x in rs) for v, rs in d.items()} for m, d in runs.items()}
+    mean = {m: {v: statistics.median(statistics.mean(x["times"]) for x in rs) for v, rs in d.items()}
+            for m, d in runs.items()}
+
+    def ratios(fig, v):
+        return {f"{a}_over_{b}": fig[a][v] / fig[b][v]
+                for a, b in (("pihc", "soft"), ("moe", "pihc"), ("patch", "soft")) if a in fig and b in fig}
+
+    return {"seconds_per_step": med, "speedup_head_over_base": {m: d["base"] / d["head"] for m, d in med.items()},
+            "ratios": {v: ratios(med, v) for v in ("base", "head")},
+            "seconds_per_step_mean": mean,
+            "speedup_head_over_base_by_mean": {m: d["base"] / d["head"] for m, d in mean.items()},
+            "ratios_by_mean": {v: ratios(mean, v) for v in ("base", "head")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=False, help="the commit to compare with (git ref)")
@@ -82,11 +104,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "results" / "ab_step.json"))
+    ap.add_argument("--summarise", metavar="JSON", help="recompute the summaries of a written JSON from its runs "
+                    "(files written before the mean-step figures were added) and exit")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         _worker(args)
+        return
+    if args.summarise:
+        path = Path(args.summarise)
+        doc = json.loads(path.read_text())
+        runs = doc.pop("runs")
+        doc.update(summary(runs))
+        doc["runs"] = runs
+        path.write_text(json.dumps(doc, indent=2))
+        print(json.dumps(summary(runs), indent=1))
         return
     if not args.base:
         ap.error("--base is required")
@@ -111,23 +144,13 @@ def main() -> None:
                               flush=True)
         finally:
             subprocess.run(git + ["worktree", "remove", "--force", str(wt)], capture_output=True)
-    med = {m: {v: statistics.median(x["median"] for x in rs) for v, rs in d.items()} for m, d in runs.items()}
-
-    def ratios(v):
-        out = {}
-        for a, b in (("pihc", "soft"), ("moe", "pihc"), ("patch", "soft")):
-            if a in med and b in med:
-                out[f"{a}_over_{b}"] = med[a][v] / med[b][v]
-        return out
-
     doc = {"command": command_line("ab_step.py"),
            "base": base_sha, "head": head_sha, "uncommitted_at_head": [ln[3:] for ln in dirty if ln.strip()],
            "config": args.config, "trained": args.trained, "steps": args.steps, "rounds": args.rounds,
-           "seconds_per_step": med, "speedup_head_over_base": {m: d["base"] / d["head"] for m, d in med.items()},
-           "ratios": {"base": ratios("base"), "head": ratios("head")}, "runs": runs}
+           **summary(runs), "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
-    print(json.dumps({k: doc[k] for k in ("seconds_per_step", "speedup_head_over_base", "ratios")}, indent=1))
+    print(json.dumps(summary(runs), indent=1))
     print(f"wrote {args.out}")
 
 
