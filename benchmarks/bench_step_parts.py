@@ -10,7 +10,8 @@ Three measurements, each a comparison made in this one run:
   its integrand (a second problem probed with ``affine_parts`` saying no, as before 2026-12-08); the
   two must agree to round-off;
 * **the normal equations** of one Levenberg-Marquardt evaluation at that size: ``J^T J`` and
-  ``J^T r`` for ``J`` of the LM's shape (batch, rows, N), against the layer model's ``linearize``
+  ``J^T r`` (as ``J^T @ r`` and as ``r^T J``, the LM's form, which reads ``J`` along its rows) for
+  ``J`` of the LM's shape (batch, rows, N), against the layer model's ``linearize``
   where the trajectory's linearisation is already made (``J = M B`` by the stacked sparse
   product, and the rows);
 * **the LM iterations of consecutive training steps** from the trained network (each step updates
@@ -101,6 +102,8 @@ def main() -> None:
             "J_shape": list(J.shape),
             "seconds_JtJ": timeit(lambda: J.transpose(1, 2) @ J, repeat=args.repeat),
             "seconds_Jtr": timeit(lambda: J.transpose(1, 2) @ r.unsqueeze(-1), repeat=args.repeat),
+            # the same product as the LM forms it since 2026-12-08 (femoe.layers._lm._rows_times): r^T J
+            "seconds_rTJ": timeit(lambda: r.unsqueeze(1) @ J, repeat=args.repeat),
             # the model's linearize where the trajectory's linearisation is already made (the LM's
             # backward and repeated fields find it): J = M B by the stacked sparse product, the rows
             "seconds_J_from_made_linearisation": timeit(lambda: model.linearize(basis_field(B, w + 1e-3), B, p),
