@@ -212,3 +212,37 @@ def test_folded_jacobian_equals_the_folded_union_jacobian(global_rows, batch, ma
         idx, mask = g.row_index(T, "cpu")
         assert bool((~mask).any())  # the experts' row counts differ: some rows are padding
         assert bool((J[:, : idx.shape[1]].reshape(batch, g.K, idx.shape[1], N)[:, ~mask] == 0).all())
+
+
+@pytest.mark.parametrize("global_rows", ["boundary+initial", "boundary"])
+def test_gather_basis_folds_each_experts_patch_and_level_0(global_rows, make_diffusion_sorption, make_square):
+    """The folded basis, entry by entry against a loop: expert k's padded patch DOFs at every
+    level (zero in the padding), then with global initial rows level 0 at every DOF; a steady
+    problem's patch alone; and its gradient (one gather, one scatter back)."""
+    pb = make_diffusion_sorption(n_cells=12)
+    cases = [(HardConstraintMoE(pb, 3, partition="slab", dt=10.0, global_rows=global_rows), (3,))]
+    if global_rows == "boundary":
+        sq = make_square("poisson", 2)
+        cases.append((HardConstraintMoE(sq, 2, partition="slab"), ()))
+    gen = torch.Generator().manual_seed(5)
+    for layer, lead in cases:
+        g = layer.groups[0]
+        K, nl, n = g.K, g.nl_max, g.problem.n
+        B = torch.randn(2, *lead, n, 3, dtype=torch.float64, generator=gen)
+        out = g.gather_basis(B)
+        L = lead[0] if lead else 1
+        rows = L * nl + (n if g.ic_global else 0)
+        assert out.reshape(2 * K, -1, 3).shape == (2 * K, rows, 3)
+        flat = out.reshape(2, K, rows, 3)
+        Bl = B if lead else B.unsqueeze(1)
+        for b in range(2):
+            for k in range(K):
+                dofs = g.union.local_dofs[k]
+                for lev in range(L):
+                    block = flat[b, k, lev * nl:(lev + 1) * nl]
+                    assert torch.equal(block[:dofs.size], Bl[b, lev, torch.as_tensor(dofs)])
+                    assert bool((block[dofs.size:] == 0).all())
+                if g.ic_global:
+                    assert torch.equal(flat[b, k, L * nl:], B[b, 0])
+        Bs = B.detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: g.gather_basis(t), (Bs,))

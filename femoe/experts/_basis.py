@@ -278,20 +278,43 @@ class _ExpertGroup:
         return self.gather_basis(u.unsqueeze(-1)).squeeze(-1)
 
     # ---------------------------------------------------------------- folding
+    def _folded_rows(self, levels: int | None, device) -> tuple:
+        """Where each row of the folded layout comes from in a global ``(batch, [levels,] n, N)``
+        tensor, expert after expert: ``(level or None, DOF, padding rows)``, cached per ``levels``
+        (the padded patch of every level, then, with global initial rows, level 0 at every DOF)."""
+        key = ("gather", levels, str(device))
+        if key not in self._rows_cache:
+            pad, keep = self.local_pad.numpy(), self.local_mask.numpy()  # (K, nl_max)
+            if levels is None:
+                lev, dof, fill = None, pad.reshape(-1), ~keep.reshape(-1)
+            else:
+                shape = (self.K, levels, self.nl_max)
+                lev = np.broadcast_to(np.arange(levels)[None, :, None], shape).reshape(self.K, -1)
+                dof = np.broadcast_to(pad[:, None, :], shape).reshape(self.K, -1)
+                fill = np.broadcast_to(~keep[:, None, :], shape).reshape(self.K, -1)
+                if self.ic_global:
+                    n = self.problem.n
+                    lev = np.concatenate([lev, np.zeros((self.K, n), np.int64)], 1)
+                    dof = np.concatenate([dof, np.broadcast_to(np.arange(n), (self.K, n))], 1)
+                    fill = np.concatenate([fill, np.zeros((self.K, n), bool)], 1)
+                lev, dof, fill = lev.reshape(-1), dof.reshape(-1), fill.reshape(-1)
+            self._rows_cache[key] = (None if lev is None else torch.as_tensor(lev, device=device),
+                                     torch.as_tensor(dof, device=device),
+                                     torch.as_tensor(np.nonzero(fill)[0], device=device))
+        return self._rows_cache[key]
+
     def gather_basis(self, B: torch.Tensor) -> torch.Tensor:
-        """Global basis ``(batch, [T+1,] n, N)`` -> folded (see the class docstring)."""
-        idx = self.local_pad.to(B.device)
-        # (batch, [T+1,] K nl_max, N), zero in the padding
-        Bk = _zero_padding(B.index_select(-2, idx.reshape(-1)), B.dim() - 2, self.local_mask)
-        lead = Bk.shape[:-2]
-        Bk = Bk.reshape(*lead, self.K, self.nl_max, Bk.shape[-1])
-        Bk = Bk.movedim(-3, 1)  # (batch, K, [T+1,] nl_max, N)
-        Bk = Bk.reshape(-1, *Bk.shape[2:])
-        if not self.ic_global:
-            return Bk
-        N = B.shape[-1]
-        B0 = B[:, 0].unsqueeze(1).expand(-1, self.K, -1, -1).reshape(-1, B.shape[-2], N)
-        return torch.cat([Bk.reshape(Bk.shape[0], -1, N), B0], dim=1)
+        """Global basis ``(batch, [T+1,] n, N)`` -> folded (see the class docstring), one gather
+        (and its backward one scatter), zero in the padding."""
+        levels = B.shape[1] if B.dim() == 4 else None
+        lev, dof, fill = self._folded_rows(levels, B.device)
+        out = B[:, dof] if lev is None else B[:, lev, dof]  # (batch, K rows, N)
+        if fill.numel():
+            out = out.index_fill_(1, fill, 0)
+        out = out.reshape(B.shape[0] * self.K, -1, B.shape[-1])
+        if levels is None or self.ic_global:
+            return out
+        return out.reshape(out.shape[0], levels, self.nl_max, B.shape[-1])
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A folded field ``(batch K, S)`` or basis ``(batch K, S, N)`` -> the patch part
