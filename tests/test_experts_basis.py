@@ -112,6 +112,24 @@ def test_devices_split_gives_the_same_result(make_square):
     torch.testing.assert_close(i2.interface_jump, i1.interface_jump)
 
 
+def test_devices_split_trajectories_with_global_initial_rows(make_diffusion_sorption):
+    """Two expert groups whose unions each hold part of the mesh: every expert's global initial
+    rows still see level 0 of every DOF (the field, weights and iterations equal one group's)."""
+    pb = make_diffusion_sorption(n_cells=12)
+    g = torch.Generator().manual_seed(8)
+    B = torch.randn(2, 4, pb.n, 5, dtype=F64, generator=g)
+    u0 = torch.rand(2, pb.n, dtype=F64, generator=g)
+    one = HardConstraintMoE(pb, 4, partition="slab", dt=10.0, tol=1e-10)
+    two = HardConstraintMoE(pb, one.partition, dt=10.0, tol=1e-10, devices=["cpu", "cpu"])
+    assert len(two.groups) == 2 and not any(gr.union_covers_all for gr in two.groups)
+    assert one.groups[0].union_covers_all
+    u1, i1 = one(B, None, u0)
+    u2, i2 = two(B, None, u0)
+    assert bool(i1.converged.all()) and bool(i2.converged.all())
+    assert torch.equal(i1.iterations, i2.iterations)
+    torch.testing.assert_close(u2, u1, rtol=0, atol=1e-12)
+
+
 def test_bad_inputs(make_square, heat_problem):
     problem = make_square("nonlinear", 2, f=1.0)
     layer = HardConstraintMoE(problem, 2)
@@ -246,3 +264,34 @@ def test_gather_basis_folds_each_experts_patch_and_level_0(global_rows, make_dif
                     assert torch.equal(flat[b, k, L * nl:], B[b, 0])
         Bs = B.detach().clone().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda t: g.gather_basis(t), (Bs,))
+
+
+def test_the_unrolled_experts_assemble_once_per_linearisation(make_diffusion_sorption, monkeypatch):
+    """On the unrolled (grad-enabled) path the folded model makes J_w from the linearisation it
+    took the rows from: two assemblies of the union per LM evaluation, the rows with J_w and the
+    rows' magnitudes (made without gradients, so the graph's linearisation is not reused), not three."""
+    from femoe.experts._basis import _FoldedModel
+    from femoe.problem._form import WeakForm
+
+    pb = make_diffusion_sorption(n_cells=12)
+    g = torch.Generator().manual_seed(9)
+    B = torch.randn(2, 3, pb.n, 4, dtype=F64, generator=g).requires_grad_(True)
+    u0 = torch.rand(2, pb.n, dtype=F64, generator=g)
+    layer = HardConstraintMoE(pb, 3, partition="slab", dt=10.0, tol=1e-10, backward="unrolled")
+    counts = {"assemble": 0, "linearize": 0}
+    assemble, linearize = WeakForm.trajectory_residual_and_jacobians, _FoldedModel.linearize
+
+    def counted_assemble(self, *a, **k):
+        counts["assemble"] += 1
+        return assemble(self, *a, **k)
+
+    def counted_linearize(self, *a, **k):
+        counts["linearize"] += 1
+        return linearize(self, *a, **k)
+
+    monkeypatch.setattr(WeakForm, "trajectory_residual_and_jacobians", counted_assemble)
+    monkeypatch.setattr(_FoldedModel, "linearize", counted_linearize)
+    u, _ = layer(B, None, u0)
+    assert counts["linearize"] > 0 and counts["assemble"] == 2 * counts["linearize"]
+    u.sum().backward()
+    assert B.grad is not None and torch.isfinite(B.grad).all()

@@ -62,8 +62,8 @@ from femoe.errors import ConfigError, ProblemError, ShapeError
 from femoe.layers._hard import HardConstraint
 from femoe.layers._lm import Backward, LeastSquaresInfo, LMOptions, Unconverged, least_squares_solve
 from femoe.layers._residuals import (INITIAL, ResidualModel, RowTransform, SteadyResidual, TimeIntegratedRows,
-                                     TrajectoryResidual, basis_adjoint_parts, basis_field, batched_param_names,
-                                     block_csr_product, jac_times)
+                                     TrajectoryResidual, basis_adjoint_parts, basis_field, block_csr_product,
+                                     jac_times, rows_sample_params)
 from femoe.layers._state import COARSE_FIELD
 from femoe.layers._validate import (check_finite, check_float_tensor, check_initial, check_params_finite,
                                     exclude_unconverged, expert_partition, parse_unconverged, report_unconverged)
@@ -214,6 +214,10 @@ class _ExpertGroup:
             sets.append(np.nonzero(touch[ed].any(axis=0))[0])
         self.union: PatchUnion = problem.restrict(sets)
         u = self.union
+        # whether this group's patches hold every DOF (all experts in one group do; a group of
+        # some experts, on a device or a process of its own, may not): the global initial rows
+        # then find level 0 of every DOF in the union (folded_structure)
+        self.union_covers_all = bool(np.isin(np.arange(problem.n), u.union_to_global).all())
         self.K = len(self.experts)
         self.n_local = np.diff(u.offsets)
         self.nl_max = int(self.n_local.max())
@@ -255,7 +259,8 @@ class _ExpertGroup:
                 self.model = TrajectoryResidual(u, dt, t0, ic_weight=ic_weight, row_scale=row_scale)
         else:
             self.model = SteadyResidual(u, row_scale=row_scale)
-        self._rows_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # index structures built once: row_index per T, folded_structure per T, _folded_rows per levels
+        self._rows_cache: dict[Any, Any] = {}
 
     # ---------------------------------------------------------------- two-level experts
     def set_correction(self, inside: np.ndarray) -> None:
@@ -379,15 +384,20 @@ class _ExpertGroup:
         rows (one entry, ``c_i``, at a union copy of DOF ``i`` on level 0: ``c_i B_0[i]``); columns
         those of the union's stacked matrix. ``src`` indexes each entry's value in the union's
         stacked values followed by the ``n`` initial weights. Its product with the unfolded basis
-        is ``J_w`` in the LM's layout, without a fold of the union's ``J_w`` and a concatenation."""
+        is ``J_w`` in the LM's layout, without a fold of the union's ``J_w`` and a concatenation.
+        The initial rows read another expert's patch copy of a DOF: every expert's basis is the
+        same global basis gathered (:meth:`gather_basis`), and the union must hold every DOF
+        (:attr:`union_covers_all`)."""
         key = ("folded", T)
         if key in self._rows_cache:
             return self._rows_cache[key]
+        if self.ic_global and not self.union_covers_all:
+            raise ProblemError("the folded Jacobian's global initial rows need every DOF in the group's union")
         st = self.model._stacked_structure(T)
         indptr, cols = st["indptr"], st["cols"]
         idx, mask = (t.numpy() for t in self.row_index(T, "cpu"))
         n, u = self.problem.n, self.union
-        first = np.empty(n, dtype=np.int64)  # a union copy of each global DOF (level-0 column)
+        first = np.full(n, -1, dtype=np.int64)  # a union copy of each global DOF (level-0 column)
         first[u.union_to_global[::-1]] = np.arange(u.n)[::-1]
         src, col, count = [], [], []
         for k in range(self.K):
@@ -460,9 +470,7 @@ class _FoldedModel(ResidualModel):
         self.elements_per_sample = group.K  # batch element b K + k: one union evaluation per sample
 
     def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
-        if isinstance(self.g.model.scale, RowTransform):
-            return None
-        return batched_param_names(self.g.problem, p, n_samples)
+        return rows_sample_params(self.g.problem, self.g.model.scale, p, n_samples)
 
     def _T(self, u: torch.Tensor) -> int | None:
         return u.shape[1] - 1 if self.time_dependent else None
@@ -535,15 +543,17 @@ class _FoldedModel(ResidualModel):
         Bu = self._unfolded_basis(B)
         T = self._T(patch)
         model = g.model
-        if isinstance(model, TrajectoryResidual) and not model.integrate:
+        if isinstance(model, TrajectoryResidual):
             r, P, Q, c = model.rows_and_linearization(g.unfold(patch, axis), self._p(p))
             cg = g.ic_model._weights(p[INITIAL]) if g.ic_global else None  # the global initial rows' weights
-            if model.stacked_product_applies(P, Bu, c) and not (torch.is_grad_enabled() and cg is not None
-                                                                 and cg.requires_grad):
+            if (not model.integrate and (cg is None or g.union_covers_all) and model.stacked_product_applies(P, Bu, c)
+                    and not (torch.is_grad_enabled() and cg is not None and cg.requires_grad)):
                 J = self._folded_jacobian(model._stacked_values(P.values, Q.values, c, r.shape[0], T), cg, Bu, T)
                 r = g.fold_rows(r, T)
                 return (r, J) if u0f is None else (torch.cat([r, self._ic(u0f, p)], dim=1), J)
-        r, J = model.linearize(g.unfold(patch, axis), Bu, self._p(p))
+            J = model.jacobian(P, Q, c, Bu)
+        else:
+            r, J = model.linearize(g.unfold(patch, axis), Bu, self._p(p))
         r, J = g.fold_rows(r, T), g.fold_rows(J, T)
         if u0f is None:
             return r, J

@@ -129,6 +129,9 @@ class PatchConstraint(nn.Module):
         sub.sort_indices()
         self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
         self.register_buffer("_sub_pos", torch.as_tensor(sub.data.astype(np.int64) - 1), persistent=False)
+        if linear_solver == "block_bidiagonal" and "block_size" not in linear_opts:
+            # one level's interior unknowns: the space-time system's blocks, or a level's whole system
+            linear_opts = {**linear_opts, "block_size": int(interior.size)}
         self._opts = newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
                                     max_jacobian_age=max_jacobian_age)
         # a patch that nothing anchors (no interface, no Dirichlet DOF: K = 1 on a pure Neumann
@@ -263,8 +266,7 @@ class PatchConstraint(nn.Module):
                 opts = replace(opts, linear_solver="block_bidiagonal", linear_opts={**strict, "block_size": nI})
             else:
                 opts = replace(opts, linear_solver="superlu")
-        elif opts.linear_solver == "block_bidiagonal" and "block_size" not in opts.linear_opts:
-            opts = replace(opts, linear_opts={**opts.linear_opts, "block_size": nI})  # one level's unknowns
+
         if not self._checked_singular:  # each step's block is J_II of that level: probe one level
             opts = replace(opts, what=f"PatchConstraint on {pb.name!r}")
             self._check_first_level(U_hat, params, u0)

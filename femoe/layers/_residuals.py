@@ -55,6 +55,7 @@ def block_csr_product(vals: torch.Tensor, indptr: np.ndarray, cols: np.ndarray, 
     (CSR ``indptr``, ``cols``) with the sample's entries ``vals[b]`` ``(batch, e)``, and ``X``
     ``(batch, ..., N)`` with ``n_cols`` rows per sample: one block-diagonal SpMM, ``(batch, m, N)``.
     ``cache`` keeps the block structure per batch size and device."""
+    vals = vals.detach()
     batch, N = vals.shape[0], X.shape[-1]
     dev = vals.device
     m, e = indptr.size - 1, vals.shape[1]
@@ -444,6 +445,15 @@ def batched_param_names(problem: Problem, p: Mapping[str, Any], n_samples: int) 
     return frozenset(out)
 
 
+def rows_sample_params(problem: Problem, scale: Any, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
+    """:meth:`ResidualModel.sample_params` of rows of ``problem`` weighted by ``scale``: the
+    batched parameters (:func:`batched_param_names`); ``None`` with a row transform (energy rows),
+    whose blocks are not split by sample."""
+    if isinstance(scale, RowTransform):
+        return None
+    return batched_param_names(problem, p, n_samples)
+
+
 class ResidualModel(ABC):
     """The rows a basis-mode layer least-squares, as functions of a local field (the contract of
     :func:`femoe.layers.least_squares_solve`; see the module docstring).
@@ -551,13 +561,10 @@ class SteadyResidual(ResidualModel):
         self.t = t
 
     def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
-        """The batched parameters (:func:`batched_param_names`), so that the LM's trials evaluate
-        only the samples still active: at the sorption term's kink a diffusion-sorption sample may
-        take 30 iterations where the others take 3. Not with a row transform (energy rows), whose
-        blocks are not split by sample."""
-        if isinstance(self.scale, RowTransform):
-            return None
-        return batched_param_names(self.problem, p, n_samples)
+        """The batched parameters, so that the LM's trials evaluate only the samples still active:
+        at the sorption term's kink a diffusion-sorption sample may take 30 iterations where the
+        others take 3 (:func:`rows_sample_params`)."""
+        return rows_sample_params(self.problem, self.scale, p, n_samples)
 
     def _embed(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         if self.dofs is None:
@@ -836,13 +843,19 @@ class TrajectoryResidual(SteadyResidual):
 
     def linearize(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         r, P, Q, c = self.rows_and_linearization(u, p)
-        batch, T = r.shape[0], u.shape[1] - 1
+        return r, self.jacobian(P, Q, c, B)
+
+    def jacobian(self, P: BatchedCSR, Q: BatchedCSR, c, B: torch.Tensor) -> torch.Tensor:
+        """``J_w`` ``(batch, m, N)`` of the rows from their linearisation (:meth:`rows_and_linearization`)
+        and the basis ``B`` ``(batch, T + 1, n_L, N)``: one sparse product without gradients, else
+        differentiable products with the levels' Jacobians (the unrolled backward's path)."""
+        batch, T = B.shape[0], B.shape[1] - 1
         if self.stacked_product_applies(P, B, c):
             J = self._stacked_jacobian(P.values, Q.values, c, B, T)
             if self.integrate:
-                m = r.shape[1] - (self.n if self.ic_rows is None else self.ic_rows.numel())  # the PDE rows
+                m = J.shape[1] - (self.n if self.ic_rows is None else self.ic_rows.numel())  # the PDE rows
                 J = torch.cat([self._integrated(J[:, :m], T), J[:, m:]], dim=1)
-            return r, J
+            return J
         Bf = self._embed(B, 2)
         N = Bf.shape[-1]
         Bflat = Bf.reshape(batch * (T + 1), self.n, N)
@@ -850,9 +863,8 @@ class TrajectoryResidual(SteadyResidual):
         QB = jac_times(Q, Bflat).reshape(batch, T + 1, self.n, N)
         rows_J = PB[:, 1:] + QB[:, :-1] - PB[:, :-1]
         icJ = self._ic_rows((c.unsqueeze(-1) if c.dim() else c) * Bf[:, 0])
-        J = torch.cat([self._integrated(self._select(rows_J.reshape(batch, T * self.n, -1)), T),
-                       icJ.expand(batch, -1, -1)], dim=1)
-        return r, J
+        return torch.cat([self._integrated(self._select(rows_J.reshape(batch, T * self.n, -1)), T),
+                          icJ.expand(batch, -1, -1)], dim=1)
 
     def _stacked_structure(self, T: int) -> dict[str, np.ndarray]:
         """Index arrays of the rows' Jacobian with respect to the trajectory, for one sample

@@ -74,8 +74,11 @@ class BlockBidiagonalSolver(LinearSolver):
     name = "block_bidiagonal"
     options = ("strict", "block_size")
 
-    def __init__(self, A: BatchedCSR, *, block_size: int, strict: bool = False):
+    def __init__(self, A: BatchedCSR, *, block_size: int | None = None, strict: bool = False):
         super().__init__(A, strict=strict)
+        if block_size is None:
+            raise ConfigError("solver 'block_bidiagonal' needs block_size=, the rows of one block (one level's "
+                              "unknowns); patch mode fills it in")
         m = int(block_size)
         if m < 1 or self.n % m:
             raise ConfigError(f"solver 'block_bidiagonal': block_size must divide the size {self.n}; got {block_size}")
