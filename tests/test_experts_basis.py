@@ -183,17 +183,28 @@ def test_unfold_and_fold_move_each_union_dof_to_its_expert(levels, make_diffusio
 
 
 @pytest.mark.parametrize("global_rows", ["boundary+initial", "boundary"])
-@pytest.mark.parametrize("batch", [1, 2])
-def test_folded_jacobian_equals_the_folded_union_jacobian(global_rows, batch, make_diffusion_sorption):
+@pytest.mark.parametrize("batch,groups", [(1, 1), (2, 1), (2, 2)])
+def test_folded_jacobian_equals_the_folded_union_jacobian(global_rows, batch, groups, make_diffusion_sorption):
     """The folded experts' J_w comes from one sparse product laid out per expert; it equals the
     union's J_w folded to each expert's rows, then (global initial rows) c B_0, entry for entry,
-    with per-sample initial weights ("paper": c = 1 / |u0|) and padding rows zero."""
+    with per-sample initial weights ("paper": c = 1 / |u0|) and padding rows zero; also for each
+    of two expert groups, whose unions lack DOFs (level 0 of every DOF appended to the basis)."""
+    layer = HardConstraintMoE(make_diffusion_sorption(n_cells=12), 4, partition="slab", dt=10.0,
+                              global_rows=global_rows, devices=None if groups == 1 else ["cpu", "cpu"])
+    assert len(layer.groups) == groups
+    padded = []
+    for g in layer.groups:
+        assert g.union_covers_all == (groups == 1)
+        padded.append(_check_folded_jacobian(g, batch))
+    assert groups == 2 or all(padded)  # the four experts' row counts differ: some rows are padding
+
+
+def _check_folded_jacobian(g, batch) -> bool:
+    """Compare a group's folded J_w with the reference; whether the group has padding rows."""
     from femoe.experts._basis import _FoldedModel
     from femoe.layers._state import INITIAL
 
-    pb = make_diffusion_sorption(n_cells=12)
-    layer = HardConstraintMoE(pb, 3, partition="slab", dt=10.0, global_rows=global_rows)
-    g = layer.groups[0]
+    pb = g.problem
     model = _FoldedModel(g)
     L, N = 4, 5
     gen = torch.Generator().manual_seed(3)
@@ -228,8 +239,8 @@ def test_folded_jacobian_equals_the_folded_union_jacobian(global_rows, batch, ma
         assert J.shape == ref.shape
         torch.testing.assert_close(J, ref, rtol=1e-14, atol=0)
         idx, mask = g.row_index(T, "cpu")
-        assert bool((~mask).any())  # the experts' row counts differ: some rows are padding
         assert bool((J[:, : idx.shape[1]].reshape(batch, g.K, idx.shape[1], N)[:, ~mask] == 0).all())
+    return bool((~mask).any())
 
 
 @pytest.mark.parametrize("global_rows", ["boundary+initial", "boundary"])

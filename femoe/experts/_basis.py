@@ -384,21 +384,24 @@ class _ExpertGroup:
         rows (one entry, ``c_i``, at a union copy of DOF ``i`` on level 0: ``c_i B_0[i]``); columns
         those of the union's stacked matrix. ``src`` indexes each entry's value in the union's
         stacked values followed by the ``n`` initial weights. Its product with the unfolded basis
-        is ``J_w`` in the LM's layout, without a fold of the union's ``J_w`` and a concatenation.
-        The initial rows read another expert's patch copy of a DOF: every expert's basis is the
-        same global basis gathered (:meth:`gather_basis`), and the union must hold every DOF
-        (:attr:`union_covers_all`)."""
+        (:meth:`unfold_basis`) is ``J_w`` in the LM's layout, without a fold of the union's ``J_w``
+        and a concatenation. The initial rows read another expert's patch copy of a DOF (every
+        expert's basis is the same global basis gathered, :meth:`gather_basis`); where the union
+        lacks DOFs (:attr:`union_covers_all` False: a group of some experts, on a device or process
+        of its own) they read level 0 of every DOF, appended to the unfolded basis' columns."""
         key = ("folded", T)
         if key in self._rows_cache:
             return self._rows_cache[key]
-        if self.ic_global and not self.union_covers_all:
-            raise ProblemError("the folded Jacobian's global initial rows need every DOF in the group's union")
         st = self.model._stacked_structure(T)
         indptr, cols = st["indptr"], st["cols"]
         idx, mask = (t.numpy() for t in self.row_index(T, "cpu"))
         n, u = self.problem.n, self.union
-        first = np.full(n, -1, dtype=np.int64)  # a union copy of each global DOF (level-0 column)
-        first[u.union_to_global[::-1]] = np.arange(u.n)[::-1]
+        n_cols = int(st["n_cols"])
+        if self.union_covers_all:  # a union copy of each global DOF, on level 0
+            level0 = np.empty(n, dtype=np.int64)
+            level0[u.union_to_global[::-1]] = np.arange(u.n)[::-1]
+        else:  # level 0 of every DOF, after the union's columns
+            level0 = n_cols + np.arange(n)
         src, col, count = [], [], []
         for k in range(self.K):
             rk = idx[k, mask[k]]  # the expert's rows come first, the padding after them
@@ -411,12 +414,33 @@ class _ExpertGroup:
             count += [cnt]
             if self.ic_global:
                 src += [cols.size + np.arange(n)]
-                col += [first]
+                col += [level0]
                 count += [np.ones(n, dtype=np.int64)]
+        extra = n if self.ic_global and not self.union_covers_all else 0
         out = {"indptr": np.concatenate([[0], np.cumsum(np.concatenate(count))]), "cols": np.concatenate(col),
-               "src": np.concatenate(src), "n_cols": int(st["n_cols"])}
+               "src": np.concatenate(src), "n_cols": n_cols + extra}
         self._rows_cache[key] = out
         return out
+
+    def unfold_basis(self, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Bu, X)`` of a folded basis: the unfolded patch basis ``(batch, [L,] n_union, N)`` and
+        the matrix whose rows the folded Jacobian's product reads (:meth:`folded_structure`): ``Bu``
+        itself or, where the union lacks DOFs, ``Bu``'s rows then level 0 of every DOF,
+        ``(batch, L n_union + n, N)``, from one gather (``Bu`` then a view of it)."""
+        if not (self.ic_global and not self.union_covers_all):
+            Bu = self.unfold(self.split(B)[0], 2 if self.time_dependent else 1)
+            return Bu, Bu
+        L = (B.shape[1] - self.problem.n) // self.nl_max
+        key = ("unfold_basis", L, str(B.device))
+        if key not in self._rows_cache:
+            k, lev, j = self._union_index(L, B.device)
+            n = self.problem.n
+            expert = torch.cat([k.expand(L, -1).reshape(-1), torch.zeros(n, dtype=torch.int64, device=B.device)])
+            row = torch.cat([(lev * self.nl_max + j).reshape(-1), L * self.nl_max + torch.arange(n, device=B.device)])
+            self._rows_cache[key] = (expert, row)
+        expert, row = self._rows_cache[key]
+        X = B.reshape(-1, self.K, B.shape[1], B.shape[2])[:, expert, row]  # (batch, L n_union + n, N)
+        return X[:, :L * self.union.n].reshape(X.shape[0], L, self.union.n, X.shape[-1]), X
 
     def fold(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Inverse of :meth:`unfold`: union ``(batch, [L,] n_union, ...)`` -> folded
@@ -524,14 +548,14 @@ class _FoldedModel(ResidualModel):
         self.__dict__.pop("_last_basis", None)
         self.g.model.forget()
 
-    def _unfolded_basis(self, B: torch.Tensor):
-        """The unfolded patch basis of a folded basis. It depends on ``B`` only, which a solve
-        keeps fixed over its iterations: without gradients it is kept for the last ``B`` seen (the
-        very tensor, unmodified)."""
+    def _unfolded_basis(self, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_ExpertGroup.unfold_basis` of a folded basis. It depends on ``B`` only, which a
+        solve keeps fixed over its iterations: without gradients it is kept for the last ``B`` seen
+        (the very tensor, unmodified)."""
         last = self.__dict__.get("_last_basis")
         if last is not None and last[0] is B and last[1] == B._version:
             return last[2]
-        out = self.g.unfold(self.g.split(B)[0], 2 if self.time_dependent else 1)
+        out = self.g.unfold_basis(B)
         if not (torch.is_grad_enabled() and B.requires_grad):
             self._last_basis = (B, B._version, out)
         return out
@@ -540,15 +564,15 @@ class _FoldedModel(ResidualModel):
         g = self.g
         patch, u0f = g.split(u)
         axis = 2 if self.time_dependent else 1
-        Bu = self._unfolded_basis(B)
+        Bu, X = self._unfolded_basis(B)
         T = self._T(patch)
         model = g.model
         if isinstance(model, TrajectoryResidual):
             r, P, Q, c = model.rows_and_linearization(g.unfold(patch, axis), self._p(p))
             cg = g.ic_model._weights(p[INITIAL]) if g.ic_global else None  # the global initial rows' weights
-            if (not model.integrate and (cg is None or g.union_covers_all) and model.stacked_product_applies(P, Bu, c)
+            if (not model.integrate and model.stacked_product_applies(P, Bu, c)
                     and not (torch.is_grad_enabled() and cg is not None and cg.requires_grad)):
-                J = self._folded_jacobian(model._stacked_values(P.values, Q.values, c, r.shape[0], T), cg, Bu, T)
+                J = self._folded_jacobian(model._stacked_values(P.values, Q.values, c, r.shape[0], T), cg, X, T)
                 r = g.fold_rows(r, T)
                 return (r, J) if u0f is None else (torch.cat([r, self._ic(u0f, p)], dim=1), J)
             J = model.jacobian(P, Q, c, Bu)
@@ -561,10 +585,10 @@ class _FoldedModel(ResidualModel):
         Jic = (c.unsqueeze(-1) if c.dim() else c) * g.split(B)[1]
         return torch.cat([r, self._ic(u0f, p)], dim=1), torch.cat([J, Jic], dim=1)
 
-    def _folded_jacobian(self, vals: torch.Tensor, cg: torch.Tensor | None, Bu: torch.Tensor, T: int) -> torch.Tensor:
+    def _folded_jacobian(self, vals: torch.Tensor, cg: torch.Tensor | None, X: torch.Tensor, T: int) -> torch.Tensor:
         """``J_w`` ``(batch K, m_max [+ n], N)`` of every expert from the union's stacked values
-        ``vals`` ``(batch, e)``, the global initial rows' weights ``cg`` and the unfolded basis, as
-        one sparse product (:meth:`_ExpertGroup.folded_structure`)."""
+        ``vals`` ``(batch, e)``, the global initial rows' weights ``cg`` and the unfolded basis ``X``
+        (:meth:`_ExpertGroup.unfold_basis`), as one sparse product (:meth:`_ExpertGroup.folded_structure`)."""
         g = self.g
         st = g.folded_structure(T)
         batch, dev = vals.shape[0], vals.device
@@ -573,7 +597,7 @@ class _FoldedModel(ResidualModel):
             st[key] = torch.as_tensor(st["src"], device=dev)
         if cg is not None:
             vals = torch.cat([vals, cg.detach().to(vals.dtype).expand(batch, g.problem.n)], dim=1)
-        J = block_csr_product(vals[:, st[key]], st["indptr"], st["cols"], st["n_cols"], Bu, st)
+        J = block_csr_product(vals[:, st[key]], st["indptr"], st["cols"], st["n_cols"], X, st)
         return J.reshape(batch * g.K, -1, J.shape[-1])
 
     def prepare_curvature(self) -> None:
