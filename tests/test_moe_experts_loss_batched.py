@@ -144,3 +144,31 @@ def test_single_hard_constraint_lm_on_the_active_samples_only_equals_the_whole_b
     info = _sliced_equals_whole_batch(HardConstraint(pb, dt=10.0, tol=1e-10), B, u0, TrajectoryResidual, 1,
                                       monkeypatch)
     assert len(set(info.iterations.tolist())) > 1
+
+
+def test_per_sample_initial_weights_keep_the_whole_batch(make_diffusion_sorption):
+    """A layer given per-sample initial-row weights (ic_weight of shape (batch, n)) holds
+    per-sample data outside the parameters: its LM's trials take the whole batch (a subset
+    would not match the weights), for PI-HC and the MoE alike, and the samples still stop at
+    different iterations."""
+    from femoe.experts import HardConstraintMoE
+    from femoe.layers import HardConstraint
+
+    pb = make_diffusion_sorption(n_cells=16)
+    g = torch.Generator().manual_seed(12)
+    B = torch.randn(2, 4, pb.n, 5, dtype=torch.float64, generator=g)
+    u0 = torch.rand(2, pb.n, dtype=torch.float64, generator=g)
+    c = torch.rand(2, pb.n, dtype=torch.float64, generator=g) + 0.5
+    for layer in (HardConstraint(pb, dt=10.0, tol=1e-10, ic_weight=c),
+                  HardConstraintMoE(pb, 3, partition="slab", dt=10.0, tol=1e-10, ic_weight=c)):
+        u, info = layer(B, None, u0)
+        assert bool(info.converged.all()) and torch.isfinite(u).all()
+        its = info.iterations.reshape(2, -1).amax(1)
+        assert its[0] != its[1]
+        # the same weights given per DOF for each sample alone: the batch's rows are each sample's
+        for b in range(2):
+            one = type(layer)(pb, *(() if isinstance(layer, HardConstraint) else (3,)),
+                              **({} if isinstance(layer, HardConstraint) else {"partition": "slab"}),
+                              dt=10.0, tol=1e-10, ic_weight=c[b])
+            ub, _ = one(B[b:b + 1], None, u0[b:b + 1])
+            torch.testing.assert_close(u[b:b + 1], ub, rtol=1e-9, atol=1e-11)

@@ -494,7 +494,9 @@ class _FoldedModel(ResidualModel):
         self.elements_per_sample = group.K  # batch element b K + k: one union evaluation per sample
 
     def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
-        return rows_sample_params(self.g.problem, self.g.model.scale, p, n_samples)
+        g = self.g
+        holds = g.model.holds_samples() or (g.ic_global and g.ic_model.holds_samples())
+        return rows_sample_params(g.problem, g.model.scale, p, n_samples, holds)
 
     def _T(self, u: torch.Tensor) -> int | None:
         return u.shape[1] - 1 if self.time_dependent else None

@@ -448,11 +448,13 @@ def batched_param_names(problem: Problem, p: Mapping[str, Any], n_samples: int) 
     return frozenset(out)
 
 
-def rows_sample_params(problem: Problem, scale: Any, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
+def rows_sample_params(problem: Problem, scale: Any, p: Mapping[str, Any], n_samples: int,
+                       holds_samples: bool = False) -> frozenset | None:
     """:meth:`ResidualModel.sample_params` of rows of ``problem`` weighted by ``scale``: the
     batched parameters (:func:`batched_param_names`); ``None`` with a row transform (energy rows),
-    whose blocks are not split by sample."""
-    if isinstance(scale, RowTransform):
+    whose blocks are not split by sample, or when the model itself ``holds_samples`` (per-sample
+    weights of its own, which a subset of the samples would not match)."""
+    if isinstance(scale, RowTransform) or holds_samples:
         return None
     return batched_param_names(problem, p, n_samples)
 
@@ -567,7 +569,11 @@ class SteadyResidual(ResidualModel):
         """The batched parameters, so that the LM's trials evaluate only the samples still active:
         at the sorption term's kink a diffusion-sorption sample may take 30 iterations where the
         others take 3 (:func:`rows_sample_params`)."""
-        return rows_sample_params(self.problem, self.scale, p, n_samples)
+        return rows_sample_params(self.problem, self.scale, p, n_samples, self.holds_samples())
+
+    def holds_samples(self) -> bool:
+        """Whether the model keeps per-sample data of its own (not in the parameters)."""
+        return False
 
     def _embed(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         if self.dofs is None:
@@ -772,6 +778,11 @@ class TrajectoryResidual(SteadyResidual):
                 raise ProblemError("time-integrated rows sum each DOF's rows over the levels, so the enforced rows "
                                    "must be the same DOFs at every level (level-major); these rows are not")
         return TimeIntegratedRows.integrate(x, T, self.dt, transpose)
+
+    def holds_samples(self) -> bool:
+        """Per-sample initial-row weights (``ic_weight`` a tensor with a batch axis)."""
+        w = self.ic_weight
+        return isinstance(w, torch.Tensor) and w.dim() >= 2 and w.shape[0] > 1
 
     def _weights(self, u0: torch.Tensor) -> torch.Tensor:
         if isinstance(self.ic_weight, str):
