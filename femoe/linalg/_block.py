@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as sla
 import torch
 
-from femoe.errors import ConfigError, SingularMatrixError
+from femoe.errors import ConfigError
 from femoe.linalg._base import LinearSolver, pattern_cache
+from femoe.linalg._superlu import splu_factor
 from femoe.sparse import BatchedCSR, CSRPattern
 
 
@@ -44,7 +44,7 @@ def _blocks(pattern: CSRPattern, m: int) -> tuple[list, list]:
 
 class BlockBidiagonalSolver(LinearSolver):
     """``A = [[D_1], [C_2, D_2], ..., [C_T, D_T]]``, ``T`` square blocks of ``block_size`` rows:
-    every diagonal block factorised once by SuperLU (COLAMD, partial pivoting), ``A x = b`` by
+    every diagonal block factorised once by SuperLU (COLAMD, partial pivoting: :func:`splu_factor`), ``A x = b`` by
     forward substitution ``x_l = D_l^{-1} (b_l - C_l x_{l-1})`` and ``A^T x = b`` backward.
 
     A theta-scheme trajectory's Jacobian with respect to its levels ``1..T`` has this form (row
@@ -91,14 +91,8 @@ class BlockBidiagonalSolver(LinearSolver):
             for lev, ((dp, di, dr), (cp, ci, cr)) in enumerate(zip(diag, coupling)):
                 # the CSR arrays of D are the CSC arrays of D^T: factorise D^T, solve with trans="T"
                 Dt = sp.csc_matrix((values[b, dp], di, dr), shape=(m, m))
-                try:
-                    factors.append(sla.splu(Dt, permc_spec="COLAMD"))
-                except RuntimeError as err:
-                    if "singular" in str(err):
-                        raise SingularMatrixError(
-                            f"solver 'block_bidiagonal': diagonal block {lev} of batch element {b} is singular "
-                            f"({err}); check the boundary conditions") from err
-                    raise
+                factors.append(splu_factor(Dt, False, f"solver 'block_bidiagonal': diagonal block {lev} of batch "
+                                                      f"element {b}"))
                 blocks.append(sp.csr_matrix((values[b, cp], ci, cr), shape=(m, m)) if lev else None)
             self.factors.append(factors)
             self.coupling.append(blocks)
@@ -109,6 +103,7 @@ class BlockBidiagonalSolver(LinearSolver):
         rhs = b.detach().cpu().numpy().astype(dtype, copy=False)
         x = np.empty((batch, n, k), dtype=dtype)
         m, T = self.m, self.T
+        trans = "N" if transpose else "T"  # the factors are of D^T
         for i in range(batch):
             factors, C = self.factors[i % len(self.factors)], self.coupling[i % len(self.coupling)]
             levels = range(T - 1, -1, -1) if transpose else range(T)
@@ -118,6 +113,6 @@ class BlockBidiagonalSolver(LinearSolver):
                     r = r - C[lev + 1].T @ x[i, (lev + 1) * m:(lev + 2) * m]
                 elif not transpose and lev:
                     r = r - C[lev] @ x[i, (lev - 1) * m:lev * m]
-                x[i, lev * m:(lev + 1) * m] = factors[lev].solve(np.ascontiguousarray(r), trans="N" if transpose else "T")
+                x[i, lev * m:(lev + 1) * m] = factors[lev].solve(np.ascontiguousarray(r), trans=trans)
         out = torch.from_numpy(x).to(device=b.device, dtype=b.dtype)
         return (out, *self._zero_iterations(batch, b.device))

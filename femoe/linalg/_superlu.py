@@ -60,25 +60,7 @@ class SuperLUSolver(LinearSolver):
             # The CSR arrays of A are the CSC arrays of A^T: factorise A^T without any format
             # conversion and solve A x = b as (A^T)^T x = b with trans="T".
             At = sp.csc_matrix((values[b], indices, indptr), shape=(n, n))
-            self.factors.append(self._factorise(At, bool(symmetric[b]), b))
-
-    def _factorise(self, At: sp.csc_matrix, symmetric: bool, b: int):
-        if symmetric:
-            try:
-                return sla.splu(At, **_SYMMETRIC_OPTIONS)
-            except RuntimeError as err:
-                if "singular" not in str(err):
-                    raise
-                logger.debug("batch element %d: symmetric-mode SuperLU hit a zero pivot; retrying with COLAMD", b)
-        try:
-            return sla.splu(At, **_GENERAL_OPTIONS)
-        except RuntimeError as err:
-            if "singular" in str(err):
-                raise SingularMatrixError(
-                    f"solver {self.name!r}: batch element {b} of A is singular ({err}); check the "
-                    "boundary conditions"
-                ) from err
-            raise
+            self.factors.append(splu_factor(At, bool(symmetric[b]), f"solver {self.name!r}: batch element {b} of A"))
 
     def _solve(self, b: torch.Tensor, transpose: bool):
         batch, n, k = b.shape
@@ -93,3 +75,22 @@ class SuperLUSolver(LinearSolver):
             x = np.stack([f.solve(rhs[i], trans=trans) for i, f in enumerate(self.factors)])
         out = torch.from_numpy(np.ascontiguousarray(x)).to(device=b.device, dtype=b.dtype)
         return (out, *self._zero_iterations(batch, b.device))
+
+
+def splu_factor(At: sp.csc_matrix, symmetric: bool, what: str):
+    """SuperLU of ``At``: symmetric matrices with MMD(A^T + A) in symmetric mode without pivoting
+    (COLAMD with partial pivoting where that meets a zero pivot), others with COLAMD. Raises
+    :class:`SingularMatrixError` naming ``what`` for an exactly singular matrix."""
+    if symmetric:
+        try:
+            return sla.splu(At, **_SYMMETRIC_OPTIONS)
+        except RuntimeError as err:
+            if "singular" not in str(err):
+                raise
+            logger.debug("%s: symmetric-mode SuperLU hit a zero pivot; retrying with COLAMD", what)
+    try:
+        return sla.splu(At, **_GENERAL_OPTIONS)
+    except RuntimeError as err:
+        if "singular" in str(err):
+            raise SingularMatrixError(f"{what} is singular ({err}); check the boundary conditions") from err
+        raise
