@@ -313,9 +313,7 @@ class _ExpertGroup:
         (and its backward one scatter), zero in the padding."""
         levels = B.shape[1] if B.dim() == 4 else None
         lev, dof, fill = self._folded_rows(levels, B.device)
-        out = B[:, dof] if lev is None else B[:, lev, dof]  # (batch, K rows, N)
-        if fill.numel():
-            out = out.index_fill_(1, fill, 0)
+        out = _zero_padding(B[:, dof] if lev is None else B[:, lev, dof], 1, fill)  # (batch, K rows, N)
         out = out.reshape(B.shape[0] * self.K, -1, B.shape[-1])
         if levels is None or self.ic_global:
             return out
@@ -373,9 +371,15 @@ class _ExpertGroup:
             for k, p in enumerate(per):
                 idx[k, : p.size] = p
                 mask[k, : p.size] = True
-            self._rows_cache[key] = (torch.as_tensor(idx), torch.as_tensor(mask))
-        idx, mask = self._rows_cache[key]
+            # the padding slots, flattened: fold_rows zeroes them
+            self._rows_cache[key] = (torch.as_tensor(idx), torch.as_tensor(mask), torch.as_tensor(np.flatnonzero(~mask)))
+        idx, mask, _ = self._rows_cache[key]
         return idx.to(device), mask.to(device)
+
+    def _row_padding(self, T: int | None, device) -> torch.Tensor:
+        """The padding slots of :meth:`row_index`, flattened over ``(K, m_max)``."""
+        self.row_index(T, device)
+        return self._rows_cache[-1 if T is None else T][2].to(device)
 
     def folded_structure(self, T: int) -> dict:
         """The folded experts' stacked Jacobian as one sparse matrix per sample (cached per ``T``):
@@ -460,8 +464,8 @@ class _ExpertGroup:
 
     def fold_rows(self, r: torch.Tensor, T: int | None) -> torch.Tensor:
         """Union residual rows ``(batch, M[, N])`` -> per expert ``(batch K, m_max[, N])``."""
-        idx, mask = self.row_index(T, r.device)
-        out = _zero_padding(r.index_select(1, idx.reshape(-1)), 1, mask)
+        idx, _ = self.row_index(T, r.device)
+        out = _zero_padding(r.index_select(1, idx.reshape(-1)), 1, self._row_padding(T, r.device))
         return out.reshape(r.shape[0] * self.K, idx.shape[1], *r.shape[2:])
 
     def owned_values(self, u_fold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,12 +476,11 @@ class _ExpertGroup:
         return self.own_glob.to(u.device), flat.index_select(-1, self.own_flat.to(u.device))
 
 
-def _zero_padding(x: torch.Tensor, axis: int, mask: torch.Tensor) -> torch.Tensor:
-    """``x`` (a gather's own result, so written in place) with the entries of ``axis`` where the
-    flattened ``mask`` is False set to zero: the few padding rows of the folded layout, instead of
-    a product of the whole tensor with the mask."""
-    pad = (~mask.reshape(-1)).nonzero().squeeze(1)
-    return x.index_fill_(axis, pad.to(x.device), 0) if pad.numel() else x
+def _zero_padding(x: torch.Tensor, axis: int, pad: torch.Tensor) -> torch.Tensor:
+    """``x`` (a gather's own result, so written in place) with the entries ``pad`` of ``axis`` set
+    to zero: the few padding rows of the folded layout, instead of a product of the whole tensor
+    with a mask."""
+    return x.index_fill_(axis, pad, 0) if pad.numel() else x
 
 
 class _FoldedModel(ResidualModel):
