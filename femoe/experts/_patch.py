@@ -83,8 +83,8 @@ class PatchConstraint(nn.Module):
         Trajectories: ``"space_time"`` solves the interior rows of all steps as one system (the
         level-bidiagonal Jacobian factorised once per Newton step, by SuperLU or, from
         :data:`BLOCK_SOLVE_MIN` unknowns, level block by level block with ``linear_solver="auto"``;
-        one adjoint solve backward); ``"levels"`` marches level by level, each step its own Newton solve given the
-        constrained previous level (small per-level systems, dense Cholesky on a GPU). Both solve
+        one adjoint solve backward); ``"levels"`` marches level by level, each step its own Newton
+        solve given the constrained previous level (small per-level systems, dense Cholesky on a GPU). Both solve
         the same equations; the tolerances apply to the whole trajectory's interior residual or
         to each step's. ``"auto"``: space-time on the CPU (with it and the session's
         shared speed-ups a ``ds_cpu`` patch-mode training step went from 1.9-2.9 s to 0.4-0.5 s,
@@ -129,9 +129,8 @@ class PatchConstraint(nn.Module):
         sub.sort_indices()
         self.sub_pattern = CSRPattern(sub.indptr.astype(np.int64), sub.indices.astype(np.int64), sub.shape)
         self.register_buffer("_sub_pos", torch.as_tensor(sub.data.astype(np.int64) - 1), persistent=False)
-        if linear_solver == "block_bidiagonal" and "block_size" not in linear_opts:
-            # one level's interior unknowns: the space-time system's blocks, or a level's whole system
-            linear_opts = {**linear_opts, "block_size": int(interior.size)}
+        if linear_solver == "block_bidiagonal":
+            linear_opts = self._block_opts(linear_opts)
         self._opts = newton_options(atol, rtol, maxiter, linear_solver, line_search, linear_opts,
                                     max_jacobian_age=max_jacobian_age)
         # a patch that nothing anchors (no interface, no Dirichlet DOF: K = 1 on a pure Neumann
@@ -139,6 +138,17 @@ class PatchConstraint(nn.Module):
         self._probes = problem.null_space_probes(interior)
         self._checked_singular = False
         self.last_info: PatchInfo | None = None
+
+    def _block_opts(self, linear_opts: Mapping[str, Any], chosen: bool = False) -> dict:
+        """``linear_opts`` for the solver ``"block_bidiagonal"``, by default with one level's interior
+        unknowns as its block size (the space-time system's blocks, or a level's whole system on the
+        level-by-level solve); where ``"auto"`` ``chosen`` it, only the options it takes (as
+        :func:`femoe.linalg.make_solver`'s ``"auto"`` does)."""
+        from femoe.linalg import SOLVERS
+
+        if chosen:
+            linear_opts = {k: v for k, v in linear_opts.items() if k in SOLVERS["block_bidiagonal"].options}
+        return {"block_size": int(self.interior.size), **linear_opts}
 
     def extra_repr(self) -> str:
         return (f"problem={self.problem.name!r}, experts={self.K}, interior={self.interior.size}, "
@@ -262,11 +272,10 @@ class PatchConstraint(nn.Module):
             # SuperLU of it fills its factors' off-diagonal blocks, so past BLOCK_SOLVE_MIN unknowns
             # the levels' blocks are factorised one by one (benchmarks/bench_block_bidiagonal.py)
             if T * nI >= BLOCK_SOLVE_MIN and T > 1:
-                strict = {k: v for k, v in opts.linear_opts.items() if k == "strict"}
-                opts = replace(opts, linear_solver="block_bidiagonal", linear_opts={**strict, "block_size": nI})
+                opts = replace(opts, linear_solver="block_bidiagonal",
+                               linear_opts=self._block_opts(opts.linear_opts, chosen=True))
             else:
                 opts = replace(opts, linear_solver="superlu")
-
         if not self._checked_singular:  # each step's block is J_II of that level: probe one level
             opts = replace(opts, what=f"PatchConstraint on {pb.name!r}")
             self._check_first_level(U_hat, params, u0)
