@@ -372,7 +372,8 @@ class _ExpertGroup:
                 idx[k, : p.size] = p
                 mask[k, : p.size] = True
             # the padding slots, flattened: fold_rows zeroes them
-            self._rows_cache[key] = (torch.as_tensor(idx), torch.as_tensor(mask), torch.as_tensor(np.flatnonzero(~mask)))
+            self._rows_cache[key] = (torch.as_tensor(idx), torch.as_tensor(mask),
+                                     torch.as_tensor(np.flatnonzero(~mask)))
         idx, mask, _ = self._rows_cache[key]
         return idx.to(device), mask.to(device)
 
@@ -515,11 +516,14 @@ class _FoldedModel(ResidualModel):
         ``(batch K, n)``, per (sample, expert), with the weights of the parent problem's
         :class:`TrajectoryResidual`."""
         g = self.g
-        u0 = p[INITIAL]
-        c = g.ic_model._weights(u0)
+        c = self._global_ic_weight(p)
         if c.dim():
             c = c.expand(batch, -1).repeat_interleave(g.K, 0)
-        return c, u0.expand(batch, -1).repeat_interleave(g.K, 0)
+        return c, p[INITIAL].expand(batch, -1).repeat_interleave(g.K, 0)
+
+    def _global_ic_weight(self, p: Mapping[str, Any]) -> torch.Tensor:
+        """The global initial rows' weights per sample: the parent problem's :class:`TrajectoryResidual`'s."""
+        return self.g.ic_model._weights(p[INITIAL])
 
     def _ic(self, u0f: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
         """Global initial rows ``c (U_0 - u0)`` per (sample, expert)."""
@@ -574,7 +578,7 @@ class _FoldedModel(ResidualModel):
         model = g.model
         if isinstance(model, TrajectoryResidual):
             r, P, Q, c = model.rows_and_linearization(g.unfold(patch, axis), self._p(p))
-            cg = g.ic_model._weights(p[INITIAL]) if g.ic_global else None  # the global initial rows' weights
+            cg = self._global_ic_weight(p) if g.ic_global else None
             if (not model.integrate and model.stacked_product_applies(P, Bu, c)
                     and not (torch.is_grad_enabled() and cg is not None and cg.requires_grad)):
                 J = self._folded_jacobian(model._stacked_values(P.values, Q.values, c, r.shape[0], T), cg, X, T)
