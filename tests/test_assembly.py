@@ -347,3 +347,80 @@ def test_local_jacobian_without_the_pair_tensor_equals_it_and_autograd(make, bat
         u = torch.as_tensor(_state(pb.basis, seed=b))
         dense = torch.autograd.functional.jacobian(lambda x: pb.residual(x, params).reshape(-1), u)
         np.testing.assert_allclose(J1.to_scipy(b).toarray(), dense.numpy(), rtol=1e-10, atol=1e-10 * scale)
+
+
+def _reads(problem):
+    """The jets each cell integrand was found to read: ``{integrand: (test, trial)}``."""
+    return {v[0]: v[1:] for v in problem._tb.__dict__.get("_reads", {}).values()}
+
+
+def _sorption(u, v, w):  # reads u and v, not their gradients
+    return (u + 0.5 * (u * u + 0.1) ** 0.8) * v
+
+
+def _mixed_partial(w_, p_, v, q, w):  # reads w_, grad p_ (trial) and v, grad q (test)
+    return w_ ** 3 * v + dot(grad(p_), grad(q)) * (1 + w_ ** 2)
+
+
+@pytest.mark.parametrize("cap", ["pair", "fallback"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", ["scalar-P1", "scalar-P2", "mixed-P1xP1"])
+def test_forms_are_assembled_over_the_jets_they_read(case, batch, cap, monkeypatch):
+    """A form that reads some of its fields' values and gradients is assembled over those jets
+    only (the others' coefficients and derivatives are zero); residual and Jacobian equal the
+    dense autograd Jacobian, per sample, on scalar and mixed spaces, with and without the pair
+    tensor."""
+    import femoe.assembly.torch_basis as tbm
+
+    if cap == "fallback":
+        monkeypatch.setattr(tbm, "PAIR_MAX_ENTRIES", 0)
+    if case == "mixed-P1xP1":
+        basis = fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1() * fe.ElementTriP1())
+        form = _mixed_partial
+        # jets: omega (value 0, grad 1-2), psi (value 3, grad 4-5)
+        expected = ((0, 4, 5), (0, 4, 5))
+    else:
+        mesh = fe.MeshTri().refined(2) if case == "scalar-P2" else fe.MeshLine().refined(4)
+        basis = fe.Basis(mesh, fe.ElementTriP2() if case == "scalar-P2" else fe.ElementLineP1())
+        form = _sorption
+        expected = ((0,), (0,))
+    problem = Problem(basis, form)
+    u = torch.as_tensor(np.stack([_state(basis, seed=s) for s in range(batch)]))
+    R, J = problem.residual_and_jacobian(u)
+    assert _reads(problem)[form] == expected
+    assert (problem._tb.tensors("cpu", F64) is not None) and (("phi_pair" in problem._tb.tensors("cpu", F64))
+                                                              == (cap == "pair"))
+    for b in range(batch):
+        dense = torch.autograd.functional.jacobian(lambda x: problem.residual(x).reshape(-1), u[b])
+        np.testing.assert_allclose(J.to_scipy(b).toarray(), dense.numpy(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(R[b], problem.residual(u[b]).reshape(-1), rtol=0, atol=0)
+
+
+def test_a_form_whose_reads_depend_on_the_state_is_never_truncated():
+    """A form that reads ``grad u`` and ``grad v`` only at some states: evaluated first where it
+    does not (assembled over the values alone), then where it does, the second evaluation sees the
+    read outside the record, is evaluated again over every jet and widens the record; both
+    Jacobians equal autograd's."""
+    calls = []
+
+    def form(u, v, w):
+        calls.append(1)
+        if float(u.value.detach().abs().max()) > 1.0:
+            return u ** 2 * v + dot(grad(u), grad(v))
+        return u ** 2 * v
+
+    basis = fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1())
+    problem = Problem(basis, form)
+    small = torch.as_tensor(0.1 * _state(basis, seed=1) / np.abs(_state(basis, seed=1)).max())
+    large = 3.0 * small / float(small.abs().max())
+    for u, expected in ((small, ((0,), (0,))), (large, ((0, 1, 2), (0, 1, 2)))):
+        R, J = problem.residual_and_jacobian(u)
+        assert _reads(problem)[form] == expected
+        dense = torch.autograd.functional.jacobian(lambda x: problem.residual(x).reshape(-1), u)
+        np.testing.assert_allclose(J.to_scipy(0).toarray(), dense.numpy(), rtol=1e-12, atol=1e-12)
+    # the large state was evaluated twice (over the record, then over every jet) in its first call
+    n = len(calls)
+    problem.residual_and_jacobian(large)
+    assert len(calls) == n + 1  # the widened record now holds: one evaluation
+    R_small, _ = problem.residual_and_jacobian(small)
+    torch.testing.assert_close(R_small, problem.residual(small), rtol=0, atol=0)

@@ -16,16 +16,21 @@ from typing import Callable
 
 import torch
 
-from femoe.assembly.fields import FormParams
-from femoe.assembly.torch_basis import TorchBasis
+from femoe.assembly.fields import Field, FormParams
+from femoe.assembly.torch_basis import TorchBasis, jet_tensors
 from femoe.errors import ProblemError
 
 
-def _call(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> torch.Tensor:
-    vfields = tb.unit_test_fields(ujets.device, ujets.dtype)
-    ufields = tb.fields(ujets)
+def _call(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
+          fields=None, vfields=None, n_test: int | None = None) -> torch.Tensor:
+    """The coefficients ``(J_test, B, nel, nqp)`` of the integrand at the jets ``ujets``: on the
+    trial fields ``fields`` (``tb.fields(ujets)`` when None) and the unit test fields ``vfields``
+    of ``n_test`` test jets (every test jet's when None)."""
+    vfields = tb.unit_test_fields(ujets.device, ujets.dtype) if vfields is None else vfields
+    ufields = tb.fields(ujets) if fields is None else fields
     c = integrand(*ufields, *vfields, w)
-    J, B, nel, nqp = ujets.shape
+    _, B, nel, nqp = ujets.shape
+    J = tb.n_jets if n_test is None else n_test
     if not isinstance(c, torch.Tensor):
         raise ProblemError(
             f"integrand {getattr(integrand, '__name__', integrand)!r} returned {type(c).__name__}; "
@@ -41,6 +46,79 @@ def _call(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParam
         ) from None
 
 
+_VALUE, _GRAD = Field.__dict__["value"], Field.__dict__["grad"]  # the slots' own descriptors
+
+
+class _Recorded(Field):
+    """A field that notes which of its parts (``"value"``, ``"grad"``) an integrand reads."""
+
+    __slots__ = ("_seen", "_tag")
+
+    def __init__(self, field: Field, seen: set, tag):
+        _VALUE.__set__(self, field.value)
+        _GRAD.__set__(self, field.grad)
+        self._seen, self._tag = seen, tag
+
+    @property
+    def value(self):
+        self._seen.add((*self._tag, "value"))
+        return _VALUE.__get__(self)
+
+    @property
+    def grad(self):
+        self._seen.add((*self._tag, "grad"))
+        return _GRAD.__get__(self)
+
+
+def _jets_of(tb: TorchBasis, seen: set, side: str) -> tuple[int, ...]:
+    """The jet indices of the parts of ``side``'s fields (``"trial"``, ``"test"``) in ``seen``."""
+    out = []
+    for k, lay in enumerate(tb.layouts):
+        o = lay.offset
+        if (side, k, "value") in seen:
+            out += range(o, o + lay.n_value)
+        if (side, k, "grad") in seen:
+            out += range(o + lay.n_value, o + lay.size)
+    return tuple(sorted(out))
+
+
+def coefficients(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams):
+    """``(c, test, trial)``: the coefficients ``c`` ``(len(test), B, nel, nqp)`` of the test jets
+    ``test`` and the trial jets ``trial`` (tuples of jet indices) the integrand reads, which its
+    local residual and Jacobian are assembled over.
+
+    A test jet the integrand never reads has a zero coefficient (it is linear in the test
+    function), and a trial jet it never reads a zero derivative: a mass or sorption term
+    ``f(u) v`` reads neither ``grad u`` nor ``grad v``, so on a 1D P1 basis its Jacobian needs one
+    of the four (value, gradient) pairs. The fields note what the integrand reads at every call.
+    The first call evaluates every test jet, later ones the jets read so far; a call that reads a
+    part outside them is evaluated again with every test jet and widens the record, so a form
+    whose reads depend on the data is never truncated."""
+    rec = tb.__dict__.setdefault("_reads", {})
+    known = rec.get(id(integrand))
+    test = None if known is None else known[1]
+    while True:
+        seen: set = set()
+        fields = [_Recorded(f, seen, ("trial", k)) for k, f in enumerate(tb.fields(ujets))]
+        vfields = [_Recorded(f, seen, ("test", k))
+                   for k, f in enumerate(tb.unit_test_fields(ujets.device, ujets.dtype, test))]
+        c = _call(integrand, tb, ujets, w, fields, vfields, None if test is None else len(test))
+        read = _jets_of(tb, seen, "test")
+        if test is None or set(read) <= set(test):
+            break
+        test = None  # a part outside the record was read: every test jet, once more
+    if test is None:
+        test = read or tuple(range(tb.n_jets))  # a form that reads no test jet keeps them all
+        if len(test) < tb.n_jets:
+            c = c[list(test)]
+    trial = _jets_of(tb, seen, "trial")
+    if known is not None:
+        trial = tuple(sorted(set(trial) | set(known[2])))
+        test_all = tuple(sorted(set(test) | set(known[1])))
+    else:
+        test_all = test
+    rec[id(integrand)] = (integrand, test_all, trial)  # the integrand is kept: its id is not reused
+    return c, test, trial
 def check_linear_in_test(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> None:
     """Raise :class:`ProblemError` if the integrand has a term that does not multiply ``v``."""
     vzero = [type(f)(f.value * 0, f.grad * 0) for f in tb.unit_test_fields(ujets.device, ujets.dtype)]
@@ -161,21 +239,28 @@ def is_affine(integrand, tb: TorchBasis, ujets: torch.Tensor, w: FormParams,
 
 
 def local_residual(integrand, tb: TorchBasis, ujets, w) -> torch.Tensor:
-    """Local residual vectors ``(B, n_local, nel)``."""
-    c = _call(integrand, tb, ujets, w)
-    return torch.einsum("jbeq,jieq->bie", c, tb.tensors(ujets.device, ujets.dtype)["phi_dx"])
+    """Local residual vectors ``(B, n_local, nel)``, over the test jets the integrand reads
+    (:func:`coefficients`)."""
+    c, test, trial = coefficients(integrand, tb, ujets, w)
+    t = jet_tensors(tb.tensors(ujets.device, ujets.dtype), test, trial)
+    return torch.einsum("jbeq,jieq->bie", c, t["phi_dx"])
 
 
-def jet_derivatives(c: torch.Tensor, var: torch.Tensor, create_graph: bool) -> torch.Tensor:
+def jet_derivatives(c: torch.Tensor, var: torch.Tensor, create_graph: bool,
+                    trial: tuple[int, ...] | None = None) -> torch.Tensor:
     """``D[a, b] = d c_a / d ujet_b`` pointwise, ``(J_test, J_trial, B, nel, nqp)``, from the
     coefficients ``c`` evaluated at the jets ``var`` (which require a gradient): one
-    vector-Jacobian product per test jet (zero where ``c_a`` does not depend on the jets)."""
+    vector-Jacobian product per test jet (zero where ``c_a`` does not depend on the jets); with
+    ``trial`` only for those trial jets ``b``."""
+    keep = (None if trial is None or len(trial) == var.shape[0]
+            else torch.as_tensor(trial, dtype=torch.long, device=var.device))
     rows = []
     for a in range(c.shape[0]):
         g = None
         if c.requires_grad:
             (g,) = torch.autograd.grad(c[a].sum(), var, retain_graph=True, create_graph=create_graph, allow_unused=True)
-        rows.append(torch.zeros_like(var) if g is None else g)
+        g = torch.zeros_like(var) if g is None else g
+        rows.append(g if keep is None else g.index_select(0, keep))
     return torch.stack(rows)
 
 
@@ -188,16 +273,15 @@ def local_from_coefficients(t: dict[str, torch.Tensor], c: torch.Tensor, D: torc
 
 def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_graph: bool):
     """Local residuals ``(B, n_local, nel)`` and local Jacobians ``(B, nel, n_local, n_local)``."""
-    t = tb.tensors(ujets.device, ujets.dtype)
     var = ujets if ujets.requires_grad else ujets.detach().requires_grad_(True)
     with torch.enable_grad():
-        c = _call(integrand, tb, var, w)
-        D = jet_derivatives(c, var, create_graph)
+        c, test, trial = coefficients(integrand, tb, var, w)
+        D = jet_derivatives(c, var, create_graph, trial)
     if not create_graph:
         D = D.detach()
         if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
             c = c.detach()
-    return local_from_coefficients(t, c, D)
+    return local_from_coefficients(jet_tensors(tb.tensors(ujets.device, ujets.dtype), test, trial), c, D)
 
 
 # The local Jacobians K[s, e, i, j] = sum_q sum_ab phi_dx[a, i, e, q] D[a, b, s, e, q] phi[b, j, e, q]
@@ -207,9 +291,9 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
 def jacobian_pair(t: dict[str, torch.Tensor], D: torch.Tensor) -> torch.Tensor:
     """One batched matmul over the elements with the pair tensor ``t["phi_pair"]``
     (:func:`femoe.assembly.torch_basis.pair_tensor`): ``(s, (q a b)) x ((q a b), (i j))``."""
-    J, _, S, E, Q = D.shape
+    Ja, Jb, S, E, Q = D.shape
     n = t["phi"].shape[1]
-    Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * J * J)
+    Dp = D.permute(3, 2, 4, 0, 1).reshape(E, S, Q * Ja * Jb)
     return torch.bmm(Dp, t["phi_pair"]).reshape(E, S, n, n).transpose(0, 1)
 
 
@@ -219,9 +303,9 @@ def jacobian_batched(t: dict[str, torch.Tensor], D: torch.Tensor) -> torch.Tenso
     possible, with the states inside each product (``benchmarks/bench_local_jacobian.py``):
     ``X[(e q), i, (s b)] = sum_a phi_dx[(e q), i, a] D[(e q), a, (s b)]``, then
     ``K[e, (s i), j] = sum_(q b) X[e, (s i), (q b)] phi[e, (q b), j]``."""
-    J, _, S, E, Q = D.shape
+    Ja, Jb, S, E, Q = D.shape
     n = t["phi"].shape[1]
-    Dq = D.permute(3, 4, 0, 2, 1).reshape(E * Q, J, S * J)
-    X = torch.bmm(t["phi_dx_eqia"].reshape(E * Q, n, J), Dq)  # ((e q), i, (s b))
-    X = X.reshape(E, Q, n, S, J).permute(0, 3, 2, 1, 4).reshape(E, S * n, Q * J)
+    Dq = D.permute(3, 4, 0, 2, 1).reshape(E * Q, Ja, S * Jb)
+    X = torch.bmm(t["phi_dx_eqia"].reshape(E * Q, n, Ja), Dq)  # ((e q), i, (s b))
+    X = X.reshape(E, Q, n, S, Jb).permute(0, 3, 2, 1, 4).reshape(E, S * n, Q * Jb)
     return torch.bmm(X, t["phi_e_qb_j"]).reshape(E, S, n, n).transpose(0, 1)

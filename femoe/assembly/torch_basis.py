@@ -68,6 +68,29 @@ def pair_tensor(t: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.einsum("aieq,bjeq->eqabij", t["phi_dx"], t["phi"]).reshape(E, Q * J * J, n * n).contiguous()
 
 
+def jet_tensors(t: dict[str, torch.Tensor], test: tuple[int, ...], trial: tuple[int, ...]) -> dict:
+    """A basis' tensors (:meth:`TorchBasis.tensors`) restricted to the test jets ``test`` (the
+    ``a`` axis of ``phi_dx``) and the trial jets ``trial`` (the ``b`` axis of ``phi``), for the
+    local residual and Jacobian of a form that reads only those (:func:`femoe.assembly.form.
+    coefficients`); ``t`` itself when they are every jet. Cached in ``t``."""
+    J, n, E, Q = t["phi"].shape
+    if len(test) == J and len(trial) == J:
+        return t
+    key = ("jets", test, trial)
+    if key not in t:
+        a = torch.as_tensor(test, dtype=torch.long, device=t["phi"].device)
+        b = torch.as_tensor(trial, dtype=torch.long, device=t["phi"].device)
+        sub = {"phi_dx": t["phi_dx"].index_select(0, a).contiguous(),
+               "phi": t["phi"].index_select(0, b).contiguous(),
+               "phi_dx_eqia": t["phi_dx_eqia"].index_select(3, a).contiguous(),
+               "phi_e_qb_j": t["phi_e_qb_j"].reshape(E, Q, J, n).index_select(2, b).reshape(E, -1, n).contiguous()}
+        if "phi_pair" in t:
+            sub["phi_pair"] = (t["phi_pair"].reshape(E, Q, J, J, n * n).index_select(2, a).index_select(3, b)
+                               .reshape(E, -1, n * n).contiguous())
+        t[key] = sub
+    return t[key]
+
+
 class TorchBasis:
     """Torch view of a scikit-fem ``CellBasis`` or ``FacetBasis``.
 
@@ -153,10 +176,14 @@ class TorchBasis:
     def fields(self, jets: torch.Tensor) -> list[Field]:
         return [lay.split(jets) for lay in self.layouts]
 
-    def unit_test_fields(self, device, dtype) -> list[Field]:
-        """Test-function fields whose jet index ``a`` is the ``a``-th unit jet, on a broadcast
-        axis in front of (batch, elements, points): shapes ``(*comp, J, 1, 1, 1)``."""
-        eye = torch.eye(self.n_jets, dtype=dtype, device=device).reshape(self.n_jets, self.n_jets, 1, 1, 1)
+    def unit_test_fields(self, device, dtype, test: tuple[int, ...] | None = None) -> list[Field]:
+        """Test-function fields whose jet index ``a`` is the unit jet ``test[a]`` (``a`` when
+        ``test`` is None: every jet), on a broadcast axis in front of (batch, elements, points):
+        shapes ``(*comp, len(test), 1, 1, 1)``."""
+        eye = torch.eye(self.n_jets, dtype=dtype, device=device)
+        if test is not None:
+            eye = eye[:, list(test)]
+        eye = eye.reshape(self.n_jets, eye.shape[1], 1, 1, 1)
         return [lay.split(eye, test_axis=False) for lay in self.layouts]
 
     def scatter(self, local: torch.Tensor, n: int) -> torch.Tensor:
