@@ -284,6 +284,50 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
     return local_from_coefficients(jet_tensors(tb.tensors(ujets.device, ujets.dtype), test, trial), c, D)
 
 
+def local_hessian(integrand, tb: TorchBasis, ujets: torch.Tensor, rho: torch.Tensor, w: FormParams):
+    """Local Hessians ``(B, nel, n_local, n_local)`` of ``rho . r(u)``, the integrand's residual
+    ``r`` at the jets ``ujets`` weighted by the DOF vectors ``rho`` ``(B, n)``; None when the
+    integrand is linear in ``u``.
+
+    The integrand is linear in its test function, so ``rho . r = sum_q psi(q)`` with ``psi`` the
+    integrand on the test field ``rho`` (its jets times the quadrature weights). ``psi`` at a point
+    depends only on the jets of ``u`` there, so its second derivatives ``D2[b, c]`` with respect
+    to them are pointwise: a gradient with a graph, then one vector-Jacobian product per trial jet
+    the integrand reads (:func:`coefficients`' record). Then
+    ``H[j, k] = sum_q sum_bc phi[b, j] D2[b, c] phi[c, k]``, the local Jacobian's contraction with
+    ``phi`` in place of ``phi_dx``. Not differentiable."""
+    t = tb.tensors(ujets.device, ujets.dtype)
+    rjets = torch.einsum("bie,jieq->jbeq", rho[:, t["element_dofs"]], t["phi_dx"])
+    var = ujets.detach().requires_grad_(True)
+    seen: set = set()
+    with torch.enable_grad():
+        fields = [_Recorded(f, seen, ("trial", k)) for k, f in enumerate(tb.fields(var))]
+        vfields = tb.fields(rjets)
+        psi = integrand(*fields, *vfields, w)
+        if not (isinstance(psi, torch.Tensor) and psi.requires_grad):
+            return None
+        (g,) = torch.autograd.grad(psi.sum(), var, create_graph=True)
+        if not g.requires_grad:  # linear in u
+            return None
+        trial = _jets_of(tb, seen, "trial")
+        keep = torch.as_tensor(trial, dtype=torch.long, device=var.device)
+        rows = []
+        for b in trial:
+            (h,) = torch.autograd.grad(g[b].sum(), var, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros(len(trial), *var.shape[1:], dtype=var.dtype, device=var.device) if h is None
+                        else h.detach().index_select(0, keep))
+    if not rows:
+        return None
+    D2 = torch.stack(rows)  # (b, c, B, nel, nqp)
+    key = ("hessian", trial)
+    if key not in t:
+        phi = t["phi"].index_select(0, keep)  # (b, n, E, Q)
+        J, n, E, Q = phi.shape
+        t[key] = {"phi": phi, "phi_dx_eqia": phi.permute(2, 3, 1, 0).contiguous(),
+                  "phi_e_qb_j": phi.permute(2, 3, 0, 1).reshape(E, Q * J, n).contiguous()}
+    return jacobian_batched(t[key], D2)
+
+
 # The local Jacobians K[s, e, i, j] = sum_q sum_ab phi_dx[a, i, e, q] D[a, b, s, e, q] phi[b, j, e, q]
 # from the pointwise derivatives D (J_test, J_trial, states, elements, points) and a basis'
 # tensors t (TorchBasis.tensors), returned as (states, elements, n_local, n_local).

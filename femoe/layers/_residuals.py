@@ -819,6 +819,21 @@ class TrajectoryResidual(SteadyResidual):
         ic = self._weights(u0) * (U[:, 0] - u0)
         return torch.cat([R, self._ic_rows(ic.expand(batch, -1))], dim=1)
 
+    def hessian_matrix(self, u: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> BatchedCSR | None:
+        """:meth:`SteadyResidual.hessian_matrix` for the trajectory's rows, from the problem's
+        second derivatives (:meth:`Problem.trajectory_hessian`) instead of Hessian-vector products
+        through the assembly: ``rbar``'s PDE rows are mapped back to the trajectory residual's rows
+        by the adjoint of the row weights, the row selection and the time integration (linear: one
+        vector-Jacobian product), and the initial rows are linear in the field."""
+        p0, _ = self._split({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in p.items()})
+        U = self._embed(u.detach(), u.dim() - 1)
+        batch, T = U.shape[0], U.shape[1] - 1
+        with torch.enable_grad():
+            R = U.new_zeros(batch, T * self.n).requires_grad_(True)
+            rows = self._integrated(self._select(R), T)
+            (weights,) = torch.autograd.grad((rows * rbar[:, :rows.shape[1]].detach()).sum(), R)
+        return self.problem.trajectory_hessian(U, weights.reshape(batch, T, self.n), self.dt, p0, t0=self.t0)
+
     # d R^t = [S'(u^t)/dt + theta A'(u^t)] dU^t + [-S'(u^{t-1})/dt + (1 - theta) A'(u^{t-1})] dU^{t-1}.
     # With P_l = d step_residual / d u_new at level l (= S'/dt + theta A', identity on Dirichlet
     # rows) and Q_l = A'(u^l, t_l) (the steady Jacobian, identity on Dirichlet rows), the

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from femoe.assembly.fields import FormParams
-from femoe.assembly.form import (affine_parts, check_linear_in_test, local_from_coefficients, local_residual,
-                                 local_residual_and_jacobian)
+from femoe.assembly.form import (affine_parts, check_linear_in_test, local_from_coefficients, local_hessian,
+                                 local_residual, local_residual_and_jacobian)
 from femoe.assembly.torch_basis import TorchBasis, TorchBasisView
 from femoe.errors import ProblemError, ShapeError, UnusedParameterWarning
 from femoe.problem._dirichlet import DirichletRows
@@ -507,6 +507,50 @@ class WeakForm(abc.ABC):
         self._warn_unused(p)
         return R, BatchedCSR(self.pattern, P), BatchedCSR(self.pattern, Q)
 
+
+    def trajectory_hessian(self, U: torch.Tensor, rbar: torch.Tensor, dt: float, params=None, *,
+                           t0: float = 0.0) -> BatchedCSR | None:
+        """The Hessian of ``rbar . R(U)`` with respect to the levels ``U`` ``(B, T + 1, n)``, for
+        :meth:`trajectory_residual`'s rows ``R`` ``(B, T, n)`` weighted by ``rbar`` ``(B, T, n)``:
+        block diagonal over the levels (each term reads one level), one matrix on the pattern per
+        level, batch ``B (T + 1)`` level-major as :meth:`level_jacobians`; None when every term is
+        linear in ``u``. Not differentiable.
+
+        The rows are linear in every level's storage and spatial terms ``S(u^l)``, ``A(u^l)``
+        (Dirichlet rows hold no term), so ``rbar . R = sum_l rho_S^l . S(u^l) + rho_A^l . A(u^l)``,
+        with the weights ``rho`` the rows' adjoint (a vector-Jacobian product of the scheme's rows,
+        which costs a few vector operations). Each nonlinear integrand then gives its local Hessians
+        at its own weights (:func:`~femoe.assembly.form.local_hessian`); terms found affine
+        (assembled once) have none."""
+        self._need_time()
+        B, L, n = U.shape
+        U = U.detach()
+        p = self._params(params, U.device, U.dtype, batch=B)
+        with torch.enable_grad():
+            S = U.new_zeros(B, L, n).requires_grad_(True)
+            A = U.new_zeros(B, L, n).requires_grad_(True)
+            R = self._steps(S, A, U, dt, p, t0)
+            rho_S, rho_A = torch.autograd.grad((R * rbar.detach()).sum(), (S, A), allow_unused=True)
+        tc = self._tensors(U.device, U.dtype)
+        flat = U.reshape(B * L, n)
+        p_rep = Params({k: repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
+        p_rep.kinds = p.kinds
+        t_flat = (t0 + dt * torch.arange(L, dtype=U.dtype, device=U.device)).repeat(B)
+        terms = [(self.storage_integrand, self._tb, tc["cell_index"], rho_S)]
+        if self.residual_integrand is not None:
+            terms.append((self.residual_integrand, self._tb, tc["cell_index"], rho_A))
+        terms += [(ft.integrand, ft.tb, tc[f"facet_index_{i}"], rho_A) for i, ft in enumerate(self._facets)]
+        vals = None
+        for integrand, tb, index, rho in terms:
+            if rho is None or (id(integrand), id(tb), str(U.device), U.dtype) in self._affine:
+                continue
+            w = self._form_params(tb, p_rep, B * L, U.device, U.dtype, t_flat)
+            K = local_hessian(integrand, tb, tb.jets(flat), rho.reshape(B * L, n), w)
+            if K is None:
+                continue
+            v = flat.new_zeros(B * L, self.pattern.nnz).index_add(1, index, K.reshape(B * L, -1))
+            vals = v if vals is None else vals + v
+        return None if vals is None else BatchedCSR(self.pattern, vals)
 
 
 def boundary_facets(mesh, tag: str) -> np.ndarray:
