@@ -9,6 +9,14 @@ Three measurements, each a comparison made in this one run:
   once and evaluated as ``K u + r(0)`` (what the library does), and with every term evaluated from
   its integrand (a second problem probed with ``affine_parts`` saying no, as before 2026-12-08); the
   two must agree to round-off;
+* **the jets a form reads**: the same linearisation with every term evaluated and linearised over
+  the test and trial jets its integrand reads (what the library does since 2026-12-08: the
+  sorption term reads neither gradient), and over every jet (a third problem, with the record of
+  reads patched to every jet, as before); the two must agree to round-off;
+* **the trajectory Hessian** of the implicit backward, ``d2/dU2 (r* . r)`` at the LM's solution:
+  from the forms' second derivatives (``TrajectoryResidual.hessian_matrix``, since 2026-12-08)
+  and by coloured Hessian-vector products through the assembly (``SteadyResidual.hessian_matrix``,
+  as before); the two must agree to round-off;
 * **the normal equations** of one Levenberg-Marquardt evaluation at that size: ``J^T J`` and
   ``J^T r`` (as ``J^T @ r`` and as ``r^T J``, the LM's form, which reads ``J`` along its rows) for
   ``J`` of the LM's shape (batch, rows, N), against the layer model's ``linearize``
@@ -84,6 +92,25 @@ def main() -> None:
                             "speedup": t_plain / t_cached, "max_abs_difference": diff}
     print("linearisation", out["linearisation"], flush=True)
 
+    # 1b. the jets each form reads, against every jet (the two timed alternately)
+    every = get_problem(cfg.problem.name).build(**spec_params)
+    all_jets = mock.patch("femoe.assembly.form._jets_of", lambda tb, seen, side: tuple(range(tb.n_jets)))
+    with all_jets:
+        c = every.trajectory_residual_and_jacobians(U, dt)
+    diff = max(float((x.values if hasattr(x, "pattern") else x).sub(y.values if hasattr(y, "pattern") else y)
+                     .abs().max()) for x, y in zip(a, c))
+    t_read, t_every = [], []
+    for _ in range(args.repeat):
+        t_read.append(timeit(lambda: cached.trajectory_residual_and_jacobians(U, dt), repeat=1, warmup=0))
+        with all_jets:
+            t_every.append(timeit(lambda: every.trajectory_residual_and_jacobians(U, dt), repeat=1, warmup=0))
+    reads = {str(i): list(v[1:]) for i, v in enumerate(cached._tb.__dict__.get("_reads", {}).values())}
+    out["jets_read"] = {"states": [batch, L], "reads_test_trial": reads,
+                        "seconds_jets_read": statistics.median(t_read), "seconds_every_jet": statistics.median(t_every),
+                        "speedup": statistics.median(t_every) / statistics.median(t_read),
+                        "max_abs_difference": diff}
+    print("jets read", out["jets_read"], flush=True)
+
     # 2. the normal equations at the LM's size, against J = M B
     tr = Trainer(cfg, "pihc", task)
     tr.method.load_network(Path(args.trained) / "pihc" / "checkpoint.pt")
@@ -110,6 +137,27 @@ def main() -> None:
                                                         repeat=args.repeat),
         }
     print("normal equations", out["normal_equations"], flush=True)
+
+    # 2b. the backward's trajectory Hessian at the LM's solution: from the forms, and by coloured
+    # Hessian-vector products through the assembly (the two timed alternately)
+    from femoe.layers._residuals import SteadyResidual
+
+    with torch.no_grad():
+        U_star, _ = tr.method.layer(B, params, u0)  # the LM's solution B w*
+        r_star = model.residual(U_star, p)
+        Hf = model.hessian_matrix(U_star, p, r_star)
+        Hv = SteadyResidual.hessian_matrix(model, U_star, p, r_star)
+        t_forms, t_hvp = [], []
+        for _ in range(args.repeat):
+            t_forms.append(timeit(lambda: model.hessian_matrix(U_star, p, r_star), repeat=1, warmup=0))
+            t_hvp.append(timeit(lambda: SteadyResidual.hessian_matrix(model, U_star, p, r_star), repeat=1, warmup=0))
+    out["trajectory_hessian"] = {
+        "states": [batch, L], "seconds_from_forms": statistics.median(t_forms),
+        "seconds_hessian_vector_products": statistics.median(t_hvp),
+        "speedup": statistics.median(t_hvp) / statistics.median(t_forms),
+        "max_abs_difference": float((Hf.values - Hv.values).abs().max()),
+        "max_abs_entry": float(Hv.values.abs().max())}
+    print("trajectory hessian", out["trajectory_hessian"], flush=True)
 
     # 3. consecutive training steps: time and every sample's LM iterations
     step = training_step(tr, inputs, task.train.solutions[:batch])
