@@ -50,24 +50,33 @@ _VALUE, _GRAD = Field.__dict__["value"], Field.__dict__["grad"]  # the slots' ow
 
 
 class _Recorded(Field):
-    """A field that notes which of its parts (``"value"``, ``"grad"``) an integrand reads."""
+    """A field that notes in ``seen`` which of its parts (``"value"``, ``"grad"``) an integrand
+    reads, as ``(*tag, part)``; made like a :class:`Field` (``type(u)(value, grad)`` in a form)
+    it notes nothing."""
 
     __slots__ = ("_seen", "_tag")
 
-    def __init__(self, field: Field, seen: set, tag):
-        _VALUE.__set__(self, field.value)
-        _GRAD.__set__(self, field.grad)
+    def __init__(self, value: torch.Tensor, grad: torch.Tensor | None = None, seen: set | None = None, tag=()):
+        _VALUE.__set__(self, value)
+        _GRAD.__set__(self, grad)
         self._seen, self._tag = seen, tag
 
     @property
     def value(self):
-        self._seen.add((*self._tag, "value"))
+        if self._seen is not None:
+            self._seen.add((*self._tag, "value"))
         return _VALUE.__get__(self)
 
     @property
     def grad(self):
-        self._seen.add((*self._tag, "grad"))
+        if self._seen is not None:
+            self._seen.add((*self._tag, "grad"))
         return _GRAD.__get__(self)
+
+
+def _recorded(fields: list[Field], seen: set, side: str) -> list[_Recorded]:
+    """``fields`` noting their reads in ``seen`` under ``(side, k)``, ``k`` the field's index."""
+    return [_Recorded(_VALUE.__get__(f), _GRAD.__get__(f), seen, (side, k)) for k, f in enumerate(fields)]
 
 
 def _jets_of(tb: TorchBasis, seen: set, side: str) -> tuple[int, ...]:
@@ -99,9 +108,8 @@ def coefficients(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: Fo
     test = None if known is None else known[1]
     while True:
         seen: set = set()
-        fields = [_Recorded(f, seen, ("trial", k)) for k, f in enumerate(tb.fields(ujets))]
-        vfields = [_Recorded(f, seen, ("test", k))
-                   for k, f in enumerate(tb.unit_test_fields(ujets.device, ujets.dtype, test))]
+        fields = _recorded(tb.fields(ujets), seen, "trial")
+        vfields = _recorded(tb.unit_test_fields(ujets.device, ujets.dtype, test), seen, "test")
         c = _call(integrand, tb, ujets, w, fields, vfields, None if test is None else len(test))
         read = _jets_of(tb, seen, "test")
         if test is None or set(read) <= set(test):
@@ -119,6 +127,8 @@ def coefficients(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: Fo
         test_all = test
     rec[id(integrand)] = (integrand, test_all, trial)  # the integrand is kept: its id is not reused
     return c, test, trial
+
+
 def check_linear_in_test(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: FormParams) -> None:
     """Raise :class:`ProblemError` if the integrand has a term that does not multiply ``v``."""
     vzero = [type(f)(f.value * 0, f.grad * 0) for f in tb.unit_test_fields(ujets.device, ujets.dtype)]
@@ -252,8 +262,8 @@ def jet_derivatives(c: torch.Tensor, var: torch.Tensor, create_graph: bool,
     coefficients ``c`` evaluated at the jets ``var`` (which require a gradient): one
     vector-Jacobian product per test jet (zero where ``c_a`` does not depend on the jets); with
     ``trial`` only for those trial jets ``b``."""
-    keep = (None if trial is None or len(trial) == var.shape[0]
-            else torch.as_tensor(trial, dtype=torch.long, device=var.device))
+    keep = None if trial is None or len(trial) == var.shape[0] else torch.as_tensor(trial, dtype=torch.long,
+                                                                                      device=var.device)
     rows = []
     for a in range(c.shape[0]):
         g = None
@@ -287,45 +297,48 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
 def local_hessian(integrand, tb: TorchBasis, ujets: torch.Tensor, rho: torch.Tensor, w: FormParams):
     """Local Hessians ``(B, nel, n_local, n_local)`` of ``rho . r(u)``, the integrand's residual
     ``r`` at the jets ``ujets`` weighted by the DOF vectors ``rho`` ``(B, n)``; None when the
-    integrand is linear in ``u``.
+    integrand does not depend on ``u`` or is linear in it.
 
     The integrand is linear in its test function, so ``rho . r = sum_q psi(q)`` with ``psi`` the
     integrand on the test field ``rho`` (its jets times the quadrature weights). ``psi`` at a point
     depends only on the jets of ``u`` there, so its second derivatives ``D2[b, c]`` with respect
-    to them are pointwise: a gradient with a graph, then one vector-Jacobian product per trial jet
-    the integrand reads (:func:`coefficients`' record). Then
-    ``H[j, k] = sum_q sum_bc phi[b, j] D2[b, c] phi[c, k]``, the local Jacobian's contraction with
-    ``phi`` in place of ``phi_dx``. Not differentiable."""
-    t = tb.tensors(ujets.device, ujets.dtype)
-    rjets = torch.einsum("bie,jieq->jbeq", rho[:, t["element_dofs"]], t["phi_dx"])
+    to them are pointwise: a gradient with a graph, then :func:`jet_derivatives` of it over the
+    trial jets the integrand reads. Then ``H[j, k] = sum_q sum_bc phi[b, j] D2[b, c] phi[c, k]``,
+    the local Jacobian's contraction with ``phi`` in place of ``phi_dx``. Not differentiable."""
     var = ujets.detach().requires_grad_(True)
     seen: set = set()
     with torch.enable_grad():
-        fields = [_Recorded(f, seen, ("trial", k)) for k, f in enumerate(tb.fields(var))]
-        vfields = tb.fields(rjets)
-        psi = integrand(*fields, *vfields, w)
+        psi = integrand(*_recorded(tb.fields(var), seen, "trial"), *tb.fields(tb.jets(rho, weighted=True)), w)
         if not (isinstance(psi, torch.Tensor) and psi.requires_grad):
             return None
-        (g,) = torch.autograd.grad(psi.sum(), var, create_graph=True)
-        if not g.requires_grad:  # linear in u
+        (g,) = torch.autograd.grad(psi.sum(), var, create_graph=True, allow_unused=True)
+        if g is None or not g.requires_grad:  # no u in it (a parameter needing a gradient), or linear in u
             return None
         trial = _jets_of(tb, seen, "trial")
-        keep = torch.as_tensor(trial, dtype=torch.long, device=var.device)
-        rows = []
-        for b in trial:
-            (h,) = torch.autograd.grad(g[b].sum(), var, retain_graph=True, allow_unused=True)
-            rows.append(torch.zeros(len(trial), *var.shape[1:], dtype=var.dtype, device=var.device) if h is None
-                        else h.detach().index_select(0, keep))
-    if not rows:
-        return None
-    D2 = torch.stack(rows)  # (b, c, B, nel, nqp)
+        if not trial:
+            return None
+        D2 = jet_derivatives(g.index_select(0, _jet_index(tb, trial, var.device)), var, False, trial)
+    return jacobian_batched(_hessian_tensors(tb.tensors(ujets.device, ujets.dtype), trial), D2.detach())
+
+
+def _jet_index(tb: TorchBasis, jets: tuple[int, ...], device) -> torch.Tensor:
+    """``jets`` as an index tensor on ``device`` (cached on the basis)."""
+    cache = tb.__dict__.setdefault("_jet_index", {})
+    key = (jets, str(device))
+    if key not in cache:
+        cache[key] = torch.as_tensor(jets, dtype=torch.long, device=device)
+    return cache[key]
+
+
+def _hessian_tensors(t: dict[str, torch.Tensor], trial: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The tensors :func:`jacobian_batched` contracts a local Hessian with: ``phi`` of the jets
+    ``trial`` on both sides (``phi_dx_eqia``'s layout filled from ``phi``). Cached in ``t``."""
     key = ("hessian", trial)
     if key not in t:
-        phi = t["phi"].index_select(0, keep)  # (b, n, E, Q)
-        J, n, E, Q = phi.shape
-        t[key] = {"phi": phi, "phi_dx_eqia": phi.permute(2, 3, 1, 0).contiguous(),
-                  "phi_e_qb_j": phi.permute(2, 3, 0, 1).reshape(E, Q * J, n).contiguous()}
-    return jacobian_batched(t[key], D2)
+        jt = jet_tensors(t, trial, trial)
+        t[key] = {"phi": jt["phi"], "phi_e_qb_j": jt["phi_e_qb_j"],
+                  "phi_dx_eqia": jt["phi"].permute(2, 3, 1, 0).contiguous()}
+    return t[key]
 
 
 # The local Jacobians K[s, e, i, j] = sum_q sum_ab phi_dx[a, i, e, q] D[a, b, s, e, q] phi[b, j, e, q]

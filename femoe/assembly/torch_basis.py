@@ -167,11 +167,13 @@ class TorchBasis:
             self._cache[key] = t
         return self._cache[key]
 
-    def jets(self, u: torch.Tensor) -> torch.Tensor:
-        """Jets of the DOF vectors ``u`` (B, N) at the quadrature points: ``(J, B, nel, nqp)``."""
+    def jets(self, u: torch.Tensor, weighted: bool = False) -> torch.Tensor:
+        """Jets of the DOF vectors ``u`` (B, N) at the quadrature points: ``(J, B, nel, nqp)``;
+        ``weighted``: times the quadrature weights (a test field whose form, summed over the
+        points, is the residual's product with ``u``)."""
         t = self.tensors(u.device, u.dtype)
         u_loc = u[:, t["element_dofs"]]  # (B, n_local, nel)
-        return torch.einsum("bie,jieq->jbeq", u_loc, t["phi"])
+        return torch.einsum("bie,jieq->jbeq", u_loc, t["phi_dx" if weighted else "phi"])
 
     def fields(self, jets: torch.Tensor) -> list[Field]:
         return [lay.split(jets) for lay in self.layouts]

@@ -78,6 +78,11 @@ def block_csr_product(vals: torch.Tensor, indptr: np.ndarray, cols: np.ndarray, 
     return (M @ X).reshape(batch, m, N)
 
 
+def _detached(p: Mapping[str, Any]) -> dict:
+    """``p`` with its tensors detached (for second derivatives that are not differentiated)."""
+    return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+
+
 def basis_field(B: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``u = B w`` for ``B`` of shape ``(batch, ..., n, N)`` and ``w`` of shape ``(batch, N)``."""
     shape = (w.shape[0],) + (1,) * (B.dim() - 3) + (w.shape[1], 1)
@@ -620,7 +625,7 @@ class SteadyResidual(ResidualModel):
         n_colours = int(colours.max()) + 1
         rows = torch.as_tensor(pattern.rows, device=u.device)
         cols = torch.as_tensor(pattern.indices, device=u.device)
-        p = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+        p = _detached(p)
         with torch.enable_grad():
             x = self._embed(u.detach(), u.dim() - 1).requires_grad_(True)
             phi = (self._full_residual(x, p) * rbar.detach()).sum()
@@ -825,7 +830,7 @@ class TrajectoryResidual(SteadyResidual):
         through the assembly: ``rbar``'s PDE rows are mapped back to the trajectory residual's rows
         by the adjoint of the row weights, the row selection and the time integration (linear: one
         vector-Jacobian product), and the initial rows are linear in the field."""
-        p0, _ = self._split({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in p.items()})
+        p0, _ = self._split(_detached(p))
         U = self._embed(u.detach(), u.dim() - 1)
         batch, T = U.shape[0], U.shape[1] - 1
         with torch.enable_grad():

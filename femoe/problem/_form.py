@@ -272,7 +272,7 @@ class WeakForm(abc.ABC):
         self._check(integrand, tb, jets, w)
         if jacobian:
             r, K = local_residual_and_jacobian(integrand, tb, jets, w, create_graph)
-            vals = u.new_zeros(B, self.pattern.nnz).index_add(1, index, K.reshape(B, -1))
+            vals = self._on_pattern(K, index)
         else:
             r, vals = local_residual(integrand, tb, jets, w), None
         self._note_reads(w)
@@ -296,15 +296,25 @@ class WeakForm(abc.ABC):
         kv = u.new_zeros(self.pattern.nnz).index_add(0, index, K.reshape(-1))
         self._affine[key] = (kv, tb.scatter(r0, self.n)[0])
 
+    def _spatial_terms(self, tc: dict) -> list[tuple]:
+        """``(integrand, TorchBasis, index of its local entries on the pattern)`` of the spatial
+        term's integrands: the cell integrand, then each facet term's."""
+        terms = [(self.residual_integrand, self._tb, tc["cell_index"])] if self.residual_integrand is not None else []
+        return terms + [(ft.integrand, ft.tb, tc[f"facet_index_{i}"]) for i, ft in enumerate(self._facets)]
+
+    def _on_pattern(self, K: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Local matrices ``K`` ``(B, nel, n_local, n_local)`` summed into CSR values ``(B, nnz)``
+        (``index``: their entries' positions on the pattern)."""
+        B = K.shape[0]
+        return K.new_zeros(B, self.pattern.nnz).index_add(1, index, K.reshape(B, -1))
+
     def _spatial(self, u: torch.Tensor, params: dict, t, jacobian: bool, create_graph: bool):
         """``A(u)`` (no Dirichlet treatment): global residual and CSR values (or None)."""
         B, device, dtype = u.shape[0], u.device, u.dtype
         tc = self._tensors(device, dtype)
         R = u.new_zeros(B, self.n)
         vals = u.new_zeros(B, self.pattern.nnz) if jacobian else None
-        terms = [(self.residual_integrand, self._tb, tc["cell_index"])] if self.residual_integrand is not None else []
-        terms += [(ft.integrand, ft.tb, tc[f"facet_index_{i}"]) for i, ft in enumerate(self._facets)]
-        for integrand, tb, index in terms:
+        for integrand, tb, index in self._spatial_terms(tc):
             r, v = self._term(integrand, tb, index, u, params, t, jacobian, create_graph)
             R = R + r
             if jacobian:
@@ -444,14 +454,21 @@ class WeakForm(abc.ABC):
         self._warn_unused(p)
         return R
 
+    def _level_states(self, levels: torch.Tensor, dt: float, p: Params, t0: float):
+        """The levels ``(B, T + 1, n)`` as one batch of states ``(B (T + 1), n)`` (level-major within
+        a sample), with each state's parameters (a sample's repeated over its levels) and time
+        ``t0 + l dt``."""
+        B, L, n = levels.shape
+        p_rep = Params({k: repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
+        p_rep.kinds = p.kinds
+        t_flat = (t0 + dt * torch.arange(L, dtype=levels.dtype, device=levels.device)).repeat(B)
+        return levels.reshape(B * L, n), p_rep, t_flat
+
     def _levels(self, levels: torch.Tensor, dt: float, p: Params, t0: float, jacobian: bool, create_graph: bool):
         """Storage ``S`` and spatial term ``A`` of every level ``(B, T + 1, n)`` in one batched
         evaluation (levels at ``t0 + l dt``), with their CSR values ``(B (T + 1), nnz)`` if asked."""
         B, L, n = levels.shape
-        flat = levels.reshape(B * L, n)
-        p_rep = Params({k: repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
-        p_rep.kinds = p.kinds
-        t_flat = (t0 + dt * torch.arange(L, dtype=levels.dtype, device=levels.device)).repeat(B)
+        flat, p_rep, t_flat = self._level_states(levels, dt, p, t0)
         S, Sv = self._storage(flat, p_rep, t_flat, jacobian, create_graph)
         A, Av = self._spatial(flat, p_rep, t_flat, jacobian, create_graph)
         return S.reshape(B, L, n), Sv, A.reshape(B, L, n), Av
@@ -507,7 +524,6 @@ class WeakForm(abc.ABC):
         self._warn_unused(p)
         return R, BatchedCSR(self.pattern, P), BatchedCSR(self.pattern, Q)
 
-
     def trajectory_hessian(self, U: torch.Tensor, rbar: torch.Tensor, dt: float, params=None, *,
                            t0: float = 0.0) -> BatchedCSR | None:
         """The Hessian of ``rbar . R(U)`` with respect to the levels ``U`` ``(B, T + 1, n)``, for
@@ -523,7 +539,11 @@ class WeakForm(abc.ABC):
         at its own weights (:func:`~femoe.assembly.form.local_hessian`); terms found affine
         (assembled once) have none."""
         self._need_time()
+        if U.dim() != 3 or U.shape[-1] != self.n or U.shape[1] < 2:
+            raise ShapeError(f"U must have shape (batch, T + 1 >= 2, {self.n}); got {tuple(U.shape)}")
         B, L, n = U.shape
+        if tuple(rbar.shape) != (B, L - 1, n):
+            raise ShapeError(f"rbar must have the rows' shape (batch, T, n) = {(B, L - 1, n)}; got {tuple(rbar.shape)}")
         U = U.detach()
         p = self._params(params, U.device, U.dtype, batch=B)
         with torch.enable_grad():
@@ -532,24 +552,17 @@ class WeakForm(abc.ABC):
             R = self._steps(S, A, U, dt, p, t0)
             rho_S, rho_A = torch.autograd.grad((R * rbar.detach()).sum(), (S, A), allow_unused=True)
         tc = self._tensors(U.device, U.dtype)
-        flat = U.reshape(B * L, n)
-        p_rep = Params({k: repeat_batch(v, B, L, p.kinds.get(k)) for k, v in p.items()})
-        p_rep.kinds = p.kinds
-        t_flat = (t0 + dt * torch.arange(L, dtype=U.dtype, device=U.device)).repeat(B)
+        flat, p_rep, t_flat = self._level_states(U, dt, p, t0)
         terms = [(self.storage_integrand, self._tb, tc["cell_index"], rho_S)]
-        if self.residual_integrand is not None:
-            terms.append((self.residual_integrand, self._tb, tc["cell_index"], rho_A))
-        terms += [(ft.integrand, ft.tb, tc[f"facet_index_{i}"], rho_A) for i, ft in enumerate(self._facets)]
+        terms += [(*term, rho_A) for term in self._spatial_terms(tc)]
         vals = None
         for integrand, tb, index, rho in terms:
             if rho is None or (id(integrand), id(tb), str(U.device), U.dtype) in self._affine:
                 continue
             w = self._form_params(tb, p_rep, B * L, U.device, U.dtype, t_flat)
             K = local_hessian(integrand, tb, tb.jets(flat), rho.reshape(B * L, n), w)
-            if K is None:
-                continue
-            v = flat.new_zeros(B * L, self.pattern.nnz).index_add(1, index, K.reshape(B * L, -1))
-            vals = v if vals is None else vals + v
+            if K is not None:
+                vals = self._on_pattern(K, index) if vals is None else vals + self._on_pattern(K, index)
         return None if vals is None else BatchedCSR(self.pattern, vals)
 
 
