@@ -354,6 +354,15 @@ def _reads(problem):
     return {v[0]: v[1:] for v in problem._tb.__dict__.get("_reads", {}).values()}
 
 
+def _every_jet(make, u):
+    """``residual_and_jacobian`` at ``u`` of a fresh ``make()`` evaluated over every jet (the record
+    of reads patched to every jet): the reference the restricted evaluation must equal."""
+    from unittest import mock
+
+    with mock.patch("femoe.assembly.form._jets_of", lambda tb, seen, side: tuple(range(tb.n_jets))):
+        return make().residual_and_jacobian(u)
+
+
 def _sorption(u, v, w):  # reads u and v, not their gradients
     return (u + 0.5 * (u * u + 0.1) ** 0.8) * v
 
@@ -362,45 +371,82 @@ def _mixed_partial(w_, p_, v, q, w):  # reads w_, grad p_ (trial) and v, grad q 
     return w_ ** 3 * v + dot(grad(p_), grad(q)) * (1 + w_ ** 2)
 
 
+def _mixed_test3_trial1(a, b, v, q, w):  # trial: a's value; test: grad v (2 jets), q's value
+    return a ** 2 * grad(v)[0] + torch.sin(a.value) * q
+
+
+def _mixed_test1_trial5(a, b, v, q, w):  # trial: grad a, b and grad b; test: v's value
+    return (dot(grad(a), grad(b)) + b ** 3) * v
+
+
+def _mixed(form):
+    return lambda: Problem(fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1() * fe.ElementTriP1()), form)
+
+
+def _line(form, **kw):
+    return lambda: Problem(fe.Basis(fe.MeshLine().refined(4).with_boundaries({"right": lambda x: x[0] == 1}),
+                                    fe.ElementLineP1()), form, **kw)
+
+
+# jets of P1 x P1 on triangles: field 0 value 0, gradient 1-2; field 1 value 3, gradient 4-5
+JET_CASES = {
+    "scalar-P1": (_line(_sorption), _sorption, ((0,), (0,))),
+    "scalar-P2": (lambda: Problem(fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP2()), _sorption), _sorption,
+                  ((0,), (0,))),
+    "mixed-P1xP1": (_mixed(_mixed_partial), _mixed_partial, ((0, 4, 5), (0, 4, 5))),
+    "mixed-test3-trial1": (_mixed(_mixed_test3_trial1), _mixed_test3_trial1, ((1, 2, 3), (0,))),
+    "mixed-test1-trial5": (_mixed(_mixed_test1_trial5), _mixed_test1_trial5, ((0,), (1, 2, 3, 4, 5))),
+}
+
+
 @pytest.mark.parametrize("cap", ["pair", "fallback"])
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("case", ["scalar-P1", "scalar-P2", "mixed-P1xP1"])
+@pytest.mark.parametrize("case", sorted(JET_CASES))
 def test_forms_are_assembled_over_the_jets_they_read(case, batch, cap, monkeypatch):
     """A form that reads some of its fields' values and gradients is assembled over those jets
-    only (the others' coefficients and derivatives are zero); residual and Jacobian equal the
-    dense autograd Jacobian, per sample, on scalar and mixed spaces, with and without the pair
-    tensor."""
+    only (the others' coefficients and derivatives are zero): residual and Jacobian equal the
+    evaluation over every jet and the dense autograd Jacobian, per sample, on scalar and mixed
+    spaces (test and trial jets alike or not), with and without the pair tensor."""
     import femoe.assembly.torch_basis as tbm
 
     if cap == "fallback":
         monkeypatch.setattr(tbm, "PAIR_MAX_ENTRIES", 0)
-    if case == "mixed-P1xP1":
-        basis = fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1() * fe.ElementTriP1())
-        form = _mixed_partial
-        # jets: omega (value 0, grad 1-2), psi (value 3, grad 4-5)
-        expected = ((0, 4, 5), (0, 4, 5))
-    else:
-        mesh = fe.MeshTri().refined(2) if case == "scalar-P2" else fe.MeshLine().refined(4)
-        basis = fe.Basis(mesh, fe.ElementTriP2() if case == "scalar-P2" else fe.ElementLineP1())
-        form = _sorption
-        expected = ((0,), (0,))
-    problem = Problem(basis, form)
-    u = torch.as_tensor(np.stack([_state(basis, seed=s) for s in range(batch)]))
+    make, form, expected = JET_CASES[case]
+    problem = make()
+    u = torch.as_tensor(np.stack([_state(problem.basis, seed=s) for s in range(batch)]))
     R, J = problem.residual_and_jacobian(u)
     assert _reads(problem)[form] == expected
-    assert (problem._tb.tensors("cpu", F64) is not None) and (("phi_pair" in problem._tb.tensors("cpu", F64))
-                                                              == (cap == "pair"))
+    assert ("phi_pair" in problem._tb.tensors("cpu", F64)) == (cap == "pair")
+    R_all, J_all = _every_jet(make, u)
+    torch.testing.assert_close(R, R_all, rtol=0, atol=1e-14 * float(R_all.abs().max()))
+    torch.testing.assert_close(J.values, J_all.values, rtol=0, atol=1e-14 * float(J_all.values.abs().max()))
     for b in range(batch):
         dense = torch.autograd.functional.jacobian(lambda x: problem.residual(x).reshape(-1), u[b])
         np.testing.assert_allclose(J.to_scipy(b).toarray(), dense.numpy(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(R[b], problem.residual(u[b]).reshape(-1), rtol=0, atol=0)
+
+
+def test_a_term_that_reads_no_trial_jet():
+    """A facet source ``g v`` next to a nonlinear cell term: the source reads no trial jet (zero
+    derivative), its residual is still assembled; both equal the evaluation over every jet."""
+    make = _line(lambda u, v, w: u ** 3 * v + dot(grad(u), grad(v)), facets={"right": lambda u, v, w: w.g * v},
+                 defaults={"g": 1.5})
+    problem = make()
+    u = torch.as_tensor(_state(problem.basis))
+    R, J = problem.residual_and_jacobian(u)
+    facet_tb = problem._facets[0].tb
+    assert [v[1:] for v in facet_tb.__dict__["_reads"].values()] == [((0,), ())]
+    R_all, J_all = _every_jet(make, u)
+    torch.testing.assert_close(R, R_all, rtol=0, atol=1e-14)
+    torch.testing.assert_close(J.values, J_all.values, rtol=0, atol=1e-14)
+    right = int(np.argmax(problem.basis.doflocs[0]))
+    assert float(R[right] - make().residual(u, {"g": 0.0})[right]) == pytest.approx(1.5)  # the source is in its row
 
 
 def test_a_form_whose_reads_depend_on_the_state_is_never_truncated():
     """A form that reads ``grad u`` and ``grad v`` only at some states: evaluated first where it
     does not (assembled over the values alone), then where it does, the second evaluation sees the
-    read outside the record, is evaluated again over every jet and widens the record; both
-    Jacobians equal autograd's."""
+    read outside the record, is evaluated again over every jet and widens the record; residual and
+    Jacobian equal the evaluation over every jet and autograd's at both states."""
     calls = []
 
     def form(u, v, w):
@@ -409,18 +455,34 @@ def test_a_form_whose_reads_depend_on_the_state_is_never_truncated():
             return u ** 2 * v + dot(grad(u), grad(v))
         return u ** 2 * v
 
-    basis = fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1())
-    problem = Problem(basis, form)
-    small = torch.as_tensor(0.1 * _state(basis, seed=1) / np.abs(_state(basis, seed=1)).max())
+    def make():
+        return Problem(fe.Basis(fe.MeshTri().refined(2), fe.ElementTriP1()), form)
+
+    problem = make()
+    base = _state(problem.basis, seed=1)
+    small = torch.as_tensor(0.1 * base / np.abs(base).max())
     large = 3.0 * small / float(small.abs().max())
     for u, expected in ((small, ((0,), (0,))), (large, ((0, 1, 2), (0, 1, 2)))):
         R, J = problem.residual_and_jacobian(u)
         assert _reads(problem)[form] == expected
+        R_all, J_all = _every_jet(make, u)
+        torch.testing.assert_close(R, R_all, rtol=0, atol=1e-14 * float(R_all.abs().max()))
+        torch.testing.assert_close(J.values, J_all.values, rtol=0, atol=1e-14 * float(J_all.values.abs().max()))
         dense = torch.autograd.functional.jacobian(lambda x: problem.residual(x).reshape(-1), u)
         np.testing.assert_allclose(J.to_scipy(0).toarray(), dense.numpy(), rtol=1e-12, atol=1e-12)
-    # the large state was evaluated twice (over the record, then over every jet) in its first call
     n = len(calls)
     problem.residual_and_jacobian(large)
     assert len(calls) == n + 1  # the widened record now holds: one evaluation
-    R_small, _ = problem.residual_and_jacobian(small)
-    torch.testing.assert_close(R_small, problem.residual(small), rtol=0, atol=0)
+
+
+def test_a_form_may_build_fields_of_the_type_it_is_given():
+    """``type(u)(value, grad)`` inside a form (a field of the class it was handed) works."""
+    def form(u, v, w):
+        doubled = type(u)(2 * u.value, 2 * u.grad)
+        return doubled * v + dot(grad(doubled), grad(v))
+
+    problem = Problem(fe.Basis(fe.MeshTri().refined(1), fe.ElementTriP1()), form)
+    u = torch.as_tensor(_state(problem.basis))
+    R = problem.residual(u)
+    ref = Problem(problem.basis, lambda u, v, w: 2 * u * v + 2 * dot(grad(u), grad(v))).residual(u)
+    torch.testing.assert_close(R, ref, rtol=1e-13, atol=1e-13)
