@@ -146,6 +146,39 @@ def test_single_hard_constraint_lm_on_the_active_samples_only_equals_the_whole_b
     assert len(set(info.iterations.tolist())) > 1
 
 
+def test_consecutive_trials_on_one_subset_share_its_basis(monkeypatch, make_diffusion_sorption):
+    """While the same samples stay active (the tail of a slow sample), the LM's trials hand the
+    model the same sliced basis tensor, so the experts unfold it once per subset, not once per
+    trial."""
+    from femoe.experts import HardConstraintMoE
+    from femoe.experts._basis import _ExpertGroup, _FoldedModel
+
+    pb = make_diffusion_sorption(n_cells=16)
+    g = torch.Generator().manual_seed(11)
+    B = torch.randn(3, 4, pb.n, 5, dtype=torch.float64, generator=g)
+    B[1:] *= 3.0
+    u0 = torch.rand(3, pb.n, dtype=torch.float64, generator=g)
+    bases, unfolds = [], []
+    linearize, unfold = _FoldedModel.linearize, _ExpertGroup.unfold_basis
+
+    def counted_linearize(self, u, Bf, p):
+        bases.append(Bf)
+        return linearize(self, u, Bf, p)
+
+    def counted_unfold(self, Bf):
+        unfolds.append(Bf)
+        return unfold(self, Bf)
+
+    monkeypatch.setattr(_FoldedModel, "linearize", counted_linearize)
+    monkeypatch.setattr(_ExpertGroup, "unfold_basis", counted_unfold)
+    with torch.no_grad():
+        HardConstraintMoE(pb, 3, partition="slab", dt=10.0, tol=1e-10)(B, None, u0)
+    sliced = [b for b in bases if b.shape[0] < B.shape[0] * 3]
+    distinct = len({id(b) for b in sliced})
+    assert len(sliced) > distinct >= 1  # several trials on one subset
+    assert len(unfolds) == 1 + distinct  # the whole batch's basis, then each subset's once
+
+
 def test_per_sample_initial_weights_keep_the_whole_batch(make_diffusion_sorption):
     """A layer given per-sample initial-row weights (ic_weight of shape (batch, n)) holds
     per-sample data outside the parameters: its LM's trials take the whole batch (a subset

@@ -272,6 +272,7 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
     n_samples = batch // per if batch % per == 0 else 0
     sliced = model.sample_params(p, n_samples) if n_samples > 1 and not torch.is_grad_enabled() else None
     offsets = torch.arange(per, device=B.device)
+    subset: dict = {}  # the last subset's samples, elements, basis and parameters
 
     def trial(w, active, r, f, g, A, m):
         if sliced is None:
@@ -279,9 +280,14 @@ def _lm(model, B: torch.Tensor, p: Mapping[str, Any], o: LMOptions):
         samples = active.reshape(n_samples, per).any(1).nonzero().squeeze(1)
         if samples.numel() == n_samples:
             return evaluate(w, old=_only_active(active, None, g, A))
-        e = (samples[:, None] * per + offsets).reshape(-1)
-        ps = {k: (v.index_select(0, samples) if k in sliced else v) for k, v in p.items()}
-        rs, fs, gs, As, ms = evaluate(w.index_select(0, e), B.index_select(0, e), ps,
+        if not ("samples" in subset and torch.equal(subset["samples"], samples)):
+            # the same subset is kept for the next trials (the tail of a slow sample): its basis and
+            # parameters are the same tensors, so a model's caches of what it makes of B hold
+            e = (samples[:, None] * per + offsets).reshape(-1)
+            subset.update(samples=samples, e=e, B=B.index_select(0, e),
+                          p={k: (v.index_select(0, samples) if k in sliced else v) for k, v in p.items()})
+        e = subset["e"]
+        rs, fs, gs, As, ms = evaluate(w.index_select(0, e), subset["B"], subset["p"],
                                       old=_only_active(active, e, g, A))
         return (r.index_copy(0, e, rs), f.index_copy(0, e, fs), g.index_copy(0, e, gs), A.index_copy(0, e, As),
                 m.index_copy(0, e, ms))
