@@ -648,8 +648,8 @@ class _FoldedModel(ResidualModel):
                 return torch.cat([g.fold(xu.reshape(batch, L, -1), 2).reshape(bK, -1), c * y[:, m:]], dim=1)
 
             HB = self._hessian_times_basis(u, B, p, r_star)
-            if HB is not None:  # the global initial rows are linear: no Hessian on level 0's part
-                HB = torch.cat([HB.reshape(bK, -1, N), B.new_zeros(bK, B.shape[1] - L * nl, N)], dim=1)
+            if HB is not None:  # on the patch part, B's leading rows: the global initial rows are linear
+                HB = HB.reshape(bK, -1, N)
         return basis_adjoint_parts(B.detach(), w, MT(r_star.detach()), M, MT, HB, B.shape)
 
     def curvature(self, u: torch.Tensor, B: torch.Tensor, p: Mapping[str, Any], rbar: torch.Tensor) -> torch.Tensor:

@@ -94,15 +94,17 @@ def basis_adjoint_parts(B: torch.Tensor, w: torch.Tensor, a: torch.Tensor, M, MT
     """``(S, vjp)`` of a ``basis_adjoint`` (see :meth:`TrajectoryResidual.basis_adjoint`) from the
     basis ``B`` ``(batch, k, N)`` flattened over the field's entries, ``w*``, ``a = M^T r*``, the
     products ``M`` and ``M^T`` of the rows' Jacobian with respect to the field, and ``H_r B``
-    (``None`` for a residual linear in the field): ``S = B^T H_r B`` and
+    (``None`` for a residual linear in the field; with ``h <= k`` rows: ``H_r`` is zero past
+    ``B``'s first ``h`` rows, as on the experts' global initial rows): ``S = B^T H_r B`` and
     ``vjp(v) = -(a v^T + (M^T M B v + H_r B v) w*^T)`` reshaped to ``shape`` (the layer's basis)."""
-    S = B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1]) if HB is None else B.transpose(1, 2) @ HB
+    h = None if HB is None else HB.shape[1]
+    S = B.new_zeros(B.shape[0], B.shape[-1], B.shape[-1]) if HB is None else B[:, :h].transpose(1, 2) @ HB
 
     def vjp(v: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             c2 = MT(M((B @ v.unsqueeze(-1)).squeeze(-1)))
             if HB is not None:
-                c2 = c2 + (HB @ v.unsqueeze(-1)).squeeze(-1)
+                c2[:, :h] += (HB @ v.unsqueeze(-1)).squeeze(-1)
             # the two rank-one terms as one (k x 2) (2 x N) product: one basis-sized result, not four
             left = torch.stack([a, c2], dim=-1)
             right = torch.stack([v, w], dim=1)
