@@ -670,14 +670,13 @@ class _FoldedModel(ResidualModel):
         when the residual is linear in the field)."""
         g = self.g
         u, _ = g.split(u)
-        B, _ = g.split(B.detach())
         T = self._T(u)
         axis = 2 if self.time_dependent else 1
         m = g.row_index(T, rbar.device)[0].shape[1]
         H = g.model.hessian_matrix(g.unfold(u, axis), self._p(p), g.unfold_rows(rbar[:, :m], T, g.n_union_rows(T)))
         if H is None:
             return None
-        Bu = g.unfold(B, axis)  # (batch, [L,] n_union, N)
+        Bu = self._unfolded_basis(B)[0].detach()  # (batch, [L,] n_union, N): the solve's, where it is kept
         HB = jac_times(H, Bu.reshape(-1, g.union.n, B.shape[-1])).reshape(Bu.shape)
         return g.fold(HB, axis)
 
