@@ -574,8 +574,8 @@ class SteadyResidual(ResidualModel):
 
     def sample_params(self, p: Mapping[str, Any], n_samples: int) -> frozenset | None:
         """The batched parameters, so that the LM's trials evaluate only the samples still active:
-        at the sorption term's kink a diffusion-sorption sample may take 30 iterations where the
-        others take 3 (:func:`rows_sample_params`)."""
+        at the sorption term's kink a diffusion-sorption sample may take ten times the iterations
+        of the others (``benchmarks/bench_step_parts.py``'s steps; :func:`rows_sample_params`)."""
         return rows_sample_params(self.problem, self.scale, p, n_samples, self.holds_samples())
 
     def holds_samples(self) -> bool:
