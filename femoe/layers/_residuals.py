@@ -30,7 +30,7 @@ import torch
 from femoe.errors import ProblemError, ShapeError
 from femoe.layers._state import INITIAL
 from femoe.layers._validate import as_index
-from femoe.linalg._base import csr_operator
+from femoe.linalg._base import block_diagonal_indices, csr_operator
 from femoe.problem import Problem
 from femoe.sparse import BatchedCSR, CSRPattern
 
@@ -61,12 +61,10 @@ def block_csr_product(vals: torch.Tensor, indptr: np.ndarray, cols: np.ndarray, 
     vals = vals.detach()
     batch, N = vals.shape[0], X.shape[-1]
     dev = vals.device
-    m, e = indptr.size - 1, vals.shape[1]
+    m = indptr.size - 1
     bkey = ("block", batch, str(dev))
     if bkey not in cache:
-        off = np.arange(batch, dtype=np.int64)
-        crow = np.concatenate([(indptr[:-1][None, :] + e * off[:, None]).ravel(), [batch * e]])
-        col = (cols[None, :] + n_cols * off[:, None]).ravel()
+        crow, col = block_diagonal_indices(indptr, cols, n_cols, batch)
         cache[bkey] = (crow, col) if dev.type == "cpu" else (torch.as_tensor(crow, device=dev),
                                                               torch.as_tensor(col, device=dev))
     crow, col = cache[bkey]

@@ -318,16 +318,23 @@ def _scipy_operator(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
     return apply
 
 
+def block_diagonal_indices(indptr: np.ndarray, indices: np.ndarray, n_cols: int, batch: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """CSR row pointers and column indices of the block-diagonal matrix of ``batch`` blocks that
+    share one CSR structure (``indptr``, ``indices``, ``n_cols`` columns); block ``b``'s values
+    follow block ``b - 1``'s."""
+    nnz = int(indptr[-1])
+    offsets = np.arange(batch, dtype=np.int64)
+    crow = np.concatenate([(indptr[:-1][None, :] + nnz * offsets[:, None]).ravel(), [batch * nnz]])
+    col = (indices[None, :] + n_cols * offsets[:, None]).ravel()
+    return crow, col
+
+
 def _block_indices(pattern: CSRPattern, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     cache = pattern_cache(pattern)
     key = ("block_csr", batch, str(device))
     if key not in cache:
-        n, nnz = pattern.shape[0], pattern.nnz
-        offsets = np.arange(batch, dtype=np.int64)
-        crow = np.concatenate(
-            [(pattern.indptr[:-1][None, :] + nnz * offsets[:, None]).ravel(), [batch * nnz]]
-        )
-        col = (pattern.indices[None, :] + n * offsets[:, None]).ravel()
+        crow, col = block_diagonal_indices(pattern.indptr, pattern.indices, pattern.shape[1], batch)
         cache[key] = (torch.as_tensor(crow, device=device), torch.as_tensor(col, device=device))
     return cache[key]
 
