@@ -355,32 +355,38 @@ class _ExpertGroup:
 
     def row_index(self, T: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ``(K, m_max)`` indices into the union model's residual vector, and mask."""
-        key = -1 if T is None else T
-        if key not in self._rows_cache:
-            n = self.union.n
-            per = []
-            for r, o in zip(self.rows_union, self.owned_union):
-                if T is None:
-                    per.append(r)
-                else:
-                    ic = [] if self.ic_global else [T * n + o]
-                    per.append(np.concatenate([t * n + r for t in range(T)] + ic))
-            m = max(p.size for p in per)
-            idx = np.zeros((self.K, m), dtype=np.int64)
-            mask = np.zeros((self.K, m), dtype=bool)
-            for k, p in enumerate(per):
-                idx[k, : p.size] = p
-                mask[k, : p.size] = True
-            # the padding slots, flattened: fold_rows zeroes them
-            self._rows_cache[key] = (torch.as_tensor(idx), torch.as_tensor(mask),
-                                     torch.as_tensor(np.flatnonzero(~mask)))
-        idx, mask, _ = self._rows_cache[key]
-        return idx.to(device), mask.to(device)
+        idx, mask, _ = self._row_slots(T, device)
+        return idx, mask
 
     def _row_padding(self, T: int | None, device) -> torch.Tensor:
         """The padding slots of :meth:`row_index`, flattened over ``(K, m_max)``."""
-        self.row_index(T, device)
-        return self._rows_cache[-1 if T is None else T][2].to(device)
+        return self._row_slots(T, device)[2]
+
+    def _row_slots(self, T: int | None, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`row_index`'s indices and mask and the padding slots (flattened: :meth:`fold_rows`
+        zeroes them), built once per ``T`` and kept on each device they are asked on."""
+        key = ("rows", T, str(torch.device(device)))
+        if key not in self._rows_cache:
+            cpu = ("rows", T, "cpu")
+            if cpu not in self._rows_cache:
+                n = self.union.n
+                per = []
+                for r, o in zip(self.rows_union, self.owned_union):
+                    if T is None:
+                        per.append(r)
+                    else:
+                        ic = [] if self.ic_global else [T * n + o]
+                        per.append(np.concatenate([t * n + r for t in range(T)] + ic))
+                m = max(p.size for p in per)
+                idx = np.zeros((self.K, m), dtype=np.int64)
+                mask = np.zeros((self.K, m), dtype=bool)
+                for k, p in enumerate(per):
+                    idx[k, : p.size] = p
+                    mask[k, : p.size] = True
+                self._rows_cache[cpu] = (torch.as_tensor(idx), torch.as_tensor(mask),
+                                         torch.as_tensor(np.flatnonzero(~mask)))
+            self._rows_cache[key] = tuple(t.to(device) for t in self._rows_cache[cpu])
+        return self._rows_cache[key]
 
     def folded_structure(self, T: int) -> dict:
         """The folded experts' stacked Jacobian as one sparse matrix per sample (cached per ``T``):
