@@ -257,13 +257,11 @@ def local_residual(integrand, tb: TorchBasis, ujets, w) -> torch.Tensor:
 
 
 def jet_derivatives(c: torch.Tensor, var: torch.Tensor, create_graph: bool,
-                    trial: tuple[int, ...] | None = None) -> torch.Tensor:
+                    keep: torch.Tensor | None = None) -> torch.Tensor:
     """``D[a, b] = d c_a / d ujet_b`` pointwise, ``(J_test, J_trial, B, nel, nqp)``, from the
     coefficients ``c`` evaluated at the jets ``var`` (which require a gradient): one
     vector-Jacobian product per test jet (zero where ``c_a`` does not depend on the jets); with
-    ``trial`` only for those trial jets ``b``."""
-    keep = None if trial is None or len(trial) == var.shape[0] else torch.as_tensor(trial, dtype=torch.long,
-                                                                                      device=var.device)
+    the index ``keep`` only for those trial jets ``b`` (:func:`_jet_index`)."""
     rows = []
     for a in range(c.shape[0]):
         g = None
@@ -286,7 +284,7 @@ def local_residual_and_jacobian(integrand, tb: TorchBasis, ujets, w, create_grap
     var = ujets if ujets.requires_grad else ujets.detach().requires_grad_(True)
     with torch.enable_grad():
         c, test, trial = coefficients(integrand, tb, var, w)
-        D = jet_derivatives(c, var, create_graph, trial)
+        D = jet_derivatives(c, var, create_graph, _jet_index(tb, trial, var.device))
     if not create_graph:
         D = D.detach()
         if not (ujets.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in w.values())):
@@ -317,12 +315,15 @@ def local_hessian(integrand, tb: TorchBasis, ujets: torch.Tensor, rho: torch.Ten
         trial = _jets_of(tb, seen, "trial")
         if not trial:
             return None
-        D2 = jet_derivatives(g.index_select(0, _jet_index(tb, trial, var.device)), var, False, trial)
+        keep = _jet_index(tb, trial, var.device)
+        D2 = jet_derivatives(g if keep is None else g.index_select(0, keep), var, False, keep)
     return jacobian_batched(_hessian_tensors(tb.tensors(ujets.device, ujets.dtype), trial), D2.detach())
 
 
-def _jet_index(tb: TorchBasis, jets: tuple[int, ...], device) -> torch.Tensor:
-    """``jets`` as an index tensor on ``device`` (cached on the basis)."""
+def _jet_index(tb: TorchBasis, jets: tuple[int, ...], device) -> torch.Tensor | None:
+    """``jets`` as an index tensor on ``device`` (cached on the basis); None when they are every jet."""
+    if len(jets) == tb.n_jets:
+        return None
     cache = tb.__dict__.setdefault("_jet_index", {})
     key = (jets, str(device))
     if key not in cache:
