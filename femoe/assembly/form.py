@@ -119,13 +119,10 @@ def coefficients(integrand: Callable, tb: TorchBasis, ujets: torch.Tensor, w: Fo
         test = read or tuple(range(tb.n_jets))  # a form that reads no test jet keeps them all
         if len(test) < tb.n_jets:
             c = c[list(test)]
-    trial = _jets_of(tb, seen, "trial")
-    if known is not None:
-        trial = tuple(sorted(set(trial) | set(known[2])))
-        test_all = tuple(sorted(set(test) | set(known[1])))
-    else:
-        test_all = test
-    rec[id(integrand)] = (integrand, test_all, trial)  # the integrand is kept: its id is not reused
+    _, known_test, known_trial = known or (None, (), ())
+    trial = tuple(sorted(set(_jets_of(tb, seen, "trial")) | set(known_trial)))
+    # the integrand is kept with its record, so its id is not reused
+    rec[id(integrand)] = (integrand, tuple(sorted(set(test) | set(known_test))), trial)
     return c, test, trial
 
 

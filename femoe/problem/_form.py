@@ -258,7 +258,7 @@ class WeakForm(abc.ABC):
         ``K u + r(0)`` from then on, that first call included (so every evaluation of it rounds
         alike): a diffusion or mass term is not linearised again at every call."""
         B, device, dtype = u.shape[0], u.device, u.dtype
-        key = (id(integrand), id(tb), str(device), dtype)
+        key = _term_key(integrand, tb, u)
         if key not in self._affine_probed:
             self._affine_probed.add(key)
             self._probe_affine(key, integrand, tb, index, u, params, t)
@@ -557,13 +557,18 @@ class WeakForm(abc.ABC):
         terms += [(*term, rho_A) for term in self._spatial_terms(tc)]
         vals = None
         for integrand, tb, index, rho in terms:
-            if rho is None or (id(integrand), id(tb), str(U.device), U.dtype) in self._affine:
+            if rho is None or _term_key(integrand, tb, U) in self._affine:
                 continue
             w = self._form_params(tb, p_rep, B * L, U.device, U.dtype, t_flat)
             K = local_hessian(integrand, tb, tb.jets(flat), rho.reshape(B * L, n), w)
             if K is not None:
                 vals = self._on_pattern(K, index) if vals is None else vals + self._on_pattern(K, index)
         return None if vals is None else BatchedCSR(self.pattern, vals)
+
+
+def _term_key(integrand, tb: TorchBasis, u: torch.Tensor) -> tuple:
+    """The key of an integrand on a basis for states like ``u`` in the record of affine terms."""
+    return id(integrand), id(tb), str(u.device), u.dtype
 
 
 def boundary_facets(mesh, tag: str) -> np.ndarray:
