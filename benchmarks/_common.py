@@ -98,6 +98,22 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def alternating(fns: dict, repeat: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of the callables ``fns`` (name -> function), ``repeat`` rounds in which each runs
+    once in turn (so a drift of the shared machine's load falls on all of them alike), after
+    ``warmup`` untimed rounds: ``{name: [seconds per round]}``."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    secs = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            secs[name].append(time.perf_counter() - t)
+    return secs
+
+
 def write(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, load, write  # noqa: E402
+from _common import alternating, command_line, load, write  # noqa: E402
 
 
 def main() -> None:
@@ -65,14 +64,9 @@ def main() -> None:
             (g,) = torch.autograd.grad((u * weights).sum(), x)
             return u.detach(), g, info
 
-        results, secs = {}, {name: [] for name in layers}
-        for name, layer in layers.items():
-            results[name] = run(layer)  # warm-up: patterns, caches
-        for _ in range(args.repeat):
-            for name, layer in layers.items():
-                t = time.perf_counter()
-                run(layer)
-                secs[name].append(time.perf_counter() - t)
+        results = {name: run(layer) for name, layer in layers.items()}  # warm-up: patterns, caches
+        secs = alternating({name: (lambda layer=layer: run(layer)) for name, layer in layers.items()}, args.repeat,
+                           warmup=0)
         (ua, ga, ia), (ub, gb, ib) = results["superlu"], results["block_bidiagonal"]
         med = {name: statistics.median(v) for name, v in secs.items()}
         row = {"cells": cells, "levels": saved, "unknowns_per_sample": int(layers["superlu"].interior.size) * (saved - 1),

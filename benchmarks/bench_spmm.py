@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, load, write  # noqa: E402
+from _common import alternating, command_line, load, write  # noqa: E402
 
 
 def main() -> None:
@@ -50,15 +49,7 @@ def main() -> None:
             Xt = torch.from_numpy(X)
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                fns = {"scipy": lambda: M @ X, "torch_csr": lambda: Mt @ Xt}
-                secs = {name: [] for name in fns}
-                for fn in fns.values():
-                    fn()
-                for _ in range(args.repeat):
-                    for name, fn in fns.items():
-                        t = time.perf_counter()
-                        fn()
-                        secs[name].append(time.perf_counter() - t)
+                secs = alternating({"scipy": lambda: M @ X, "torch_csr": lambda: Mt @ Xt}, args.repeat)
                 med = {name: statistics.median(v) for name, v in secs.items()}
                 row = {"rows": rows, "blocks": blocks, "block_rows": n, "columns": k, "torch_threads": threads,
                        "seconds": med, "torch_over_scipy": med["torch_csr"] / med["scipy"],

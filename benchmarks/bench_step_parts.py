@@ -42,7 +42,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, load, timeit, training_step, write  # noqa: E402
+from _common import alternating, command_line, load, timeit, training_step, write  # noqa: E402
+
+
+def _max_difference(a, b) -> float:
+    """The largest entry difference of two linearisations ``(R, P, Q)`` (``P``, ``Q`` BatchedCSR)."""
+    return max(float((x.values if hasattr(x, "pattern") else x).sub(y.values if hasattr(y, "pattern") else y)
+                     .abs().max()) for x, y in zip(a, b))
 
 
 def main() -> None:
@@ -83,8 +89,7 @@ def main() -> None:
     a = cached.trajectory_residual_and_jacobians(U, dt)
     b = plain.trajectory_residual_and_jacobians(U, dt)
     assert not plain._affine, "the cache was meant to be off on the second problem"
-    diff = max(float((x.values if hasattr(x, "pattern") else x).sub(y.values if hasattr(y, "pattern") else y)
-                     .abs().max()) for x, y in zip(a, b))
+    diff = _max_difference(a, b)
     t_cached = timeit(lambda: cached.trajectory_residual_and_jacobians(U, dt), repeat=args.repeat)
     t_plain = timeit(lambda: plain.trajectory_residual_and_jacobians(U, dt), repeat=args.repeat)
     out["linearisation"] = {"states": [batch, L], "dofs": n, "affine_terms_cached": len(cached._affine),
@@ -97,13 +102,15 @@ def main() -> None:
     all_jets = mock.patch("femoe.assembly.form._jets_of", lambda tb, seen, side: tuple(range(tb.n_jets)))
     with all_jets:
         c = every.trajectory_residual_and_jacobians(U, dt)
-    diff = max(float((x.values if hasattr(x, "pattern") else x).sub(y.values if hasattr(y, "pattern") else y)
-                     .abs().max()) for x, y in zip(a, c))
-    t_read, t_every = [], []
-    for _ in range(args.repeat):
-        t_read.append(timeit(lambda: cached.trajectory_residual_and_jacobians(U, dt), repeat=1, warmup=0))
+    diff = _max_difference(a, c)
+
+    def every_jet():
         with all_jets:
-            t_every.append(timeit(lambda: every.trajectory_residual_and_jacobians(U, dt), repeat=1, warmup=0))
+            return every.trajectory_residual_and_jacobians(U, dt)
+
+    secs = alternating({"read": lambda: cached.trajectory_residual_and_jacobians(U, dt), "every": every_jet},
+                       args.repeat, warmup=0)
+    t_read, t_every = secs["read"], secs["every"]
     reads = {str(i): list(v[1:]) for i, v in enumerate(cached._tb.__dict__.get("_reads", {}).values())}
     out["jets_read"] = {"states": [batch, L], "reads_test_trial": reads,
                         "seconds_jets_read": statistics.median(t_read), "seconds_every_jet": statistics.median(t_every),
@@ -147,10 +154,10 @@ def main() -> None:
         r_star = model.residual(U_star, p)
         Hf = model.hessian_matrix(U_star, p, r_star)
         Hv = SteadyResidual.hessian_matrix(model, U_star, p, r_star)
-        t_forms, t_hvp = [], []
-        for _ in range(args.repeat):
-            t_forms.append(timeit(lambda: model.hessian_matrix(U_star, p, r_star), repeat=1, warmup=0))
-            t_hvp.append(timeit(lambda: SteadyResidual.hessian_matrix(model, U_star, p, r_star), repeat=1, warmup=0))
+        secs = alternating({"forms": lambda: model.hessian_matrix(U_star, p, r_star),
+                            "hvp": lambda: SteadyResidual.hessian_matrix(model, U_star, p, r_star)},
+                           args.repeat, warmup=0)
+        t_forms, t_hvp = secs["forms"], secs["hvp"]
     out["trajectory_hessian"] = {
         "states": [batch, L], "seconds_from_forms": statistics.median(t_forms),
         "seconds_hessian_vector_products": statistics.median(t_hvp),
